@@ -1,0 +1,111 @@
+"""Command line.
+
+premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs
+premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from premem.errors import PremError
+
+
+def load_runs(path: str | Path):
+    """Runs from a folder of premem sweep records, or of the authors' released checkpoints."""
+    from premem import released
+
+    path = Path(path)
+    if not path.is_dir():
+        raise PremError(f"runs folder not found: {path}")
+    try:
+        from premem import record
+    except ImportError:  # the sweep recorder is optional for reading released logs
+        record = None
+    if record is not None and record.is_record_dir(path):
+        return record.read_runs(path)
+    return released.read_runs(path)
+
+
+def fit_summary(runs, tau: float) -> dict:
+    """The `premem fit --json` object: the fit over every checkpoint of every run, and the runs."""
+    from premem import metrics
+    from premem.dynamics import checkpoint_table
+
+    table = checkpoint_table(runs, tau)
+    pre = metrics.fit_predictor(table.pre_mem_acc, table.test_acc)
+    train = metrics.fit_predictor(table.train_acc, table.test_acc)
+    out = dict(
+        tau=tau, r2=pre.r2, r2_identity=pre.r2_identity, slope=pre.slope, intercept=pre.intercept,
+        slope_ci=list(pre.slope_ci), intercept_ci=list(pre.intercept_ci), n_points=pre.n_points,
+        train_acc_r2=train.r2, runs=[],
+    )
+    for run, g in table.groupby("run", sort=False):
+        first = g.iloc[0]
+        out["runs"].append(dict(
+            run=run, lr=first.lr, epochs=None if first.epochs is None else int(first.epochs),
+            data_fraction=first.data_fraction,
+            checkpoints=g[["step", "pre_mem_acc", "train_acc", "test_acc", "memorized_frac"]].to_dict("records"),
+        ))
+    return out
+
+
+def print_fit(summary: dict) -> None:
+    print(f"{'run':<48} {'step':>6} {'pre_mem':>8} {'train':>7} {'test':>7} {'memorized':>9}")
+    for r in summary["runs"]:
+        for c in r["checkpoints"]:
+            print(f"{r['run']:<48} {c['step']:>6} {c['pre_mem_acc']:>8.3f} {c['train_acc']:>7.3f} "
+                  f"{c['test_acc']:>7.3f} {c['memorized_frac']:>9.3f}")
+    s = summary
+    print(f"\ntau {s['tau']}: test ~ pre-mem accuracy over {s['n_points']} checkpoints: R² {s['r2']:.3f}, "
+          f"slope {s['slope']:.3f} [{s['slope_ci'][0]:.3f}, {s['slope_ci'][1]:.3f}], "
+          f"intercept {s['intercept']:.3f}, R² vs y=x {s['r2_identity']:.3f}")
+    print(f"test ~ train accuracy: R² {s['train_acc_r2']:.3f}")
+
+
+def cmd_fit(args) -> int:
+    summary = fit_summary(load_runs(args.path), args.tau)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1, default=float)
+        print()
+    else:
+        print_fit(summary)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from premem.notebooks import reproduce
+
+    summary = reproduce(params=args.params, only=args.only)
+    print(summary.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="premem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="fit test accuracy on pre-memorization accuracy over a folder of runs")
+    p.add_argument("path", help="folder of runs: premem sweep output or the authors' released ckpts/")
+    p.add_argument("--tau", type=float, default=-2.3, help="memorization threshold on log(log(perplexity))")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
+    p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
+    p.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PremError as e:
+        print(f"premem: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The training-dynamics record of one finetuning run, whatever wrote it.
+
+A `RunDynamics` holds, for every saved checkpoint j and training example i, the train accuracy a_ij
+and the gold-solution perplexity p_ij, plus the checkpoint's test accuracy. The authors' released
+arrays (`premem.released`) and premem's own sweep tables (`premem.record`) both read into it, so the
+metrics, fits and plots never care where a run came from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from premem import metrics
+from premem.errors import PremError
+
+
+@dataclass
+class RunDynamics:
+    run: str
+    steps: np.ndarray  # (J,) optimiser step of each checkpoint, increasing
+    train_acc: np.ndarray  # (J, N) fraction of k samples correct, per training example
+    perplexity: np.ndarray  # (J, N) per-token perplexity of the gold solution
+    test_acc: np.ndarray  # (J,) mean test accuracy of the checkpoint's samples
+    lr: float | None = None
+    epochs: int | None = None
+    data_fraction: float | None = None
+    example_ids: np.ndarray | None = None  # (N,) identifiers of the training examples
+    epoch_of_step: np.ndarray | None = None  # (J,) epoch at each checkpoint, when known
+    extra: dict = field(default_factory=dict)  # per-checkpoint baseline predictors, (J,) arrays
+
+    def __post_init__(self):
+        self.steps = np.asarray(self.steps)
+        self.train_acc = np.asarray(self.train_acc, dtype=float)
+        self.perplexity = np.asarray(self.perplexity, dtype=float)
+        self.test_acc = np.asarray(self.test_acc, dtype=float)
+        J = self.steps.shape[0]
+        if self.train_acc.ndim != 2 or self.train_acc.shape[0] != J:
+            raise PremError(f"run {self.run}: train_acc shape {self.train_acc.shape} is not ({J}, examples)")
+        if self.perplexity.shape != self.train_acc.shape:
+            raise PremError(
+                f"run {self.run}: perplexity shape {self.perplexity.shape} != train_acc shape {self.train_acc.shape}"
+            )
+        if self.test_acc.shape != (J,):
+            raise PremError(f"run {self.run}: test_acc shape {self.test_acc.shape} is not ({J},)")
+        if J > 1 and np.any(np.diff(self.steps) <= 0):
+            raise PremError(f"run {self.run}: checkpoint steps {self.steps.tolist()} are not increasing")
+
+    @property
+    def n_examples(self) -> int:
+        return self.train_acc.shape[1]
+
+    def pre_mem_acc(self, tau: float) -> np.ndarray:
+        """Dataset pre-memorization train accuracy at each checkpoint, (J,)."""
+        return metrics.dataset_mean(metrics.pre_mem_acc(self.train_acc, self.perplexity, tau))
+
+    def mean_train_acc(self) -> np.ndarray:
+        return metrics.dataset_mean(self.train_acc)
+
+    def memorized_frac(self, tau: float) -> np.ndarray:
+        measured = ~np.isnan(self.perplexity)
+        mem = metrics.memorized(self.perplexity, tau) & measured
+        return mem.sum(axis=1) / np.maximum(measured.sum(axis=1), 1)
+
+
+def checkpoint_table(runs: list[RunDynamics], tau: float):
+    """Tidy table, one row per (run, checkpoint): the predictors and the test accuracy."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        pre, train, mem = r.pre_mem_acc(tau), r.mean_train_acc(), r.memorized_frac(tau)
+        for j, step in enumerate(r.steps):
+            row = dict(
+                run=r.run, lr=r.lr, epochs=r.epochs, data_fraction=r.data_fraction, step=int(step),
+                checkpoint=j, final=j == len(r.steps) - 1, pre_mem_acc=float(pre[j]),
+                train_acc=float(train[j]), test_acc=float(r.test_acc[j]), memorized_frac=float(mem[j]),
+            )
+            row.update({k: float(np.asarray(v)[j]) for k, v in r.extra.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,103 @@
+"""Pre-memorization train accuracy and the fits that relate it to test accuracy.
+
+Notation follows the paper: for checkpoint j and training example i, `a_ij` is the train accuracy
+(fraction of k sampled completions that are right) and `p_ij` the per-token perplexity of the gold
+solution. Arrays are shaped (checkpoint, example), checkpoints in training order.
+
+NaN means "not measured": an unmeasured accuracy or perplexity at an earlier checkpoint adds nothing
+to the running maximum; an unmeasured accuracy at checkpoint J makes the example's value at J NaN;
+dataset means skip NaN examples.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from premem.errors import PremError
+
+
+def loglog_perplexity(perplexity) -> np.ndarray:
+    """log(log(p)); p <= 1 (a perfect copy, or rounding just below 1) maps to -inf, NaN stays NaN."""
+    p = np.asarray(perplexity, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.log(p))
+    return np.where(p <= 1.0, -np.inf, out)
+
+
+def memorized(perplexity, tau: float) -> np.ndarray:
+    """Memorization mask: log(log(p_ij)) < tau. NaN perplexity gives False (unknown, see module doc)."""
+    return loglog_perplexity(perplexity) < tau
+
+
+def pre_mem_acc(train_acc, perplexity, tau: float) -> np.ndarray:
+    """Per-example pre-memorization train accuracy at every checkpoint J, shape (J, N).
+
+    min(max_{j<=J} a_ij * [not memorized at j], a_iJ): the best accuracy an example reached before the
+    model memorised it, capped by its current accuracy. 0 when memorised at every checkpoint so far.
+    """
+    a = np.asarray(train_acc, dtype=float)
+    p = np.asarray(perplexity, dtype=float)
+    if a.shape != p.shape or a.ndim != 2:
+        raise PremError(f"train_acc {a.shape} and perplexity {p.shape} must both be (checkpoint, example)")
+    contribution = np.where(memorized(p, tau), 0.0, a)
+    contribution[np.isnan(p)] = np.nan
+    # fmax skips NaN, so an unmeasured checkpoint neither raises nor erases the running maximum.
+    running_max = np.fmax.accumulate(contribution, axis=0)
+    return np.minimum(running_max, a)
+
+
+def dataset_mean(per_example) -> np.ndarray:
+    """Mean over examples (last axis), skipping NaN; NaN where nothing was measured."""
+    x = np.asarray(per_example, dtype=float)
+    n = np.sum(~np.isnan(x), axis=-1)
+    total = np.nansum(x, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Ordinary least squares of y (test accuracy) on x (a predictor), with 95% intervals."""
+
+    r2: float
+    slope: float
+    intercept: float
+    slope_ci: tuple[float, float]
+    intercept_ci: tuple[float, float]
+    r2_identity: float  # R² of the line y = x: how well x predicts y without any fitted line
+    n_points: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def r2_identity(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return float(1.0 - np.sum((y - x) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
+    """Fit y = slope * x + intercept by OLS (statsmodels); points with NaN in x or y are dropped."""
+    import statsmodels.api as sm  # heavy import, kept off the package's import path
+
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise PremError(f"predictor has {x.size} points but test accuracy has {y.size}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if x.size < 3:
+        raise PremError(f"a fit needs at least 3 points with both values measured, got {x.size}")
+    if np.ptp(x) == 0:
+        raise PremError("predictor is constant over all points: no line can be fitted")
+    result = sm.OLS(y, sm.add_constant(x)).fit()
+    ci = result.conf_int(alpha)
+    return Fit(
+        r2=float(result.rsquared),
+        slope=float(result.params[1]),
+        intercept=float(result.params[0]),
+        slope_ci=(float(ci[1, 0]), float(ci[1, 1])),
+        intercept_ci=(float(ci[0, 0]), float(ci[0, 1])),
+        r2_identity=r2_identity(x, y),
+        n_points=int(x.size),
+    )

@@ -1,0 +1,89 @@
+"""Running the numbered notebooks with papermill, and storing them lean for nbval.
+
+Notebooks are stored with only the outputs nbval compares (cells marked `# NBVAL_CHECK_OUTPUT`), so
+diffs stay readable and no figure bytes live in the .ipynb files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def strip_outputs(nb) -> None:
+    """Drop every output except the text of checked cells; clear execution counts and run metadata."""
+    for number, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        # nbval compares only cells that were run, which it tells by their execution count.
+        checked = cell.source.lstrip().startswith(CHECK_MARK)
+        cell.execution_count = number if checked else None
+        if checked:
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"]
+            for o in cell.outputs:
+                o.pop("execution_count", None)
+        else:
+            cell.outputs = []
+    nb.metadata.pop("papermill", None)
+    nb.metadata.get("language_info", {}).pop("version", None)
+
+
+def store_executed(executed: str | Path, stored: str | Path) -> None:
+    """Copy checked outputs of an executed notebook into its stored, stripped source."""
+    import nbformat
+
+    from premem.io import write_text
+
+    nb = nbformat.read(executed, as_version=4)
+    # papermill adds an injected-parameters cell; the stored notebook keeps only its own cells.
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    strip_outputs(nb)
+    write_text(stored, nbformat.writes(nb) + "\n")
+
+
+# Notebooks whose data come from a params file of their own, whatever `--params` says.
+NOTEBOOK_PARAMS = {"01": "params/released_gsm8k.yaml"}
+DEFAULT_PARAMS = "params/tiny.yaml"
+
+
+def numbered_notebooks(root: Path) -> list[Path]:
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def reproduce(params: str | None = None, only: list[str] | None = None, progress: bool = True) -> "pd.DataFrame":
+    """Run the numbered notebooks in order with papermill; executed copies go under runs/reproduce/."""
+    import time
+
+    import pandas as pd
+    import papermill
+    import yaml
+    from tqdm.auto import tqdm
+
+    from premem.config import load_params, project_root
+    from premem.errors import PremError
+
+    root = project_root()
+    books = numbered_notebooks(root)
+    if only:
+        unknown = set(only) - {b.name[:2] for b in books}
+        if unknown:
+            raise PremError(f"--only: no notebook numbered {', '.join(sorted(unknown))} in {root / 'notebooks'}")
+        books = [b for b in books if b.name[:2] in only]
+    out_dir = root / "runs" / "reproduce"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    bar = tqdm(books, desc="reproduce", unit="notebook", disable=not progress)
+    for book in bar:
+        bar.set_postfix_str(book.name)
+        params_file = root / NOTEBOOK_PARAMS.get(book.name[:2], params or DEFAULT_PARAMS)
+        cfg = load_params(params_file)  # validate before spending any time
+        start = time.time()
+        papermill.execute_notebook(
+            str(book), str(out_dir / book.name), parameters=yaml.safe_load(params_file.read_text()) or {},
+            cwd=str(book.parent), progress_bar=False,
+        )
+        rows.append(dict(notebook=book.name, params=str(params_file.relative_to(root)), config_hash=cfg.hash(),
+                         seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
+    return pd.DataFrame(rows)

@@ -1,0 +1,113 @@
+"""Reader for the authors' released per-checkpoint arrays (GSM8k, Llama3-8B).
+
+Layout (see the logs' README): <root>/<run>/subsample_idxs.npy and <root>/<run>/checkpoint-<step>/
+holding train/test answer-type arrays (0 correct, 1 wrong, 2 unparseable; shape (examples, k)) and
+train_perplexities.npy. Run names such as gsm8k_orig_6epochs_half_lr2e-05_bs128 carry the training
+configuration; we parse them only because that is how the authors released them.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from premem.dynamics import RunDynamics
+from premem.errors import PremError
+
+# The authors' analysis takes the first of these sample files that exists in a checkpoint.
+SAMPLE_PRIORITY = ("types5_seed2_temp0.8", "types50_seed2_temp0.8", "types5_seed2", "types50_seed2",
+                   "types10_seed2_temp0.8")
+DATA_FRACTIONS = {"full": 1.0, "half": 0.5, "quarter": 0.25}
+RUN_NAME = re.compile(r"_(?P<epochs>\d+)epochs_(?P<frac>full|half|quarter)_lr(?P<lr>[0-9.eE+-]+?)_bs\d+$")
+ENV_VAR = "PREMEM_RELEASED_LOGS"
+
+
+def resolve_root(path: str | os.PathLike | None) -> Path:
+    """The released-logs folder: the given path, else $PREMEM_RELEASED_LOGS."""
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise PremError(f"no released-logs folder given: pass released_logs or set {ENV_VAR}")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise PremError(f"released-logs folder not found: {root}")
+    return root
+
+
+def parse_run_name(name: str) -> dict:
+    m = RUN_NAME.search(name)
+    if not m:
+        return dict(lr=None, epochs=None, data_fraction=None)
+    return dict(lr=float(m["lr"]), epochs=int(m["epochs"]), data_fraction=DATA_FRACTIONS[m["frac"]])
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    dirs = [d for d in run_dir.iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)]
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+
+
+def answer_file(ckpt: Path, split: str) -> Path:
+    for suffix in SAMPLE_PRIORITY:
+        f = ckpt / f"{split}_answer_{suffix}.npy"
+        if f.exists():
+            return f
+    raise PremError(f"no {split} sample file ({', '.join(SAMPLE_PRIORITY)}) in {ckpt}")
+
+
+def accuracy_per_example(types: np.ndarray, f: Path) -> np.ndarray:
+    if types.ndim != 2:
+        raise PremError(f"{f}: answer types must be (examples, k), got shape {types.shape}")
+    return (types == 0).mean(axis=1)
+
+
+def read_run(run_dir: str | os.PathLike) -> RunDynamics:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PremError(f"run folder not found: {run_dir}")
+    ckpts = checkpoint_dirs(run_dir)
+    if not ckpts:
+        raise PremError(f"no checkpoint-<step> folders in {run_dir}")
+    idx_file = run_dir / "subsample_idxs.npy"
+    rows = np.load(idx_file) if idx_file.exists() else None
+    train_acc, ppl, test_acc = [], [], []
+    for ckpt in ckpts:
+        f = answer_file(ckpt, "train")
+        a = accuracy_per_example(np.load(f), f)
+        pf = ckpt / "train_perplexities.npy"
+        if not pf.exists():
+            raise PremError(f"no train_perplexities.npy in {ckpt}")
+        p = np.load(pf).astype(float)
+        if p.shape != a.shape:
+            raise PremError(f"{pf}: perplexity shape {p.shape} does not match answers {f.name} shape {a.shape[:1]}")
+        if not np.all(np.isfinite(p)):
+            raise PremError(f"{pf}: {int(np.sum(~np.isfinite(p)))} non-finite perplexities")
+        tf = answer_file(ckpt, "test")
+        test_acc.append(accuracy_per_example(np.load(tf), tf).mean())
+        if rows is not None:
+            if rows.max(initial=-1) >= a.shape[0]:
+                raise PremError(f"{idx_file}: index {rows.max()} out of range for {a.shape[0]} examples")
+            a, p = a[rows], p[rows]
+        train_acc.append(a)
+        ppl.append(p)
+    steps = np.array([int(c.name.split("-")[1]) for c in ckpts])
+    config = parse_run_name(run_dir.name)
+    # Checkpoints were saved at equal step intervals ending with the last epoch.
+    epoch_of_step = None if config["epochs"] is None else np.round(steps / steps[-1] * config["epochs"]).astype(int)
+    return RunDynamics(
+        run=run_dir.name, steps=steps, epoch_of_step=epoch_of_step,
+        train_acc=np.stack(train_acc), perplexity=np.stack(ppl), test_acc=np.array(test_acc),
+        example_ids=rows if rows is not None else np.arange(train_acc[0].shape[0]), **config,
+    )
+
+
+def read_runs(root: str | os.PathLike | None) -> list[RunDynamics]:
+    """Every run under root (sorted by name); a root that is itself one run reads as [that run]."""
+    root = resolve_root(root)
+    if checkpoint_dirs(root):
+        return [read_run(root)]
+    run_dirs = sorted(d for d in root.iterdir() if d.is_dir() and checkpoint_dirs(d))
+    if not run_dirs:
+        raise PremError(f"no runs (folders with checkpoint-<step> subfolders) in {root}")
+    return [read_run(d) for d in run_dirs]

