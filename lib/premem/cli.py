@@ -1,5 +1,7 @@
 """Command line.
 
+premem pretrain     pretrain (or find) the embedded base model; --ship copies it into models/
+premem sweep        finetune over a params grid, recording samples and perplexities per checkpoint
 premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
 """
@@ -75,6 +77,33 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    import shutil
+
+    from premem.config import load_params, project_root
+    from premem.sweep import SHIPPED_MODELS, base_model_path
+
+    cfg = load_params(args.params)
+    if cfg.base_model != "embedded":
+        raise PremError(f"{args.params}: base_model is {cfg.base_model!r}; pretrain builds only 'embedded'")
+    path = Path(base_model_path(cfg, progress=not args.quiet))
+    if args.ship and path.parent != project_root() / SHIPPED_MODELS:
+        target = project_root() / SHIPPED_MODELS / path.name
+        shutil.copytree(path, target, dirs_exist_ok=True)
+        path = target
+    print(path)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from premem.config import load_params
+    from premem.sweep import sweep
+
+    out = sweep(load_params(args.params), out=args.out, force=args.force, progress=not args.quiet)
+    print(out)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from premem.notebooks import reproduce
 
@@ -84,13 +113,25 @@ def cmd_reproduce(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="premem", description=__doc__)
+    parser = argparse.ArgumentParser(prog="premem", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit test accuracy on pre-memorization accuracy over a folder of runs")
     p.add_argument("path", help="folder of runs: premem sweep output or the authors' released ckpts/")
     p.add_argument("--tau", type=float, default=-2.3, help="memorization threshold on log(log(perplexity))")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("pretrain", help="pretrain the embedded base model of a params file (cached)")
+    p.add_argument("--params", required=True, help="params YAML file with base_model: embedded")
+    p.add_argument("--ship", action="store_true", help="copy it into models/, which the repository carries")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("sweep", help="finetune over the params grid and record every checkpoint")
+    p.add_argument("--params", required=True, help="params YAML file, e.g. params/tiny.yaml")
+    p.add_argument("--out", help="record folder (default <out_dir>/<name>-<config hash>)")
+    p.add_argument("--force", action="store_true", help="discard an existing record folder and redo everything")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")

@@ -42,9 +42,11 @@ class Params(BaseModel):
     embedded_n_heads: int = Field(4, ge=1)
     embedded_steps: int = Field(700, ge=1)
     embedded_lr: float = Field(3e-3, gt=0)
+    embedded_batch_size: int = Field(16, ge=1)
+    embedded_seq_len: int = Field(320, ge=8)  # the longest prompt + solution must fit
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
     quantization: Optional[Literal["4bit"]] = None
-    lora: Optional[dict] = None  # peft LoraConfig keywords, e.g. {r: 16, lora_alpha: 32}
+    lora: Optional[dict] = None  # LoRA adapter: {r, alpha, dropout, target_modules}; None = full finetuning
 
     # Finetuning grid: every combination of these is one run.
     lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
@@ -56,6 +58,7 @@ class Params(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     save_every_epochs: int = Field(1, ge=1)
+    keep_checkpoints: Literal["all", "last"] = "last"  # model weights kept once a run is recorded
 
     # Recording at each checkpoint: k samples per train and test query, perplexity of train targets.
     k: int = Field(4, ge=1)
@@ -67,6 +70,18 @@ class Params(BaseModel):
     perplexity_batch_size: int = Field(64, ge=1)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     workers: int = Field(2, ge=1)  # CPU: one torch thread per worker process
+
+    # Claim 3, robustness to perturbed training queries (premem.robustness).
+    # None: among the runs with the most epochs at the highest lr (the most memorising), the one with
+    # the largest data fraction (most examples per bin), then the lowest seed.
+    robustness_run: Optional[str] = None
+    perturbations: list[Literal["first", "we_know_that", "problem"]] = Field(
+        default_factory=lambda: ["first", "we_know_that", "problem"])
+    robustness_k: Optional[int] = Field(None, ge=1)  # samples per perturbed query; None: k
+    robustness_seed: int = 0  # seeds the problem perturbation and the sampling
+
+    # Claim 4, data curation (premem.curation).
+    # -- curation keys go here --
 
     # Metric.
     tau: float = -2.3  # memorization threshold on log(log(perplexity))

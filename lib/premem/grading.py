@@ -1,0 +1,124 @@
+"""Answer extraction and grading: a strict "#### N" match beside a lenient math-verify one.
+
+Completions end their trace with "#### <answer>" (see premem.tasks). `grade` reports both judgements, as
+lm-evaluation-harness does for GSM8k: `correct_strict` compares the normalised answer strings (numbers
+compared by value, so "3.0" equals "3"); `correct` asks math-verify whether the two are the same
+mathematical object ("\\frac{1}{2}" equals "0.5"). We extract the answer text ourselves because
+math-verify on a whole completion would grade the last number it finds, not the marked answer.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Sequence
+
+from premem.errors import PremError
+
+MARKER = "####"
+# A comma between a digit and exactly three digits is a thousands separator; other commas
+# (tuples and intervals in MATH answers) are kept.
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+# math-verify logs a warning once when its timeouts are off; that is our deliberate choice off the
+# main thread, so keep it quiet.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class Grade:
+    answer: str | None  # the normalised extracted answer; None when the completion has no "####"
+    parse_ok: bool
+    correct_strict: bool
+    correct: bool
+
+
+def normalize_answer(text: str) -> str:
+    """Strip spaces, thousands commas, "$" and a trailing period; write numbers canonically ("3.0" -> "3")."""
+    s = _THOUSANDS.sub("", text.strip()).replace("$", "").strip()
+    if s.endswith("."):
+        s = s[:-1].rstrip()
+    if _NUMBER.fullmatch(s):
+        try:
+            d = Decimal(s)
+            # Integral values print without a fraction; others without trailing zeros or exponent.
+            s = str(d.quantize(Decimal(1))) if d == d.to_integral_value() else format(d.normalize(), "f")
+        except InvalidOperation:  # more digits than Decimal's context holds: leave the text as it is
+            return s
+        if s == "-0":
+            s = "0"
+    return s
+
+
+def extract_answer(text: str) -> str | None:
+    """The normalised text after the first "####" up to the end of its line; None when there is none."""
+    pos = text.find(MARKER)
+    if pos < 0:
+        return None
+    answer = normalize_answer(text[pos + len(MARKER):].split("\n", 1)[0])
+    return answer or None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Contents of the last \\boxed{...} (or \\fbox{...}), braces balanced; None when absent or unclosed."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        # "\boxed 5" (no braces) occurs in a few MATH solutions.
+        bare = re.findall(r"\\boxed ([^\s$]+)", text)
+        return bare[-1] if bare else None
+    start, depth = starts[-1], 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i].strip()
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _mv_parse(answer: str, with_timeout: bool):
+    from math_verify import parse
+
+    # Wrapping in "$...$" makes math-verify read bare LaTeX such as \sqrt{2}, which it otherwise drops.
+    # parsing_timeout=None turns off its signal.alarm, which only works on the main thread.
+    return parse(f"${answer}$", parsing_timeout=5 if with_timeout else None)
+
+
+def _lenient(answer: str, gold: str) -> bool:
+    from math_verify import verify
+
+    on_main = threading.current_thread() is threading.main_thread()
+    gold_p, ans_p = _mv_parse(gold, on_main), _mv_parse(answer, on_main)
+    if not gold_p or not ans_p:
+        return False
+    # Gold first: math-verify's comparison is not symmetric (e.g. for intervals and relations).
+    return bool(verify(gold_p, ans_p, timeout_seconds=5 if on_main else None))
+
+
+def grade(completion: str, gold: str) -> Grade:
+    """Grade one completion against a gold answer (already the bare answer, e.g. "42" or "\\frac{1}{2}")."""
+    answer = extract_answer(completion)
+    if answer is None:
+        return Grade(answer=None, parse_ok=False, correct_strict=False, correct=False)
+    strict = answer == normalize_answer(gold)
+    if strict:
+        return Grade(answer=answer, parse_ok=True, correct_strict=True, correct=True)
+    try:
+        lenient = _lenient(answer, normalize_answer(gold))
+    except Exception:  # math-verify/sympy failure on odd text: the strict judgement stands
+        lenient = strict
+    return Grade(answer=answer, parse_ok=True, correct_strict=strict, correct=lenient)
+
+
+def grade_many(completions: Sequence[str], gold: str | Sequence[str]) -> list[Grade]:
+    """`grade` over many completions; `gold` is one answer for all or one per completion."""
+    golds = [gold] * len(completions) if isinstance(gold, str) else list(gold)
+    if len(golds) != len(completions):
+        raise PremError(f"grade_many: {len(completions)} completions but {len(golds)} gold answers")
+    return [grade(c, g) for c, g in zip(completions, golds)]

@@ -1,0 +1,247 @@
+"""The base model: load one (hub id, local folder, gguf file), or build the embedded CPU default.
+
+`load_base` returns plain transformers objects (model, tokenizer) with a pad token and left padding,
+ready for batched generation. `build_embedded_base` makes the CPU default with no download at all:
+a character-level tokenizer (fixed printable-ASCII vocabulary) and a ~1M-parameter Llama pretrained
+from scratch on the task's own texts, cached under `cache_dir/<content hash>/`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from premem.errors import PremError
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, in this order
+# Printable ASCII plus newline; tab and the other odd whitespace map to <unk> (tasks never use them).
+CHARS = tuple(c for c in string.printable if c not in "\t\r\x0b\x0c")
+EMBEDDED_FORMAT = 1  # bump when the embedded recipe changes, so old caches are not reused
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantization: str | None = None):
+    """Load (model, tokenizer) from a hub id, a local folder or a `.gguf` file.
+
+    dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's default.
+    quantization: None or "4bit" (bitsandbytes NF4, for QLoRA; needs a CUDA GPU).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = str(spec)
+    kwargs: dict = {"cache_dir": str(cache_dir) if cache_dir else None}
+    if dtype is not None:
+        kwargs["dtype"] = _torch_dtype(dtype)
+    if quantization is not None:
+        kwargs["quantization_config"] = _quantization_config(quantization, kwargs.get("dtype"))
+        # bitsandbytes places the weights itself (.to(device) afterwards is not allowed); under
+        # `accelerate launch` each process takes its own GPU.
+        kwargs["device_map"] = {"": device if device is not None else int(os.environ.get("LOCAL_RANK", 0))}
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise PremError(f"gguf file not found: {spec}")
+        # transformers de-quantises gguf weights to float on load (slow for big models, fine here).
+        folder, tok_kwargs = str(path.parent), {"gguf_file": path.name}
+    elif path.exists():
+        if not path.is_dir():
+            raise PremError(f"base model path is not a folder or a .gguf file: {spec}")
+        folder, tok_kwargs = str(path), {}
+    elif _HUB_ID.match(spec):
+        folder, tok_kwargs = spec, {}
+    else:
+        raise PremError(f"base model not found: {spec} (not a local folder, .gguf file or hub id 'org/name')")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, cache_dir=kwargs["cache_dir"], **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, **tok_kwargs, **kwargs)
+    except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
+        raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
+    if device is not None and quantization is None:
+        model = model.to(device)
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer, model=None):
+    """Give the tokenizer a pad token (eos if it has none) and left padding, for batched generation."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PremError(f"tokenizer {tokenizer.name_or_path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model is not None and getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def _torch_dtype(dtype):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise PremError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
+
+
+def _quantization_config(quantization: str, dtype):
+    if quantization != "4bit":
+        raise PremError(f"quantization must be None or '4bit', got {quantization!r}")
+    if not torch.cuda.is_available():
+        raise PremError("quantization='4bit' (QLoRA) needs a CUDA GPU; none is available here")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype or torch.bfloat16)
+
+
+# ---- the embedded CPU default -------------------------------------------------------------------
+
+def char_tokenizer():
+    """Character-level fast tokenizer: one token per printable ASCII char or newline, BOS prepended.
+
+    Built with `tokenizers` from a fixed vocabulary (no training), so it is identical everywhere and
+    every split of a string tokenises to the concatenation of its parts' tokens.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char alone
+    tk.decoder = decoders.Fuse()  # join characters back without spaces
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                      special_tokens=[("<s>", vocab["<s>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok
+
+
+def build_embedded_base(texts: list[str], *, cache_dir, d_model: int = 128, n_layers: int = 4,
+                        n_heads: int = 4, steps: int = 700, lr: float = 3e-3, batch_size: int = 16,
+                        seq_len: int = 128, seed: int = 0, progress: bool = True,
+                        search_dirs=()) -> Path:
+    """Pretrain a small Llama with a character tokenizer on `texts`; return its saved folder.
+
+    Cached by a content hash of (texts, hyperparameters, premem version): a rerun returns the folder
+    at once. `search_dirs` are read-only folders checked first for the same hash (the repository
+    ships the default's base model in models/, so a fresh machine need not pretrain). The folder is written to a temporary sibling and renamed, so it is complete or absent.
+    Load it with `load_base(path)`. Torch thread counts are left to the caller.
+    """
+    import premem
+
+    if not texts:
+        raise PremError("build_embedded_base: texts is empty")
+    hp = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, steps=steps, lr=lr,
+              batch_size=batch_size, seq_len=seq_len, seed=seed)
+    key = {"texts": list(texts), "hp": hp, "premem": premem.__version__, "format": EMBEDDED_FORMAT}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    for folder in search_dirs:
+        if (Path(folder) / digest / "premem_embedded.json").is_file():
+            return Path(folder) / digest
+    final = Path(cache_dir) / digest
+    if (final / "premem_embedded.json").is_file():
+        return final
+
+    tokenizer = char_tokenizer()
+    model = _tiny_llama(len(tokenizer), tokenizer, d_model, n_layers, n_heads, seq_len, seed)
+    t0 = time.perf_counter()
+    losses = pretrain(model, tokenizer, texts, steps=steps, lr=lr, batch_size=batch_size,
+                      seq_len=seq_len, seed=seed, progress=progress)
+    seconds = time.perf_counter() - t0
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{digest}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"hp": hp, "n_texts": len(texts), "premem": premem.__version__, "format": EMBEDDED_FORMAT,
+                "n_params": sum(p.numel() for p in model.parameters()), "seconds": round(seconds, 2),
+                "steps_per_s": round(steps / max(seconds, 1e-9), 2), "torch_threads": torch.get_num_threads(),
+                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+        (tmp / "premem_embedded.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same folder first: theirs is identical
+            if not (final / "premem_embedded.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _tiny_llama(vocab_size, tokenizer, d_model, n_layers, n_heads, seq_len, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if d_model % n_heads:
+        raise PremError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=d_model, intermediate_size=4 * d_model,
+        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
+        # Longer than the pretraining windows: finetuning sequences (prompt + solution) and sampling
+        # can run past seq_len; RoPE positions cost nothing to allow.
+        max_position_embeddings=max(4 * seq_len, 1024), tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def pretrain(model, tokenizer, texts, *, steps, lr, batch_size, seq_len, seed, progress=True) -> list[float]:
+    """Plain causal-LM pretraining on the texts packed into one stream "<s>text</s><s>text</s>...".
+
+    Each row of a batch is a window of `seq_len` tokens that starts at a random document's <s>, so
+    position 0 always looks like it does at inference time (a prompt tokenised with its BOS).
+    AdamW, 5% linear warmup then cosine decay to 10% of `lr`. Returns the loss of every step.
+    """
+    from tqdm.auto import tqdm
+
+    stream: list[int] = []
+    starts: list[int] = []
+    for text in texts:
+        starts.append(len(stream))
+        stream += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    # Wrap around so a window that starts near the end still has seq_len tokens.
+    stream_t = torch.tensor(stream * (1 + math.ceil(seq_len / len(stream))), dtype=torch.long)
+    starts_t = torch.tensor(starts, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(seq_len)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc="pretrain embedded base", disable=not progress)
+    for _ in bar:
+        rows = starts_t[torch.randint(len(starts_t), (batch_size,), generator=gen)]
+        batch = stream_t[rows[:, None] + offsets].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    model.eval()
+    return losses

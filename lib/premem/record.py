@@ -1,0 +1,83 @@
+"""The dynamics record premem writes: one folder per sweep, tidy parquet tables, and their config.
+
+    <record>/config.json               resolved params, their hash, library versions
+    <record>/samples.parquet           run, step, epoch, split, example_id, sample_idx, correct,
+                                       correct_strict, parse_ok, answer
+    <record>/perplexity.parquet        run, step, epoch, example_id, nll, n_tokens, perplexity
+    <record>/checkpoints.parquet       run, step, epoch, and per-checkpoint predictors
+                                       (param_distance, grad_variance)
+    <record>/runs.parquet              run, lr, epochs, data_fraction, seed, n_train
+    <record>/runs/<run>/...            per-run work: trainer checkpoints and per-checkpoint parts
+
+The top-level tables are concatenations of per-checkpoint parts, each written atomically when that
+checkpoint is recorded, so a killed sweep loses at most the checkpoint in progress. Any trainer that
+writes these tables can be read by `premem fit`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from premem.dynamics import RunDynamics
+from premem.errors import PremError
+
+TABLES = ("samples", "perplexity", "checkpoints")
+SORT_KEYS = {
+    "samples": ["run", "step", "split", "example_id", "sample_idx"],
+    "perplexity": ["run", "step", "example_id"],
+    "checkpoints": ["run", "step"],
+    "runs": ["run"],
+}
+
+
+def is_record_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "samples.parquet").is_file()
+
+
+def part_path(run_dir: Path, table: str, step: int) -> Path:
+    return run_dir / "parts" / f"{table}-{step:08d}.parquet"
+
+
+def concat_parts(record_dir: Path, table: str) -> pd.DataFrame:
+    """All per-checkpoint parts of a table, in a fixed order so reruns give identical files."""
+    parts = sorted((record_dir / "runs").glob(f"*/parts/{table}-*.parquet"))
+    if not parts:
+        raise PremError(f"no recorded {table} parts under {record_dir / 'runs'}")
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return df.sort_values(SORT_KEYS[table], kind="stable").reset_index(drop=True)
+
+
+def read_runs(record_dir: str | Path) -> list[RunDynamics]:
+    """Every run in a record folder, as RunDynamics (train accuracy and perplexity per checkpoint)."""
+    record_dir = Path(record_dir)
+    if not is_record_dir(record_dir):
+        raise PremError(f"not a premem record folder (needs config.json and samples.parquet): {record_dir}")
+    samples = pd.read_parquet(record_dir / "samples.parquet")
+    ppl = pd.read_parquet(record_dir / "perplexity.parquet")
+    runs = pd.read_parquet(record_dir / "runs.parquet").set_index("run")
+    stats_file = record_dir / "checkpoints.parquet"
+    stats = pd.read_parquet(stats_file) if stats_file.exists() else None
+    out = []
+    for run, s in samples.groupby("run", sort=True):
+        train = s[s.split == "train"].pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
+        test = s[s.split == "test"].groupby("step")["correct"].mean()
+        p = ppl[ppl.run == run].pivot_table(index="step", columns="example_id", values="perplexity")
+        p = p.reindex(index=train.index, columns=train.columns)
+        epoch = s.groupby("step")["epoch"].first().reindex(train.index)
+        extra = {}
+        if stats is not None:
+            st = stats[stats.run == run].set_index("step").reindex(train.index)
+            extra = {c: st[c].to_numpy(float) for c in st.columns if c not in ("run", "epoch")}
+        # Train loss: mean per-token NLL of the gold solutions, a baseline predictor.
+        extra["train_loss"] = np.nanmean(np.log(p.to_numpy(float)), axis=1)
+        info = runs.loc[run]
+        out.append(RunDynamics(
+            run=run, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
+            perplexity=p.to_numpy(float), test_acc=test.reindex(train.index).to_numpy(float),
+            lr=float(info.lr), epochs=int(info.epochs), data_fraction=float(info.data_fraction),
+            example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,
+        ))
+    return out

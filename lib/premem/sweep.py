@@ -1,0 +1,292 @@
+"""The sweep: finetune under a grid of configurations and record every checkpoint.
+
+For each run (lr x epochs x data fraction x seed): finetune from the base model, saving a checkpoint
+per epoch; at each checkpoint sample k answers for every training and test query, grade them, and
+compute the perplexity of every training target. Everything is cached: trainer checkpoints resume,
+each recorded checkpoint is a set of parquet parts written atomically, and a finished run is marked
+done, so a killed sweep rerun recomputes nothing that finished and yields identical tables.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from premem import io, record
+from premem.config import Params
+from premem.errors import PremError
+
+
+SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
+GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-variance predictor
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run: str
+    lr: float
+    epochs: int
+    data_fraction: float
+    seed: int
+
+
+def grid(cfg: Params) -> list[RunSpec]:
+    specs = []
+    for lr, epochs, frac, seed in itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds):
+        if not 0 < frac <= 1:
+            raise PremError(f"data_fractions: {frac} is not in (0, 1]")
+        # The name is for people; the values live in runs.parquet and are never parsed back.
+        specs.append(RunSpec(f"lr{lr:g}_ep{epochs}_frac{frac:g}_seed{seed}", lr, epochs, frac, seed))
+    return specs
+
+
+def load_examples(cfg: Params):
+    from premem import tasks
+
+    options = dict(cfg.task_options)
+    if cfg.data_files:
+        options["data_files"] = cfg.data_files
+    train = tasks.load_task(cfg.task, split="train", n=cfg.n_train, seed=cfg.data_seed, **options)
+    test = tasks.load_task(cfg.task, split="test", n=cfg.n_test, seed=cfg.data_seed, **options)
+    if not train:
+        raise PremError(f"task '{cfg.task}' gave an empty training set")
+    return train, test
+
+
+def train_subset(train, spec: RunSpec):
+    """Nested subsets: the first round(f * n) of one fixed permutation, so quarter is inside half."""
+    order = np.random.default_rng(12345).permutation(len(train))
+    m = max(1, int(round(spec.data_fraction * len(train))))
+    return [train[i] for i in sorted(order[:m])]
+
+
+def base_model_path(cfg: Params, progress: bool = True) -> str:
+    """The base model to finetune: the embedded recipe is pretrained once and cached by content hash."""
+    if cfg.base_model != "embedded":
+        local = cfg.path("base_model")  # a folder relative to the project root, or a hub id
+        return str(local) if local.exists() else cfg.base_model
+    from premem import model, tasks
+    from premem.config import project_root
+
+    pool = tasks.load_task(cfg.task, split="pretrain", n=cfg.embedded_pretrain_examples, seed=cfg.data_seed,
+                           **cfg.task_options)
+    texts = [tasks.format_prompt(ex, cfg.prompt_template) + tasks.format_target(ex, cfg.target_template)
+             for ex in pool]
+    return str(model.build_embedded_base(
+        texts, cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
+        n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
+        lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
+        seed=cfg.data_seed, progress=progress, search_dirs=[project_root() / SHIPPED_MODELS],
+    ))
+
+
+def part_done(run_dir: Path, step: int) -> bool:
+    return all(record.part_path(run_dir, t, step).exists() for t in record.TABLES)
+
+
+def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoch: int, lm, tok,
+                      train, test, init_state) -> None:
+    """Samples, grades and perplexities at one checkpoint, written as parquet parts."""
+    from premem import grading, perplexity, sampling, tasks, training
+
+    if part_done(run_dir, step):
+        return
+    # vLLM loads weights itself, from the checkpoint folder the trainer has just written.
+    sampler = str(run_dir / "train" / f"checkpoint-{step}") if cfg.backend == "vllm" else lm
+    seed = cfg.data_seed * 1_000_003 + spec.seed * 10_007 + step  # independent of what ran before
+    rows = []
+    for split, examples, k in (("train", train, cfg.k), ("test", test, cfg.k_test or cfg.k)):
+        prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
+        completions = sampling.sample(
+            sampler, tok, prompts, k=k, temperature=cfg.temperature, top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, batch_size=cfg.sample_batch_size,
+            backend=cfg.backend, progress=False,
+        )
+        for ex, outs in zip(examples, completions):
+            for j, g in enumerate(grading.grade_many(outs, ex.answer)):
+                rows.append(dict(run=spec.run, step=step, epoch=epoch, split=split, example_id=ex.id,
+                                 sample_idx=j, correct=g.correct, correct_strict=g.correct_strict,
+                                 parse_ok=g.parse_ok, answer=g.answer))
+    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in train]
+    targets = [tasks.format_target(ex, cfg.target_template) for ex in train]
+    nll, n_tokens = perplexity.target_nll(lm, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
+                                          progress=False)
+    ppl = pd.DataFrame(dict(run=spec.run, step=step, epoch=epoch, example_id=[ex.id for ex in train],
+                            nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
+    stats = pd.DataFrame([dict(
+        run=spec.run, step=step, epoch=epoch, param_distance=training.param_distance(lm, init_state),
+        grad_variance=training.gradient_variance(lm, tok, prompts, targets, batch_size=cfg.batch_size,
+                                                 n_batches=GRAD_VARIANCE_BATCHES, seed=seed),
+    )])
+    io.write_parquet(record.part_path(run_dir, "perplexity", step), ppl)
+    io.write_parquet(record.part_path(run_dir, "checkpoints", step), stats)
+    io.write_parquet(record.part_path(run_dir, "samples", step), pd.DataFrame(rows))
+
+
+def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str) -> Path:
+    """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
+
+    The building block of a sweep, and of anything that trains on its own example lists (data
+    curation trains on originals plus collected examples). Returns the run folder.
+    """
+    from premem import model as model_lib, tasks, training
+
+    run_dir = Path(record_dir) / "runs" / spec.run
+    if (run_dir / "done.json").exists():
+        return run_dir
+    if not train:
+        raise PremError(f"run {spec.run}: empty training set")
+    io.write_json(run_dir / "run.json", dict(asdict(spec), n_train=len(train), example_ids=[ex.id for ex in train]))
+    lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
+                                  quantization=cfg.quantization)
+    if cfg.lora is not None:
+        lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
+    init_state = training.snapshot(lm)
+
+    def on_checkpoint(step, epoch, model):
+        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, train, test, init_state)
+
+    ckpts = training.finetune(
+        lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
+        [tasks.format_target(ex, cfg.target_template) for ex in train],
+        output_dir=run_dir / "train", lr=spec.lr, epochs=spec.epochs, batch_size=cfg.batch_size,
+        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        seed=spec.seed, save_every_epochs=cfg.save_every_epochs, lora=cfg.lora, on_checkpoint=on_checkpoint,
+        progress=False,
+    )
+    missing = [c["step"] for c in ckpts if not part_done(run_dir, c["step"])]
+    if missing:
+        raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
+    if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
+        for c in ckpts[:-1]:
+            for name in WEIGHT_FILES:
+                (Path(c["path"]) / name).unlink(missing_ok=True)
+    io.write_json(run_dir / "done.json", dict(checkpoints=[int(c["step"]) for c in ckpts]))
+    return run_dir
+
+
+def run_one(cfg_json: str, spec: RunSpec, record_dir: str, base_path: str, threads: int | None) -> str:
+    """One grid run, in a worker process: its training subset, then `train_and_record`."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)  # ~1M-parameter models: one thread per process is fastest
+    quiet_libraries()
+    cfg = Params.model_validate_json(cfg_json)
+    if not (Path(record_dir) / "runs" / spec.run / "done.json").exists():
+        train_all, test = load_examples(cfg)
+        train_and_record(cfg, spec, train_subset(train_all, spec), test, record_dir, base_path)
+    return spec.run
+
+
+def quiet_libraries() -> None:
+    """Keep worker output to our own progress bars: no per-save bars or backend notices."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("bitsandbytes", "math_verify", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
+    """(train examples of `run`, test examples) as the sweep used them, from run.json's ids."""
+    record_dir = Path(record_dir)
+    cfg = cfg or read_config(record_dir)
+    info = json.loads((record_dir / "runs" / run / "run.json").read_text())
+    train_all, test = load_examples(cfg)
+    by_id = {ex.id: ex for ex in train_all}
+    missing = [i for i in info["example_ids"] if i not in by_id]
+    if missing:
+        raise PremError(f"run {run}: training examples {missing[:3]} are not in task '{cfg.task}' as configured")
+    return [by_id[i] for i in info["example_ids"]], test
+
+
+def final_checkpoint(record_dir: str | Path, run: str) -> Path:
+    """The last checkpoint folder of a finished run (its weights are always kept)."""
+    from premem.training import finished_checkpoints
+
+    ckpts = finished_checkpoints(Path(record_dir) / "runs" / run / "train")
+    if not ckpts:
+        raise PremError(f"run {run}: no finished checkpoints under {Path(record_dir) / 'runs' / run / 'train'}")
+    return Path(ckpts[-1]["path"])
+
+
+def read_config(record_dir: str | Path) -> Params:
+    f = Path(record_dir) / "config.json"
+    if not f.is_file():
+        raise PremError(f"not a premem record folder (no config.json): {record_dir}")
+    return Params.model_validate(json.loads(f.read_text())["params"])
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    names = ["premem", "torch", "transformers", "trl", "peft", "numpy", "pandas"]
+    return dict(python=platform.python_version(), **{n: version(n) for n in names})
+
+
+def prepare_record_dir(cfg: Params, out: Path, force: bool) -> None:
+    """A record folder belongs to one config: refuse to mix, unless --force starts it afresh."""
+    config_file = out / "config.json"
+    if config_file.exists():
+        old = json.loads(config_file.read_text()).get("hash")
+        if old != cfg.hash() and not force:
+            raise PremError(f"{out} holds a record of another config (hash {old}, now {cfg.hash()}): "
+                            "choose another --out or pass --force")
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(config_file, dict(hash=cfg.hash(), params=cfg.model_dump(mode="json"), versions=versions()))
+
+
+def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Run the whole grid; returns the record folder, which `premem fit` reads."""
+    from tqdm.auto import tqdm
+
+    out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
+    specs = grid(cfg)
+    load_examples(cfg)  # fail on a bad task before any training
+    prepare_record_dir(cfg, out, force)
+    base = base_model_path(cfg, progress=progress)
+    cfg_json = cfg.model_dump_json()
+    bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
+    if cfg.workers == 1:
+        for spec in specs:
+            run_one(cfg_json, spec, str(out), base, None)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(cfg.workers, mp_context=_spawn()) as pool:
+            futures = [pool.submit(run_one, cfg_json, s, str(out), base, 1) for s in specs]
+            for f in as_completed(futures):
+                bar.set_postfix_str(f.result())
+                bar.update()
+    bar.close()
+    finish(out, specs)
+    return out
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+def finish(out: Path, specs: list[RunSpec]) -> None:
+    """Concatenate per-checkpoint parts into the top-level tables (identical on every rerun)."""
+    runs = pd.DataFrame([asdict(s) | {"n_train": json.loads((out / "runs" / s.run / "run.json").read_text())["n_train"]}
+                         for s in specs]).sort_values("run").reset_index(drop=True)
+    for table in record.TABLES:
+        io.write_parquet(out / f"{table}.parquet", record.concat_parts(out, table))
+    io.write_parquet(out / "runs.parquet", runs)

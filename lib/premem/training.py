@@ -1,0 +1,333 @@
+"""Finetuning with a per-epoch checkpoint record, plus two baseline predictors.
+
+`finetune` runs the transformers Trainer with completion-only loss (prompt tokens and padding are
+masked with -100), AdamW, linear schedule with warmup, gradient clipping and weight decay; it saves a
+checkpoint folder (model + tokenizer) every `save_every_epochs` epochs and calls `on_checkpoint`
+there, which is where the per-checkpoint record (samples, perplexities) hooks in. Rerunning with
+the same output_dir resumes from the last finished checkpoint instead of redoing epochs. LoRA/QLoRA
+come from peft; FSDP and multi-GPU from `accelerate launch` of the same code (no device is fixed).
+
+`param_distance` (||theta - theta0||^2) and `gradient_variance` (variance of minibatch gradients)
+are the baseline predictors the paper compares its metric against.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from premem.errors import PremError
+
+MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
+RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
+
+
+# ---- data: completion-only labels ---------------------------------------------------------------
+
+def encode_example(tokenizer, prompt: str, target: str, add_eos: bool = True) -> tuple[list[int], int]:
+    """Token ids of prompt + target (+ eos), and the number of prompt tokens (the masked prefix).
+
+    Prompt and target are tokenised separately and their ids concatenated. For the char tokenizer
+    this equals tokenising prompt + target; for BPE tokenizers a token may otherwise merge across
+    the boundary, leaving no clean place to start the loss. Separate tokenisation is also what
+    sampling sees (the prompt is tokenised alone and the model continues it), so training, sampling
+    and gold-solution perplexity (which calls this too) agree on the same ids. The prompt keeps the
+    tokenizer's own special tokens (BOS, if any): the mask length is measured, never assumed to be
+    one BOS. Training always appends eos, so the model learns to stop.
+    """
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise PremError(f"tokenizer {tokenizer.name_or_path} has no eos token to end targets with")
+    # Some tokenizers append eos to every encoding; a prompt must not end the sequence.
+    if prompt_ids and eos is not None and prompt_ids[-1] == eos and eos != tokenizer.bos_token_id:
+        prompt_ids = prompt_ids[:-1]
+    if not prompt_ids:
+        # Nothing to condition the first target token on; the model has no "empty" state.
+        raise PremError(f"prompt tokenises to no tokens (and the tokenizer adds no BOS): {prompt!r}")
+    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + ([eos] if add_eos else [])
+    if not target_ids:
+        raise PremError(f"target tokenises to no tokens and add_eos is off: {target!r}")
+    return prompt_ids + target_ids, len(prompt_ids)
+
+
+def build_features(tokenizer, prompts, targets, max_length: int | None = None) -> list[dict]:
+    """One {"input_ids", "labels"} dict per example; labels are -100 on the prompt."""
+    if len(prompts) != len(targets):
+        raise PremError(f"prompts ({len(prompts)}) and targets ({len(targets)}) differ in length")
+    if not prompts:
+        raise PremError("no training examples: prompts is empty")
+    features = []
+    for i, (prompt, target) in enumerate(zip(prompts, targets)):
+        ids, n_prompt = encode_example(tokenizer, prompt, target)
+        if max_length is not None and len(ids) > max_length:
+            raise PremError(f"example {i} has {len(ids)} tokens, more than the model's {max_length}")
+        features.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
+    return features
+
+
+class CompletionCollator:
+    """Right-pad a list of features into tensors; padded positions get label -100 and mask 0."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(features), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for row, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[row, :k] = torch.tensor(f["input_ids"])
+            labels[row, :k] = torch.tensor(f["labels"])
+            mask[row, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def finished_checkpoints(output_dir) -> list[dict]:
+    """The finished checkpoints in output_dir, by step: dicts with step, epoch, path, loss."""
+    out = []
+    for marker in Path(output_dir).glob(f"checkpoint-*/{MARKER}"):
+        rec = json.loads(marker.read_text())
+        out.append({**rec, "path": marker.parent})
+    return sorted(out, key=lambda r: r["step"])
+
+
+def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
+    from transformers import TrainerCallback
+
+    class EpochCheckpoints(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kw):
+            epoch = round(state.epoch)
+            if epoch % save_every == 0 or epoch == epochs:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, model=None, **kw):
+            step, epoch = state.global_step, round(state.epoch)
+            path = Path(args.output_dir) / f"checkpoint-{step}"
+            losses = [h["loss"] for h in state.log_history if "loss" in h and h.get("step") == step]
+            if on_checkpoint is not None:
+                # The recorder samples; keep that from shifting the training RNG streams (data
+                # order, dropout), so an interrupted-and-resumed run matches an uninterrupted one.
+                rng = _rng_state()
+                was_training = model.training
+                model.eval()
+                try:
+                    on_checkpoint(step, epoch, model)
+                finally:
+                    model.train(was_training)
+                    _set_rng_state(rng)
+            rec = {"step": step, "epoch": epoch, "loss": losses[-1] if losses else None}
+            if state.is_world_process_zero:
+                (path / MARKER).write_text(json.dumps(rec, sort_keys=True) + "\n")
+                if keep_optimizer == "last":  # only the newest checkpoint is ever resumed from
+                    for old in finished_checkpoints(args.output_dir):
+                        if old["step"] < step:
+                            for name in RESUME_ONLY_FILES:
+                                (old["path"] / name).unlink(missing_ok=True)
+            return control
+
+    return EpochCheckpoints()
+
+
+def _rng_state():
+    return (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state):
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+    if state[3] is not None:
+        torch.cuda.set_rng_state_all(state[3])
+
+
+# ---- finetuning ---------------------------------------------------------------------------------
+
+def apply_lora(model, lora: dict, seed: int = 0):
+    """Wrap model in a peft LoRA adapter; only adapter weights stay trainable.
+
+    lora keys: r (8), alpha (16), dropout (0.0), target_modules ("all-linear").
+    A 4-bit model (QLoRA) is first prepared with peft's prepare_model_for_kbit_training.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    if isinstance(model, PeftModel):
+        return model
+    unknown = set(lora) - LORA_KEYS
+    if unknown:
+        raise PremError(f"unknown lora key(s) {sorted(unknown)}; allowed: {sorted(LORA_KEYS)}")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(task_type="CAUSAL_LM", r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
+                        lora_dropout=lora.get("dropout", 0.0),
+                        target_modules=lora.get("target_modules", "all-linear"))
+    set_seed(seed)  # the adapter's A matrices are random
+    return get_peft_model(model, config)
+
+
+def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output_dir, lr: float,
+             epochs: int, batch_size: int, warmup_ratio: float = 0.1, warmup_steps: int | None = None,
+             weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+             save_every_epochs: int = 1, lora: dict | None = None, on_checkpoint=None,
+             resume: bool = True, keep_optimizer: str = "last", progress: bool = True) -> list[dict]:
+    """Finetune on (prompt, target) pairs; return the finished checkpoints [{step, epoch, path, loss}].
+
+    Checkpoints are output_dir/checkpoint-<step> (Trainer layout: model or LoRA adapter, tokenizer,
+    trainer_state.json, optimiser state) at the end of every `save_every_epochs` epochs and of the
+    last epoch; step = epoch * ceil(n_examples / batch_size). `on_checkpoint(step, epoch, model)`
+    runs at each new checkpoint (model in eval mode, RNG state restored afterwards); the checkpoint
+    counts as finished only once it returns, so a crash inside it redoes that epoch on resume.
+
+    resume=True continues from the last finished checkpoint with epoch <= epochs: finished epochs are
+    not redone (with a larger `epochs` the linear schedule is recomputed for the new total).
+    resume=False refuses to touch an output_dir that already holds checkpoints.
+    keep_optimizer="last" deletes optimiser/scheduler state from all but the newest checkpoint (they
+    are only needed to resume, and are 2x the model for full finetuning); "all" keeps them.
+    Under `accelerate launch` every process runs on_checkpoint (rank 0 alone writes the markers).
+    With `lora`, `model` is wrapped in place by peft (see apply_lora); pass the 4-bit model from
+    load_base(quantization="4bit") for QLoRA.
+    """
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    if keep_optimizer not in ("last", "all"):
+        raise PremError(f"keep_optimizer must be 'last' or 'all', got {keep_optimizer!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise PremError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if epochs < 1 or save_every_epochs < 1 or batch_size < 1:
+        raise PremError(f"epochs, save_every_epochs and batch_size must be >= 1 "
+                        f"(got {epochs}, {save_every_epochs}, {batch_size})")
+    output_dir = Path(output_dir)
+    done = [c for c in finished_checkpoints(output_dir) if c["epoch"] <= epochs]
+    if done and not resume:
+        raise PremError(f"{output_dir} already holds checkpoints; resume=False will not overwrite them")
+    # A folder without the marker was cut off mid-save (or mid-recording): it will be redone.
+    for folder in output_dir.glob("checkpoint-*"):
+        if folder.is_dir() and not (folder / MARKER).is_file():
+            shutil.rmtree(folder)
+
+    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    features = build_features(tokenizer, prompts, targets, max_length=max_length)
+    if lora is not None:
+        model = apply_lora(model, lora, seed=seed)
+    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # never fp16/bf16 on CPU
+    args = TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        learning_rate=lr, lr_scheduler_type="linear", optim="adamw_torch",
+        warmup_steps=warmup_steps if warmup_steps is not None else warmup_ratio,  # float < 1 = ratio
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, data_seed=seed,
+        save_strategy="no",  # saving is driven by the epoch callback, every save_every_epochs
+        save_only_model=False,  # resume needs optimiser, scheduler and RNG state
+        logging_strategy="epoch", report_to="none", disable_tqdm=not progress,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False, bf16=use_bf16)
+    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(features),
+                      data_collator=CompletionCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      callbacks=[_checkpoint_callback(save_every_epochs, epochs, on_checkpoint,
+                                                      keep_optimizer)])
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints the loss dict when tqdm is off
+    trainer.train(resume_from_checkpoint=str(done[-1]["path"]) if done else None)
+    return [c for c in finished_checkpoints(output_dir) if c["epoch"] <= epochs]
+
+
+def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None):
+    """(model, tokenizer) from a finetune checkpoint folder: a full model, or a LoRA adapter.
+
+    An adapter is put on `base` (any load_base spec), by default the base recorded in its
+    adapter_config.json (the base model's name_or_path when it was wrapped).
+    """
+    from premem.model import load_base
+
+    path = Path(path)
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        return load_base(str(path), dtype=dtype, device=device)
+    from peft import PeftModel
+
+    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise PremError(f"{config} names no base model; pass base= to load_checkpoint")
+    model, tokenizer = load_base(base, dtype=dtype, device=device)
+    return PeftModel.from_pretrained(model, str(path)), tokenizer
+
+
+# ---- baseline predictors ------------------------------------------------------------------------
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable parameters, the theta0 for param_distance."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def param_distance(model, init_state: dict[str, torch.Tensor]) -> float:
+    """||theta - theta0||^2 over the parameters named in init_state (see `snapshot`)."""
+    params = dict(model.named_parameters())
+    missing = [n for n in init_state if n not in params]
+    if missing or not init_state:
+        raise PremError(f"param_distance: init_state names parameters the model lacks, e.g. "
+                        f"{missing[:1] or '(empty)'}; take the snapshot from the same (wrapped) model")
+    total = 0.0
+    for name, p0 in init_state.items():
+        total += (params[name].detach().float().cpu() - p0.float()).pow(2).sum().item()
+    return total
+
+
+def gradient_variance(model, tokenizer, prompts, targets, batch_size: int, n_batches: int,
+                      seed: int = 0) -> float:
+    """Mean over trainable parameter entries of the variance of their minibatch gradients.
+
+    n_batches minibatches of batch_size examples are drawn at random (seeded; each without
+    replacement), the completion-only loss gradient taken for each with dropout off, and the
+    per-entry sample variance (ddof=1) averaged over all entries. Holds two float32 copies of the
+    trainable parameters. Leaves no gradients behind and restores the train/eval mode.
+    """
+    if n_batches < 2:
+        raise PremError(f"gradient_variance needs n_batches >= 2, got {n_batches}")
+    features = build_features(tokenizer, prompts, targets)
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    mean = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    m2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(n_batches):
+            idx = torch.randperm(len(features), generator=gen)[:batch_size].tolist()
+            batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                model(**batch).loss.backward()
+            for p, mu, s in zip(params, mean, m2):  # Welford: one pass, no stack of gradients
+                g = p.grad.detach().float() if p.grad is not None else torch.zeros_like(mu)
+                delta = g - mu
+                mu += delta / (b + 1)
+                s += delta * (g - mu)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    total = sum(s.sum().item() for s in m2) / (n_batches - 1)
+    return total / sum(s.numel() for s in m2)

