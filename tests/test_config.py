@@ -48,3 +48,28 @@ def test_relative_paths_resolve_against_project_root(monkeypatch, tmp_path):
     cfg = load_params(dict(figures_dir="figs", released_logs="/abs/logs"))
     assert cfg.path("figures_dir") == tmp_path / "figs"
     assert cfg.path("released_logs") == Path("/abs/logs")
+
+
+def test_from_notebook_reads_the_file_or_the_injected_keys(monkeypatch):
+    from premem.config import from_notebook, project_root
+
+    smoke = load_params(project_root() / "params" / "smoke.yaml")
+    assert from_notebook({"params_file": "params/smoke.yaml", "x": 1}) == smoke
+    # papermill -f tiny.yaml injects tiny's keys after the parameters cell: they are the config.
+    injected = {"params_file": "params/smoke.yaml", "name": "tiny", "k": 3}
+    assert from_notebook(injected) == load_params(dict(name="tiny", k=3))
+    with pytest.raises(PremError, match="key 'k'"):
+        from_notebook({"k": "three"})
+    with pytest.raises(PremError, match="params_file"):
+        from_notebook({"x": 1})
+
+
+def test_record_hash_ignores_analysis_and_path_keys():
+    from premem.config import RECORD_KEYS
+
+    base = load_params()
+    assert set(RECORD_KEYS) <= set(Params.model_fields)
+    for key, value in dict(tau=-1.0, figures_dir="x", out_dir="y", workers=1, name="other").items():
+        assert load_params({key: value}).hash() == base.hash(), key
+    for key, value in dict(lrs=[1e-3], k=7, n_heldout=3, max_checkpoints=2).items():
+        assert load_params({key: value}).hash() != base.hash(), key

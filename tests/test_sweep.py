@@ -38,7 +38,7 @@ def test_tables_have_the_documented_columns_and_sizes(smoke_record):
     runs = pd.read_parquet(out / "runs.parquet")
     assert list(samples.columns) == ["run", "step", "epoch", "split", "example_id", "sample_idx", "correct",
                                      "correct_strict", "parse_ok", "answer"]
-    assert list(ppl.columns) == ["run", "step", "epoch", "example_id", "nll", "n_tokens", "perplexity"]
+    assert list(ppl.columns) == ["run", "step", "epoch", "example_id", "trained", "nll", "n_tokens", "perplexity"]
     assert len(runs) == len(cfg.lrs) * len(cfg.epochs) * len(cfg.data_fractions) * len(cfg.seeds)
     for r in runs.itertuples():
         n_ckpt = max(cfg.epochs) // cfg.save_every_epochs
@@ -48,7 +48,10 @@ def test_tables_have_the_documented_columns_and_sizes(smoke_record):
         assert len(s[s.split == "train"]) == n_ckpt * r.n_train * cfg.k
         assert len(s[s.split == "test"]) == n_ckpt * cfg.n_test * cfg.k
         p = ppl[ppl.run == r.run]
-        assert len(p) == n_ckpt * r.n_train
+        # Every trained example, and the held-out ones no run trains on, at every checkpoint.
+        assert p.trained.sum() == n_ckpt * r.n_train and (~p.trained).sum() == n_ckpt * cfg.n_heldout
+        trained_ids = set(json.loads((out / "runs" / r.run / "run.json").read_text())["example_ids"])
+        assert set(p[p.trained].example_id) == trained_ids and not set(p[~p.trained].example_id) & trained_ids
         np.testing.assert_allclose(p.perplexity, np.exp(p.nll / p.n_tokens))
     # Nested data fractions: the half run's examples are a subset of the full run's.
     ids = {r.data_fraction: set(json.loads((out / "runs" / r.run / "run.json").read_text())["example_ids"])
@@ -68,8 +71,15 @@ def test_record_reads_into_dynamics(smoke_record):
     np.testing.assert_allclose(r.train_acc, want.to_numpy())
     t = samples[(samples.run == r.run) & (samples.split == "test")].groupby("step").correct.mean()
     np.testing.assert_allclose(r.test_acc, t.to_numpy())
-    assert set(r.extra) >= {"param_distance", "grad_variance", "train_loss"}
+    assert set(r.extra) >= {"param_distance", "grad_variance", "train_loss", "mean_perplexity"}
     assert r.extra["param_distance"][-1] > 0
+    assert r.heldout_perplexity.shape == (len(r.steps), cfg.n_heldout)
+    # Majority share by hand for one test example at the first checkpoint.
+    first = samples[(samples.run == r.run) & (samples.split == "test") & (samples.step == r.steps[0])]
+    ex = sorted(first.example_id.unique())[0]
+    answers = first[first.example_id == ex].answer.fillna("<unparseable>")
+    col = list(sorted(first.example_id.unique())).index(ex)
+    assert r.test_confidence[0, col] == answers.value_counts().max() / len(answers)
 
 
 def test_rerun_recomputes_nothing(smoke_record, monkeypatch):
@@ -115,3 +125,9 @@ def test_record_of_another_config_is_refused(smoke_record, tmp_path):
 def test_bad_input_is_named(tmp_path, overrides, match):
     with pytest.raises(PremError, match=match):
         sweep.sweep(smoke(tmp_path, **overrides), out=tmp_path / "record", progress=False)
+
+
+def test_max_checkpoints_bounds_the_record():
+    cfg = load_params(dict(max_checkpoints=5))
+    assert [sweep.save_every(cfg, e) for e in (3, 10, 30, 31)] == [1, 2, 6, 7]
+    assert sweep.save_every(load_params(dict(save_every_epochs=2)), 30) == 2

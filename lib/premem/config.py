@@ -29,6 +29,7 @@ class Params(BaseModel):
     data_files: Optional[dict] = None  # {"train": path, "test": path} for gsm8k/math from local files
     n_train: int = Field(256, ge=1)
     n_test: int = Field(256, ge=1)
+    n_heldout: int = Field(64, ge=0)  # training-split examples no run trains on (tau calibration)
     data_seed: int = 0
     prompt_template: str = "{question}\nAnswer:"
     target_template: str = " {solution}\nDone."
@@ -58,6 +59,9 @@ class Params(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     save_every_epochs: int = Field(1, ge=1)
+    # At most this many recorded checkpoints per run (the last epoch always among them): long runs
+    # then save every ceil(epochs / max_checkpoints) epochs, bounding the recorder's cost.
+    max_checkpoints: Optional[int] = Field(None, ge=1)
     keep_checkpoints: Literal["all", "last"] = "last"  # model weights kept once a run is recorded
 
     # Recording at each checkpoint: k samples per train and test query, perplexity of train targets.
@@ -66,14 +70,14 @@ class Params(BaseModel):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
-    sample_batch_size: int = Field(64, ge=1)
+    sample_batch_size: int = Field(256, ge=1)  # sequences per decoding batch (prompts x k)
     perplexity_batch_size: int = Field(64, ge=1)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     workers: int = Field(2, ge=1)  # CPU: one torch thread per worker process
 
     # Claim 3, robustness to perturbed training queries (premem.robustness).
-    # None: among the runs with the most epochs at the highest lr (the most memorising), the one with
-    # the largest data fraction (most examples per bin), then the lowest seed.
+    # None: the most memorising run (dynamics.pick_run: most epochs, then highest lr, then the
+    # largest data fraction, for the most examples per bin).
     robustness_run: Optional[str] = None
     perturbations: list[Literal["first", "we_know_that", "problem"]] = Field(
         default_factory=lambda: ["first", "we_know_that", "problem"])
@@ -81,10 +85,28 @@ class Params(BaseModel):
     robustness_seed: int = 0  # seeds the problem perturbation and the sampling
 
     # Claim 4, data curation (premem.curation).
-    # -- curation keys go here --
+    # Algorithm 1: round i trains from the base model on the originals (n_train) plus everything
+    # collected so far, then collects curation_rounds[i] examples similar to the originals whose
+    # final pre-memorization accuracy is <= curation_threshold. Other strategies spend the same
+    # budgets (premem.curation.STRATEGIES; "iid" draws its budgets from curation_iid_rounds).
+    curation_rounds: list[int] = Field(default_factory=lambda: [128, 128])
+    curation_threshold: float = Field(0.75, ge=0, le=1)
+    curation_strategies: list[str] = Field(default_factory=lambda: ["premem", "iid"])
+    curation_seeds: list[int] = Field(default_factory=lambda: [0])
+    curation_lr: Optional[float] = Field(None, gt=0)  # None: the first of lrs
+    curation_epochs: Optional[int] = Field(None, ge=1)  # None: the first of epochs
+    curation_iid_rounds: Optional[list[int]] = None  # the IID scaling curve's budgets; None: curation_rounds
+    # Score-ranked strategies take this fraction of the originals; None: as many as the
+    # pre-memorization rule selects on the same round's model.
+    curation_top_fraction: Optional[float] = Field(None, gt=0, le=1)
+    pool_file: Optional[str] = None  # JSONL of {source_id, question, solution} variants (gsm8k, math)
 
-    # Metric.
-    tau: float = -2.3  # memorization threshold on log(log(perplexity))
+    # Metric: memorization is log(log(perplexity)) < tau. tau_rule "fixed" uses tau as given;
+    # "heldout" sets it to the tau_quantile of held-out training examples' log(log(perplexity))
+    # over all checkpoints: below what almost any unseen solution scores, with no test labels.
+    tau: float = -2.3
+    tau_rule: Literal["fixed", "heldout"] = "fixed"
+    tau_quantile: float = Field(0.05, gt=0, lt=1)
 
     # Figures.
     example_map_run: Optional[str] = None  # run drawn in the per-example map; None: the first run
@@ -105,9 +127,24 @@ class Params(BaseModel):
         return p if p.is_absolute() else project_root() / p
 
     def hash(self) -> str:
-        """Content hash of the parameters, used to name run folders instead of encoding config in names."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Content hash of the keys that shape a sweep's record (RECORD_KEYS), naming record folders
+        instead of config encoded in names. Analysis, path and worker keys are left out, so adding
+        such a key, or changing one, never invalidates a finished record."""
+        data = self.model_dump(mode="json")
+        blob = json.dumps({k: data[k] for k in RECORD_KEYS}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Keys whose values change what a sweep trains or records (sample_batch_size too: each batch of
+# sampling is seeded on its own).
+RECORD_KEYS = (
+    "task", "task_options", "data_files", "n_train", "n_test", "n_heldout", "data_seed", "prompt_template",
+    "target_template", "stop", "base_model", "embedded_pretrain_examples", "embedded_d_model",
+    "embedded_n_layers", "embedded_n_heads", "embedded_steps", "embedded_lr", "embedded_batch_size",
+    "embedded_seq_len", "dtype", "quantization", "lora", "lrs", "epochs", "data_fractions", "seeds", "batch_size",
+    "warmup_ratio", "weight_decay", "max_grad_norm", "save_every_epochs", "max_checkpoints", "k", "k_test",
+    "temperature", "top_p", "max_new_tokens", "sample_batch_size", "backend",
+)
 
 
 def project_root() -> Path:
@@ -155,3 +192,19 @@ def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
         return Params.model_validate(data)
     except ValidationError as e:
         raise PremError(_format_error(e, name)) from None
+
+
+def from_notebook(namespace: dict) -> Params:
+    """The params of a notebook run, from its variables.
+
+    A notebook's parameters cell holds only `params_file` (the CPU default). `papermill -f X.yaml`
+    injects X's flat keys as variables: when any schema key is present they are the whole config
+    (schema defaults for the rest, as `load_params(X.yaml)` gives); otherwise `params_file` is read.
+    """
+    keys = {k: namespace[k] for k in Params.model_fields if k in namespace}
+    if keys:
+        return load_params(keys)
+    if "params_file" not in namespace:
+        raise PremError("notebook defines neither params_file nor any params key")
+    path = Path(namespace["params_file"])
+    return load_params(path if path.is_absolute() else project_root() / path)

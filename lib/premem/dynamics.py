@@ -28,6 +28,9 @@ class RunDynamics:
     example_ids: np.ndarray | None = None  # (N,) identifiers of the training examples
     epoch_of_step: np.ndarray | None = None  # (J,) epoch at each checkpoint, when known
     extra: dict = field(default_factory=dict)  # per-checkpoint baseline predictors, (J,) arrays
+    heldout_perplexity: np.ndarray | None = None  # (J, M) perplexity of training-split examples never trained on
+    test_correct: np.ndarray | None = None  # (J, T) per test example, fraction of samples correct
+    test_confidence: np.ndarray | None = None  # (J, T) per test example, share of samples agreeing with the majority
 
     def __post_init__(self):
         self.steps = np.asarray(self.steps)
@@ -61,6 +64,20 @@ class RunDynamics:
         measured = ~np.isnan(self.perplexity)
         mem = metrics.memorized(self.perplexity, tau) & measured
         return mem.sum(axis=1) / np.maximum(measured.sum(axis=1), 1)
+
+
+def pick_run(runs: list[RunDynamics], name: str | None = None, least: bool = False) -> RunDynamics:
+    """The run called `name`; by default the most memorising one (most epochs, then highest lr,
+    then largest data fraction, for the most examples), or with least=True the least trained one
+    (fewest epochs, lowest lr, largest data fraction). Ties go to the first run by name."""
+    if name is not None:
+        for r in runs:
+            if r.run == name:
+                return r
+        raise PremError(f"no run named {name!r}; runs: {', '.join(r.run for r in runs)}")
+    sign = -1 if least else 1
+    ordered = sorted(runs, key=lambda r: r.run)
+    return max(ordered, key=lambda r: (sign * (r.epochs or 0), sign * (r.lr or 0), r.data_fraction or 0))
 
 
 def checkpoint_table(runs: list[RunDynamics], tau: float):

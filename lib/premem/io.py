@@ -37,3 +37,11 @@ def write_parquet(path: str | os.PathLike, df) -> Path:
     with atomic_target(path) as tmp:
         df.to_parquet(tmp, index=False)
     return Path(path)
+
+
+def save_result(cfg, notebook: str, table_name: str, df) -> Path:
+    """A notebook's tidy table as <out_dir>/results/<notebook>/<params name>/<table>.parquet, with the
+    config that produced it beside it."""
+    folder = cfg.path("out_dir") / "results" / notebook / cfg.name
+    write_json(folder / "config.json", dict(hash=cfg.hash(), params=cfg.model_dump(mode="json")))
+    return write_parquet(folder / f"{table_name}.parquet", df)

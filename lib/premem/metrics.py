@@ -72,6 +72,17 @@ class Fit:
         return asdict(self)
 
 
+def fit_or_none(x, y) -> Fit | None:
+    """The fit, or None where the predictor is constant (it explains nothing: callers report R² 0)."""
+    try:
+        return fit_predictor(x, y)
+    except PremError:
+        x = np.asarray(x, dtype=float)
+        if np.sum(~np.isnan(x)) >= 3 and np.nanmax(x) == np.nanmin(x):
+            return None
+        raise
+
+
 def r2_identity(x, y) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     return float(1.0 - np.sum((y - x) ** 2) / np.sum((y - y.mean()) ** 2))
@@ -101,3 +112,41 @@ def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
         r2_identity=r2_identity(x, y),
         n_points=int(x.size),
     )
+
+
+def calibrate_tau(heldout_perplexities, quantile: float = 0.05) -> float:
+    """Memorization threshold from held-out training examples, using no test labels.
+
+    Held-out examples come from the training distribution but were never trained on, so their
+    log(log(perplexity)) shows what generalisation alone achieves. tau is its `quantile` pooled over
+    every checkpoint given: an example scoring below it is better fitted than almost any unseen one.
+    """
+    values = np.concatenate([loglog_perplexity(p).ravel() for p in heldout_perplexities])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        raise PremError("no held-out perplexities to calibrate tau on (set n_heldout > 0 and rerun the sweep)")
+    return float(np.quantile(values, quantile))
+
+
+def chosen_tau(cfg, runs) -> tuple[float, str]:
+    """The threshold a config asks for, and a sentence saying how it was chosen."""
+    if cfg.tau_rule == "fixed":
+        return cfg.tau, f"tau = {cfg.tau:g}, fixed in the params"
+    held = [r.heldout_perplexity for r in runs if r.heldout_perplexity is not None]
+    tau = calibrate_tau(held, cfg.tau_quantile)
+    n = sum(h.size for h in held)
+    return tau, (f"tau = {tau:.3f}, the {cfg.tau_quantile:g} quantile of log(log(perplexity)) of held-out "
+                 f"training examples over every checkpoint ({n} values); no test labels used")
+
+
+def r2_by_tau(runs, taus) -> "pd.DataFrame":
+    """R² of test accuracy on dataset pre-memorization accuracy at each tau (the threshold sweep)."""
+    import pandas as pd
+
+    test = np.concatenate([r.test_acc for r in runs])
+    rows = []
+    for tau in taus:
+        fit = fit_or_none(np.concatenate([r.pre_mem_acc(tau) for r in runs]), test)
+        rows.append(dict(tau=float(tau), r2=fit.r2 if fit else 0.0, r2_identity=fit.r2_identity if fit else np.nan,
+                         slope=fit.slope if fit else np.nan))
+    return pd.DataFrame(rows)

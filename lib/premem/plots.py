@@ -18,28 +18,45 @@ LABELS = {
     "pre_mem_acc": "pre-memorization train accuracy",
     "train_acc": "train accuracy",
     "test_acc": "test accuracy",
+    "train_loss": "train loss (mean per-token NLL of gold solutions)",
+    "mean_perplexity": "mean gold-solution perplexity",
+    "param_distance": "distance from initialisation ||θ-θ0||²",
+    "grad_variance": "gradient variance",
+    "atc": "ATC estimate",
 }
+ACCURACY_LIKE = ("pre_mem_acc", "train_acc", "atc")  # on test accuracy's scale: y = x is meaningful
 
 
 def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | None = None):
     """Each run is a line through its checkpoints; the legend carries the fit's R² and slope CI."""
     import seaborn as sns
 
-    fit = fit or metrics.fit_predictor(table[x], table[y])
+    from premem.errors import PremError
+
+    try:
+        fit = fit or metrics.fit_predictor(table[x], table[y])
+    except PremError:  # e.g. constant: draw the points, say there is no line
+        fit = None
     runs = list(dict.fromkeys(table["run"]))
     colors = dict(zip(runs, sns.color_palette("husl", len(runs))))
     for run, g in table.groupby("run", sort=False):
         g = g.sort_values("step")
         ax.plot(g[x], g[y], "-o", ms=3, lw=1, color=colors[run], alpha=0.8)
         ax.plot(g[x].iloc[-1:], g[y].iloc[-1:], "o", ms=6, mfc="none", color=colors[run])
-    lo = float(np.nanmin([table[x].min(), table[y].min(), 0]))
-    hi = float(np.nanmax([table[x].max(), table[y].max(), 1]))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    if x in ACCURACY_LIKE:
+        lo = float(np.nanmin([table[x].min(), table[y].min(), 0]))
+        hi = float(np.nanmax([table[x].max(), table[y].max(), 1]))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    else:
+        lo, hi = float(table[x].min()), float(table[x].max())
     grid = np.linspace(lo, hi, 50)
-    ax.plot(grid, fit.intercept + fit.slope * grid, color="0.4", lw=1.5,
-            label=(f"OLS R²={fit.r2:.3f} (n={fit.n_points})\n"
-                   f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}]\n"
-                   f"R² vs y=x {fit.r2_identity:.3f}"))
+    if fit is None:
+        ax.set_title(f"no fit: {x} does not vary", fontsize=8)
+    else:
+        ax.plot(grid, fit.intercept + fit.slope * grid, color="0.4", lw=1.5,
+                label=(f"OLS R²={fit.r2:.3f} (n={fit.n_points})\n"
+                       f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}]"
+                       + (f"\nR² vs y=x {fit.r2_identity:.3f}" if x in ACCURACY_LIKE else "")))
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     ax.legend(loc="upper left", fontsize=8, frameon=False)
@@ -90,6 +107,78 @@ def plot_example_map(run: RunDynamics, tau: float, ax, n_examples: int | None = 
     ax.set_ylabel(f"training examples ({rgb.shape[0]}, by final pre-mem accuracy)")
     ax.set_yticks([])
     ax.set_title(f"{run.run}\nbrightness: accuracy; red: memorized (loglog ppl < {tau}), blue: not", fontsize=8)
+    return ax
+
+
+def plot_run_curves(run: RunDynamics, tau: float, ax):
+    """One run over training: train, pre-memorization and test accuracy, and the memorised share."""
+    x = run.epoch_of_step if run.epoch_of_step is not None else run.steps
+    ax.plot(x, run.mean_train_acc(), "-o", ms=3, label="train accuracy")
+    ax.plot(x, run.pre_mem_acc(tau), "-o", ms=3, label="pre-memorization train accuracy")
+    ax.plot(x, run.test_acc, "-o", ms=3, label="test accuracy")
+    ax.plot(x, run.memorized_frac(tau), ":", color="red", label="share memorized")
+    ax.set_xlabel("epoch" if run.epoch_of_step is not None else "step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(run.run, fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def plot_r2_by_tau(curve, ax, marks: dict[str, float] | None = None):
+    """R² of test accuracy on pre-mem accuracy against the threshold, with chosen taus marked."""
+    ax.plot(curve.tau, curve.r2, "-o", ms=3, label="R² (OLS)")
+    ax.plot(curve.tau, curve.r2_identity.clip(lower=-0.5), "--", lw=1, label="R² vs y = x (clipped at -0.5)")
+    for (label, tau), color in zip((marks or {}).items(), ("C3", "C2", "C4")):
+        ax.axvline(tau, color=color, lw=1.2, label=f"{label}: {tau:.2f}")
+    ax.set_xlabel("tau (memorized when log(log(perplexity)) < tau)")
+    ax.set_ylabel("R²")
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def plot_loglog_hist(runs: list[RunDynamics], tau: float, ax):
+    """log(log(perplexity)) at final checkpoints: trained examples against held-out ones."""
+    trained = np.concatenate([metrics.loglog_perplexity(r.perplexity[-1]) for r in runs])
+    bins = np.linspace(np.nanmin(trained[np.isfinite(trained)]), np.nanmax(trained[np.isfinite(trained)]), 40)
+    ax.hist(trained[np.isfinite(trained)], bins=bins, alpha=0.6, density=True, label="trained examples")
+    held = [r.heldout_perplexity[-1] for r in runs if r.heldout_perplexity is not None]
+    if held:
+        h = metrics.loglog_perplexity(np.concatenate(held))
+        ax.hist(h[np.isfinite(h)], bins=bins, alpha=0.6, density=True, label="held-out examples")
+    ax.axvline(tau, color="C3", label=f"tau {tau:.2f}")
+    ax.set_xlabel("log(log(perplexity)) at each run's final checkpoint")
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def plot_predictor_bars(comparison, ax):
+    """R² and Kendall's tau of each predictor against test accuracy."""
+    names = list(comparison.predictor)
+    pos = np.arange(len(names))
+    ax.barh(pos - 0.2, comparison.r2, height=0.4, label="R² (OLS)")
+    ax.barh(pos + 0.2, comparison.kendall_tau.abs(), height=0.4, label="|Kendall tau|")
+    ax.set_yticks(pos, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def plot_subsample(sub, ax):
+    ax.errorbar(sub.fraction, sub.r2_mean, yerr=[sub.r2_mean - sub.r2_lo, sub.r2_hi - sub.r2_mean], fmt="-o", ms=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of training examples sampled")
+    ax.set_ylabel("R² (bootstrap mean, 95% interval)")
+    return ax
+
+
+def plot_early(early, ax):
+    """Pre-mem accuracy part-way through training against the run's final test accuracy."""
+    for progress, g in early.groupby("progress"):
+        ax.plot(g.pre_mem_acc, g.final_test_acc, "o", ms=4, alpha=0.7, label=f"{progress:.0%} of training")
+    ax.set_xlabel("pre-memorization train accuracy so far")
+    ax.set_ylabel("final test accuracy")
+    ax.legend(fontsize=6, frameon=False, ncol=2)
     return ax
 
 

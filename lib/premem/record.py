@@ -3,7 +3,8 @@
     <record>/config.json               resolved params, their hash, library versions
     <record>/samples.parquet           run, step, epoch, split, example_id, sample_idx, correct,
                                        correct_strict, parse_ok, answer
-    <record>/perplexity.parquet        run, step, epoch, example_id, nll, n_tokens, perplexity
+    <record>/perplexity.parquet        run, step, epoch, example_id, trained, nll, n_tokens, perplexity
+                                       (trained False: held-out training examples, for tau calibration)
     <record>/checkpoints.parquet       run, step, epoch, and per-checkpoint predictors
                                        (param_distance, grad_variance)
     <record>/runs.parquet              run, lr, epochs, data_fraction, seed, n_train
@@ -60,12 +61,19 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
     runs = pd.read_parquet(record_dir / "runs.parquet").set_index("run")
     stats_file = record_dir / "checkpoints.parquet"
     stats = pd.read_parquet(stats_file) if stats_file.exists() else None
+    if "trained" not in ppl.columns:  # records written before held-out scoring
+        ppl = ppl.assign(trained=True)
     out = []
     for run, s in samples.groupby("run", sort=True):
         train = s[s.split == "train"].pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
-        test = s[s.split == "test"].groupby("step")["correct"].mean()
-        p = ppl[ppl.run == run].pivot_table(index="step", columns="example_id", values="perplexity")
+        test_s = s[s.split == "test"]
+        test_correct = test_s.pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
+        run_ppl = ppl[ppl.run == run]
+        p = run_ppl[run_ppl.trained].pivot_table(index="step", columns="example_id", values="perplexity")
         p = p.reindex(index=train.index, columns=train.columns)
+        held = run_ppl[~run_ppl.trained]
+        held = held.pivot_table(index="step", columns="example_id", values="perplexity").reindex(train.index) \
+            if len(held) else None
         epoch = s.groupby("step")["epoch"].first().reindex(train.index)
         extra = {}
         if stats is not None:
@@ -73,11 +81,25 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
             extra = {c: st[c].to_numpy(float) for c in st.columns if c not in ("run", "epoch")}
         # Train loss: mean per-token NLL of the gold solutions, a baseline predictor.
         extra["train_loss"] = np.nanmean(np.log(p.to_numpy(float)), axis=1)
+        extra["mean_perplexity"] = np.nanmean(p.to_numpy(float), axis=1)
         info = runs.loc[run]
         out.append(RunDynamics(
             run=run, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
-            perplexity=p.to_numpy(float), test_acc=test.reindex(train.index).to_numpy(float),
+            perplexity=p.to_numpy(float), test_acc=test_correct.mean(axis=1).reindex(train.index).to_numpy(float),
             lr=float(info.lr), epochs=int(info.epochs), data_fraction=float(info.data_fraction),
             example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,
+            heldout_perplexity=None if held is None else held.to_numpy(float),
+            test_correct=test_correct.reindex(train.index).to_numpy(float),
+            test_confidence=majority_share(test_s).reindex(index=train.index, columns=test_correct.columns).to_numpy(float),
         ))
     return out
+
+
+def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per (step, example): the share of samples giving the most common answer (unparseable counts
+    as its own answer). A label-free confidence, the input of ATC."""
+    answers = samples.assign(answer=samples.answer.fillna("<unparseable>"))
+    counts = answers.groupby(["step", "example_id", "answer"]).size()
+    top = counts.groupby(["step", "example_id"]).max()
+    total = counts.groupby(["step", "example_id"]).sum()
+    return (top / total).unstack("example_id")

@@ -6,13 +6,13 @@ string (``"\\nDone."`` by the project's prompt format) and without it.
 
 Two backends:
 
-- ``"transformers"``: batched ``transformers`` ``generate`` with the KV cache, left padding and an attention
-  mask, stopping on the stop string (transformers' ``StopStringCriteria``) or EOS. Pure temperature
-  sampling: the model's own generation_config (top_k=50 by default, repetition penalties some
-  checkpoints ship) is overridden so samples match vLLM's ``SamplingParams`` semantics.
-  Reproducible: each batch re-seeds torch from ``(seed, batch index)`` inside a forked RNG (the
-  caller's global RNG is untouched), so a batch's samples do not depend on earlier batches.
-  Results do depend on ``batch_size`` and on the set of prompts (they decide the batches).
+- ``"transformers"``: a lean batched decoding loop over a transformers causal LM with the KV cache,
+  left padding and an attention mask, stopping on the stop string or EOS (see ``_decode``). Pure
+  temperature sampling with optional top-p, as vLLM's ``SamplingParams``: no top_k or repetition
+  penalty from the checkpoint's generation_config sneaks in. Reproducible: each batch has its own
+  generator seeded from ``(seed, batch index)`` (the caller's global RNG is untouched), so a batch's
+  samples do not depend on earlier batches. Results do depend on ``batch_size`` and on the set of
+  prompts (they decide the batches).
 - ``"vllm"``: ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, for GPUs. vLLM loads weights itself, so
   ``model`` must be a path (a saved checkpoint folder or hub id) or an existing ``vllm.LLM``; it is
   imported lazily. Each prompt gets seed ``seed + index`` so prompts do not share random streams.
@@ -29,7 +29,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
 from premem.errors import PremError
 
@@ -106,20 +105,94 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _generation_config(model, tokenizer, *, k, temperature, top_p, max_new_tokens, stop) -> GenerationConfig:
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    greedy = temperature == 0
-    # Every filter is set explicitly: generate() fills unset fields from the model's
-    # generation_config and then from global defaults (top_k=50), which would silently change the
-    # sampling distribution away from plain temperature sampling.
-    return GenerationConfig(
-        do_sample=not greedy, temperature=1.0 if greedy else temperature,
-        top_p=1.0 if greedy else top_p, top_k=0, min_p=None if greedy else 0.0,
-        typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, epsilon_cutoff=0.0,
-        eta_cutoff=0.0, min_length=0, num_beams=1, length_penalty=1.0,
-        max_new_tokens=max_new_tokens, num_return_sequences=1 if greedy else k, eos_token_id=eos or None,
-        pad_token_id=pad, use_cache=True, stop_strings=[stop] if stop else None)
+def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose probability reaches top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+STOP_CHECK_EVERY = 8  # decode-and-search for the stop string every this many tokens
+
+
+@torch.inference_mode()
+def _decode(model, ids, mask, *, copies, max_new_tokens, temperature, top_p, eos, pad, stop, tokenizer,
+            generator) -> torch.Tensor:
+    """Plain temperature (or greedy) decoding with the KV cache of `copies` samples per prompt row;
+    returns the new tokens, (rows * copies) x T, a prompt's samples consecutive.
+
+    A lean loop instead of `generate`: for ~1M-parameter models generate's per-step machinery
+    (logits processors, stop-string criteria) costs more than the forward pass. Finished rows are
+    dropped from the batch and its cache, so long samples do not keep short ones computing. The
+    stop string is searched in the decoded text every STOP_CHECK_EVERY tokens; tokens past it are
+    cut by `truncate_at_stop` afterwards, so checking late changes nothing but time. Finished rows
+    keep their slot until a quarter of the batch is done, then the batch and cache are compacted.
+    """
+    from transformers import StaticCache
+
+    rows, width = ids.shape
+    n = rows * copies
+    out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=ids.device)
+    alive = torch.arange(n, device=ids.device)  # original row of each row still decoding
+    position = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    # A preallocated cache: a growing one re-copies every key and value at every step.
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    cache_kw = _cache_keyword(model)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, **{cache_kw: cache},
+                   cache_position=torch.arange(width, device=ids.device), use_cache=True).logits[:, -1, :]
+    # Each prompt is read once, then its cache is copied for its k samples.
+    if copies > 1:
+        for layer in cache.layers:
+            layer.keys = layer.keys.repeat_interleave(copies, dim=0)
+            layer.values = layer.values.repeat_interleave(copies, dim=0)
+            layer.batch_size = n
+        logits, mask = logits.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+        position = position.repeat_interleave(copies, dim=0)
+    full_mask = torch.cat([mask, mask.new_zeros((n, max_new_tokens))], dim=-1)
+    position = position[:, -1:]
+    eos_t = torch.tensor(eos or [-1], device=ids.device)
+    finished = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    for t in range(max_new_tokens):
+        # One uniform draw per original row at every step, used by inverse-CDF sampling: a row's
+        # sample never depends on which other rows have finished (or been compacted away), so
+        # stopping early only ever cuts a sample, and never changes its prefix.
+        u = torch.rand(n, generator=generator, device=ids.device)[alive]
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            probs = torch.softmax(_filter_top_p(logits.float() / temperature, top_p), dim=-1)
+            cdf = probs.cumsum(-1)
+            token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        out[alive[~finished], t] = token[~finished]
+        finished |= torch.isin(token, eos_t)
+        if stop and (t + 1) % STOP_CHECK_EVERY == 0:
+            texts = tokenizer.batch_decode(out[alive, :t + 1], skip_special_tokens=True)
+            finished |= torch.tensor([stop in x for x in texts], device=ids.device)
+        if finished.all() or t + 1 == max_new_tokens:
+            break
+        if finished.sum() * 4 >= len(finished):  # compact when a quarter of the rows are done
+            keep = (~finished).nonzero().squeeze(-1)
+            alive, token, full_mask, position = alive[keep], token[keep], full_mask[keep], position[keep]
+            finished = finished[keep]
+            for layer in cache.layers:
+                layer.keys, layer.values, layer.batch_size = layer.keys[keep], layer.values[keep], len(keep)
+        full_mask[:, width + t] = 1
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=full_mask[:, :width + t + 1], position_ids=position,
+                       cache_position=torch.tensor([width + t], device=ids.device), **{cache_kw: cache},
+                       use_cache=True).logits[:, -1, :]
+    return out
 
 
 def _batch_seed(seed: int, batch: int) -> int:
@@ -131,38 +204,46 @@ def _batch_seed(seed: int, batch: int) -> int:
 def _sample_hf(model, tokenizer, prompts, *, k, temperature, top_p, max_new_tokens, stop, seed,
                batch_size, progress) -> list[list[str]]:
     device = next(model.parameters()).device
-    cfg = _generation_config(model, tokenizer, k=k, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, stop=stop)
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    n = 1 if temperature == 0 else k  # greedy: one decode, k copies
     enc = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     # Sorted by length so a batch has little padding; results are put back in prompt order.
     order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))
-    per_call = max(1, batch_size // cfg.num_return_sequences)
+    per_call = max(1, batch_size // n)
     batches = [order[s:s + per_call] for s in range(0, len(order), per_call)]
     out: list[list[str]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
-    fork_devices = [device] if device.type == "cuda" else []
     try:
         for b, idx in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
             width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), cfg.pad_token_id, dtype=torch.long)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
                 ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
                 mask[r, width - len(enc[i]):] = 1
-            with torch.random.fork_rng(devices=fork_devices), torch.inference_mode():
-                torch.manual_seed(_batch_seed(seed, b))
-                gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=cfg, tokenizer=tokenizer)
-            # num_return_sequences repeats each prompt n times consecutively.
-            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            n = cfg.num_return_sequences
+            # Each batch has its own generator from (seed, batch index): a batch's samples do not
+            # depend on earlier batches, and the caller's global RNG is untouched.
+            generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
+            new = _decode(model, ids.to(device), mask.to(device), copies=n, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, eos=eos, pad=pad, stop=stop,
+                          tokenizer=tokenizer, generator=generator)
+            texts = tokenizer.batch_decode(_cut_at_eos(new, eos, pad), skip_special_tokens=True)
             for r, i in enumerate(idx):
                 done = [truncate_at_stop(t, stop) for t in texts[r * n:(r + 1) * n]]
-                out[i] = done if n == k else done * k  # greedy: one decode, k copies
+                out[i] = done if n == k else done * k
     finally:
         model.train(was_training)
     return out
+
+
+def _cut_at_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
+    """Tokens after a row's first EOS become padding (rows drop out of decoding a step late)."""
+    if not eos:
+        return new
+    hit = torch.isin(new, torch.tensor(eos, device=new.device)).int().cumsum(-1) > 0
+    return new.masked_fill(hit, pad)
 
 
 def _sample_vllm(model, tokenizer, prompts, *, k, temperature, top_p, max_new_tokens, stop, seed,

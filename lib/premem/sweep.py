@@ -49,17 +49,24 @@ def grid(cfg: Params) -> list[RunSpec]:
     return specs
 
 
-def load_examples(cfg: Params):
+def load_examples(cfg: Params, heldout: bool = False):
+    """(train, test) examples; with heldout=True also the held-out training examples.
+
+    Held-out examples come from the training split but no run trains on them: their perplexity at
+    every checkpoint shows what a solution the model never saw scores, which calibrates the
+    memorization threshold without test labels (`premem.metrics.calibrate_tau`).
+    """
     from premem import tasks
 
     options = dict(cfg.task_options)
     if cfg.data_files:
         options["data_files"] = cfg.data_files
-    train = tasks.load_task(cfg.task, split="train", n=cfg.n_train, seed=cfg.data_seed, **options)
+    pool = tasks.load_task(cfg.task, split="train", n=cfg.n_train + cfg.n_heldout, seed=cfg.data_seed, **options)
+    train, held = pool[:cfg.n_train], pool[cfg.n_train:]
     test = tasks.load_task(cfg.task, split="test", n=cfg.n_test, seed=cfg.data_seed, **options)
     if not train:
         raise PremError(f"task '{cfg.task}' gave an empty training set")
-    return train, test
+    return (train, test, held) if heldout else (train, test)
 
 
 def train_subset(train, spec: RunSpec):
@@ -89,12 +96,18 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
     ))
 
 
+def save_every(cfg: Params, epochs: int) -> int:
+    if cfg.max_checkpoints is None:
+        return cfg.save_every_epochs
+    return max(cfg.save_every_epochs, -(-epochs // cfg.max_checkpoints))
+
+
 def part_done(run_dir: Path, step: int) -> bool:
     return all(record.part_path(run_dir, t, step).exists() for t in record.TABLES)
 
 
 def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoch: int, lm, tok,
-                      train, test, init_state) -> None:
+                      train, test, init_state, heldout=()) -> None:
     """Samples, grades and perplexities at one checkpoint, written as parquet parts."""
     from premem import grading, perplexity, sampling, tasks, training
 
@@ -116,12 +129,15 @@ def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoc
                 rows.append(dict(run=spec.run, step=step, epoch=epoch, split=split, example_id=ex.id,
                                  sample_idx=j, correct=g.correct, correct_strict=g.correct_strict,
                                  parse_ok=g.parse_ok, answer=g.answer))
-    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in train]
-    targets = [tasks.format_target(ex, cfg.target_template) for ex in train]
+    scored = list(train) + list(heldout)
+    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in scored]
+    targets = [tasks.format_target(ex, cfg.target_template) for ex in scored]
     nll, n_tokens = perplexity.target_nll(lm, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
                                           progress=False)
-    ppl = pd.DataFrame(dict(run=spec.run, step=step, epoch=epoch, example_id=[ex.id for ex in train],
+    ppl = pd.DataFrame(dict(run=spec.run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
+                            trained=[i < len(train) for i in range(len(scored))],
                             nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
+    prompts, targets = prompts[:len(train)], targets[:len(train)]
     stats = pd.DataFrame([dict(
         run=spec.run, step=step, epoch=epoch, param_distance=training.param_distance(lm, init_state),
         grad_variance=training.gradient_variance(lm, tok, prompts, targets, batch_size=cfg.batch_size,
@@ -132,7 +148,8 @@ def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoc
     io.write_parquet(record.part_path(run_dir, "samples", step), pd.DataFrame(rows))
 
 
-def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str) -> Path:
+def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
+                     heldout=()) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
 
     The building block of a sweep, and of anything that trains on its own example lists (data
@@ -153,14 +170,14 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     init_state = training.snapshot(lm)
 
     def on_checkpoint(step, epoch, model):
-        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, train, test, init_state)
+        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, train, test, init_state, heldout)
 
     ckpts = training.finetune(
         lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
         [tasks.format_target(ex, cfg.target_template) for ex in train],
         output_dir=run_dir / "train", lr=spec.lr, epochs=spec.epochs, batch_size=cfg.batch_size,
         warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        seed=spec.seed, save_every_epochs=cfg.save_every_epochs, lora=cfg.lora, on_checkpoint=on_checkpoint,
+        seed=spec.seed, save_every_epochs=save_every(cfg, spec.epochs), lora=cfg.lora, on_checkpoint=on_checkpoint,
         progress=False,
     )
     missing = [c["step"] for c in ckpts if not part_done(run_dir, c["step"])]
@@ -183,8 +200,8 @@ def run_one(cfg_json: str, spec: RunSpec, record_dir: str, base_path: str, threa
     quiet_libraries()
     cfg = Params.model_validate_json(cfg_json)
     if not (Path(record_dir) / "runs" / spec.run / "done.json").exists():
-        train_all, test = load_examples(cfg)
-        train_and_record(cfg, spec, train_subset(train_all, spec), test, record_dir, base_path)
+        train_all, test, heldout = load_examples(cfg, heldout=True)
+        train_and_record(cfg, spec, train_subset(train_all, spec), test, record_dir, base_path, heldout)
     return spec.run
 
 
@@ -263,9 +280,17 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     cfg_json = cfg.model_dump_json()
     bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
     if cfg.workers == 1:
-        for spec in specs:
-            run_one(cfg_json, spec, str(out), base, None)
-            bar.update()
+        import torch
+
+        # One thread, as in worker processes: float reductions, hence weights and samples, then do
+        # not depend on the worker count.
+        threads = torch.get_num_threads()
+        try:
+            for spec in specs:
+                run_one(cfg_json, spec, str(out), base, 1)
+                bar.update()
+        finally:
+            torch.set_num_threads(threads)
     else:
         with ProcessPoolExecutor(cfg.workers, mp_context=_spawn()) as pool:
             futures = [pool.submit(run_one, cfg_json, s, str(out), base, 1) for s in specs]
