@@ -126,12 +126,13 @@ class Params(BaseModel):
         p = Path(value).expanduser()
         return p if p.is_absolute() else project_root() / p
 
-    def hash(self) -> str:
-        """Content hash of the keys that shape a sweep's record (RECORD_KEYS), naming record folders
-        instead of config encoded in names. Analysis, path and worker keys are left out, so adding
-        such a key, or changing one, never invalidates a finished record."""
+    def hash(self, *extra_keys: str) -> str:
+        """Content hash of the keys that shape a sweep's record (RECORD_KEYS, plus `extra_keys` for
+        stages with keys of their own, such as CURATION_KEYS), naming record folders instead of
+        config encoded in names. Analysis, path and worker keys are left out, so adding such a key,
+        or changing one, never invalidates a finished record."""
         data = self.model_dump(mode="json")
-        blob = json.dumps({k: data[k] for k in RECORD_KEYS}, sort_keys=True).encode()
+        blob = json.dumps({k: data[k] for k in RECORD_KEYS + extra_keys}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -145,6 +146,8 @@ RECORD_KEYS = (
     "warmup_ratio", "weight_decay", "max_grad_norm", "save_every_epochs", "max_checkpoints", "k", "k_test",
     "temperature", "top_p", "max_new_tokens", "sample_batch_size", "backend",
 )
+
+CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_")) + ("pool_file",)
 
 
 def project_root() -> Path:

@@ -106,7 +106,7 @@ def plot_example_map(run: RunDynamics, tau: float, ax, n_examples: int | None = 
     ax.set_xlabel("epoch" if run.epoch_of_step is not None else "checkpoint step")
     ax.set_ylabel(f"training examples ({rgb.shape[0]}, by final pre-mem accuracy)")
     ax.set_yticks([])
-    ax.set_title(f"{run.run}\nbrightness: accuracy; red: memorized (loglog ppl < {tau}), blue: not", fontsize=8)
+    ax.set_title(f"{run.run}\nbrightness: accuracy; red: memorized (loglog ppl < {tau:.2f}), blue: not", fontsize=8)
     return ax
 
 

@@ -254,18 +254,19 @@ def versions() -> dict:
     return dict(python=platform.python_version(), **{n: version(n) for n in names})
 
 
-def prepare_record_dir(cfg: Params, out: Path, force: bool) -> None:
+def prepare_record_dir(cfg: Params, out: Path, force: bool, extra_keys: tuple[str, ...] = ()) -> None:
     """A record folder belongs to one config: refuse to mix, unless --force starts it afresh."""
     config_file = out / "config.json"
+    new = cfg.hash(*extra_keys)
     if config_file.exists():
         old = json.loads(config_file.read_text()).get("hash")
-        if old != cfg.hash() and not force:
-            raise PremError(f"{out} holds a record of another config (hash {old}, now {cfg.hash()}): "
+        if old != new and not force:
+            raise PremError(f"{out} holds a record of another config (hash {old}, now {new}): "
                             "choose another --out or pass --force")
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(config_file, dict(hash=cfg.hash(), params=cfg.model_dump(mode="json"), versions=versions()))
+    io.write_json(config_file, dict(hash=new, params=cfg.model_dump(mode="json"), versions=versions()))
 
 
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:

@@ -1,0 +1,396 @@
+"""Claim 4: data curation guided by pre-memorization accuracy (Algorithm 1 of Kang et al., 2024).
+
+Round i = 1..n: finetune the base model on the originals plus everything collected so far, score
+every original at the final checkpoint, select, and collect N_i examples similar to the selected ones
+(round-robin, neediest first). Result row `round` r is the run trained after r collections; round 0
+(originals only) is one run shared by all strategies. Strategies spend the same budgets:
+- premem: final pre-memorization accuracy <= curation_threshold (paper: 0.75); none: all originals;
+- iid: every original in a random order (variants of uniformly random originals);
+- ifd: highest log PPL(y|x) / log PPL(y) under a model finetuned IFD_EPOCHS epochs on the round's
+  data; PPL(y) is conditioned on the tokenizer's BOS alone if it has one, else on "\n";
+- most_steps (meta n_steps, else non-empty solution lines); hardest (meta level or difficulty where
+  it varies, else steps); low_train_acc, high_loss (final perplexity) and forgetting (Toneva et al.:
+  accuracy drops between consecutive checkpoints), from the round's run.
+Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
+rule selects on the same run; ties keep the originals' order.
+
+Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads it), with
+curation.parquet, efficiency.parquet, and selections/ and collected/ per (strategy, round, seed);
+a rerun trains and scores nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from premem import io, metrics, record, sweep, tasks
+from premem.config import CURATION_KEYS, Params
+from premem.errors import PremError
+from premem.grading import extract_answer
+from premem.tasks import Example
+
+STRATEGIES = ("premem", "iid", "ifd", "most_steps", "hardest", "low_train_acc", "high_loss", "forgetting")
+IFD_EPOCHS = 2  # Li et al.'s IFD uses a briefly finetuned ("pre-experienced") model
+
+
+class Source(Protocol):
+    """Where similar examples come from: `similar(ex, n, seed)` gives n examples like `ex`, the first
+    n of one deterministic stream per (ex, seed); `capacity(ex)` how many exist (None: unlimited)."""
+
+    def similar(self, ex: Example, n: int, seed: int) -> list[Example]: ...
+
+    def capacity(self, ex: Example) -> int | None: ...
+
+
+class ProceduralSource:
+    """arith and gsm_symbolic: same template and steps, fresh numbers and names (tasks.similar_examples)."""
+
+    def similar(self, ex, n, seed):
+        return tasks.similar_examples(ex, n, seed) if n > 0 else []
+
+    def capacity(self, ex):
+        return None
+
+
+class PoolSource:
+    """Variants written by someone else (GSM8k, MATH): a JSONL file of {source_id, question, solution},
+    source_id being the premem id of the original (e.g. "gsm8k-train-17"), the solution ending in
+    "#### <answer>"."""
+
+    def __init__(self, path: str | Path, task: str = "pool"):
+        self.path, self.variants = Path(path), {}
+        if not self.path.is_file():
+            raise PremError(f"pool_file not found: {self.path}")
+        for line_no, line in enumerate(self.path.read_text().splitlines(), start=1):
+            where = f"{self.path}:{line_no}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PremError(f"{where}: not valid JSON ({e.msg})") from None
+            bad = [k for k in ("source_id", "question", "solution")
+                   if not isinstance(row, dict) or not isinstance(row.get(k), str) or not row[k].strip()]
+            if bad:
+                raise PremError(f"{where}: needs non-empty string fields {bad}")
+            if (answer := extract_answer(row["solution"])) is None:
+                raise PremError(f"{where}: solution has no '#### <answer>' line")
+            q, sid = row["question"], row["source_id"]
+            self.variants.setdefault(sid, []).append(Example(
+                f"{task}-var-{hashlib.sha256(q.encode()).hexdigest()[:12]}", q, row["solution"], answer,
+                dict(task=task, split="train", similar_to=sid, pool_line=line_no)))
+
+    def similar(self, ex, n, seed):
+        pool = self.variants.get(ex.id, [])
+        if n > len(pool):
+            raise PremError(f"{self.path}: {len(pool)} variants of {ex.id}, asked for {n}")
+        order = random.Random(f"pool|{ex.id}|{seed}").sample(range(len(pool)), len(pool))
+        return [pool[i] for i in order[:n]]
+
+    def capacity(self, ex):
+        return len(self.variants.get(ex.id, []))
+
+
+def source_for(cfg: Params) -> Source:
+    if cfg.pool_file:
+        return PoolSource(cfg.path("pool_file"), cfg.task)
+    if cfg.task in tasks.SPLITS:
+        return ProceduralSource()
+    raise PremError(f"task '{cfg.task}' has no procedural variants: set pool_file to a JSONL of "
+                    "{source_id, question, solution} variants")
+
+
+def check_strategies(names) -> None:
+    if unknown := [s for s in names if s not in STRATEGIES]:
+        raise PremError(f"curation_strategies: unknown {unknown}; known: {list(STRATEGIES)}")
+
+
+# ---- scores and selection --------------------------------------------------------------------------
+
+def forgetting_events(train_acc) -> np.ndarray:
+    """Per example (columns), how often its accuracy fell from one measured checkpoint to the next."""
+    a = pd.DataFrame(np.asarray(train_acc, dtype=float)).ffill()  # NaN: unmeasured, compare to the last value
+    return (a.diff() < 0).sum(axis=0).to_numpy(int)
+
+
+def n_steps(ex: Example) -> int:
+    if "n_steps" in ex.meta:
+        return int(ex.meta["n_steps"])
+    body = ex.solution.split(tasks.MARKER)[0]
+    return sum(1 for line in body.splitlines() if line.strip())
+
+
+def hardness(examples: list[Example]) -> np.ndarray:
+    """meta level, else difficulty, where every example has it and it varies; else n_steps."""
+    for key in ("level", "difficulty"):
+        values = [ex.meta.get(key) for ex in examples]
+        if all(v is not None for v in values) and len(set(values)) > 1:
+            return np.asarray(values, dtype=float)
+    return np.asarray([n_steps(ex) for ex in examples], dtype=float)
+
+
+def unconditional_prompt(tokenizer) -> str:
+    """The prompt NLL(y) is conditioned on: BOS alone when the tokenizer has one, else "\\n"."""
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        if list(tokenizer("")["input_ids"]) == [bos]:
+            return ""  # the tokenizer prepends BOS itself
+        if list(tokenizer(tokenizer.bos_token, add_special_tokens=False)["input_ids"]) == [bos]:
+            return tokenizer.bos_token
+    return "\n"
+
+
+def ifd_scores(lm, tokenizer, examples, prompt_template=tasks.PROMPT_TEMPLATE,
+               target_template=tasks.TARGET_TEMPLATE, batch_size: int = 32) -> np.ndarray:
+    """log PPL(y|x) / log PPL(y) per example (the target tokens are the same, so a ratio of summed NLLs)."""
+    from premem.perplexity import target_nll
+
+    targets = [tasks.format_target(ex, target_template) for ex in examples]
+    cond, n = target_nll(lm, tokenizer, [tasks.format_prompt(ex, prompt_template) for ex in examples], targets,
+                         batch_size=batch_size, progress=False)
+    free, m = target_nll(lm, tokenizer, [unconditional_prompt(tokenizer)] * len(examples), targets,
+                         batch_size=batch_size, progress=False)
+    if not np.array_equal(n, m):  # cannot happen: targets are tokenised alone, whatever the prompt
+        raise PremError("ifd: target token counts differ between the conditional and unconditional pass")
+    return (cond / n) / (free / m)
+
+
+def select(scores: pd.DataFrame, strategy: str, threshold: float, top_fraction: float | None = None,
+           seed: int = 0) -> tuple[list[str], bool]:
+    """Selected example ids, neediest first, and whether the pre-mem rule selected none (then all are).
+
+    `scores` has example_id, pre_mem_acc and score (higher: more in need) in the originals' order."""
+    check_strategies([strategy])
+    by_acc = scores.sort_values("pre_mem_acc", kind="stable")  # NaN (unmeasured) last, never <= t
+    rule = by_acc[by_acc.pre_mem_acc <= threshold]
+    if strategy == "iid":
+        return scores.example_id.to_numpy()[np.random.default_rng(seed).permutation(len(scores))].tolist(), False
+    if strategy == "premem":
+        return (rule if len(rule) else by_acc).example_id.tolist(), len(rule) == 0
+    m = round(top_fraction * len(scores)) if top_fraction else len(rule) or len(scores)  # the rule's fallback
+    ranked = scores.sort_values("score", ascending=False, kind="stable", na_position="last")
+    return ranked.example_id.tolist()[:max(m, 1)], False
+
+
+def allocate(ids: list[str], n: int, capacity: dict | None = None) -> dict[str, int]:
+    """Round-robin: n new examples over `ids` in order, skipping those whose source ran dry."""
+    counts = dict.fromkeys(ids, 0)
+    cap = {i: (capacity or {}).get(i) for i in ids}
+    open_ = [i for i in ids if cap[i] is None or cap[i] > 0]
+    while n > 0:
+        if not open_:
+            raise PremError(f"no similar examples left to collect {n} more (selected: {ids[:3]}...)")
+        for i in list(open_):
+            if n == 0:
+                break
+            counts[i] += 1
+            n -= 1
+            if cap[i] is not None and counts[i] >= cap[i]:
+                open_.remove(i)
+    return counts
+
+
+def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: int) -> list[Example]:
+    """counts[id] new examples like each original, none of whose questions is in `exclude` (updated)."""
+    out = []
+    for i, c in counts.items():
+        ex, got, ask = originals[i], [], c
+        while len(got) < c:
+            cap = source.capacity(ex)
+            stream = source.similar(ex, ask if cap is None else min(ask, cap), seed)
+            got = [e for e in stream if e.question not in exclude][:c]
+            if len(got) < c and (cap is not None and ask >= cap or ask > 50 * c + len(exclude)):
+                raise PremError(f"only {len(got)} new examples like {i}, {c} asked")
+            ask += c
+        exclude.update(e.question for e in got)
+        out += got
+    return out
+
+
+def score_table(strategy: str, dyn, originals: list[Example], tau: float, ifd=None) -> pd.DataFrame:
+    """Per original (in order): final pre-memorization accuracy and the strategy's score."""
+    by_col = {e: j for j, e in enumerate(dyn.example_ids)}
+    cols = [by_col[ex.id] for ex in originals]
+    acc, ppl = dyn.train_acc[:, cols], dyn.perplexity[:, cols]
+    pre = metrics.pre_mem_acc(acc, ppl, tau)[-1]
+    score = {"premem": lambda: -pre, "iid": lambda: np.zeros(len(originals)), "ifd": lambda: ifd,
+             "most_steps": lambda: np.asarray([n_steps(ex) for ex in originals], dtype=float),
+             "hardest": lambda: hardness(originals), "low_train_acc": lambda: -acc[-1],
+             "high_loss": lambda: ppl[-1], "forgetting": lambda: forgetting_events(acc).astype(float)}[strategy]()
+    return pd.DataFrame(dict(example_id=[ex.id for ex in originals], pre_mem_acc=pre, score=score))
+
+
+def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
+    """(model, tokenizer) finetuned IFD_EPOCHS epochs on `train`: the run itself when it has that
+    many epochs, else a probe finetuned (not recorded) under <out>/ifd/."""
+    from premem import model as model_lib, training
+
+    if spec.epochs == IFD_EPOCHS:
+        return training.load_checkpoint(sweep.final_checkpoint(out, spec.run))
+    lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
+                                  quantization=cfg.quantization)
+    ckpts = training.finetune(
+        lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
+        [tasks.format_target(ex, cfg.target_template) for ex in train], output_dir=out / "ifd" / spec.run,
+        lr=spec.lr, epochs=IFD_EPOCHS, batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=spec.seed,
+        save_every_epochs=IFD_EPOCHS, lora=cfg.lora, progress=False)
+    return training.load_checkpoint(ckpts[-1]["path"])
+
+
+# ---- the rounds --------------------------------------------------------------------------------------
+
+def _train(cfg_json, spec, train, test, held, out, base, threads):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    sweep.quiet_libraries()
+    sweep.train_and_record(Params.model_validate_json(cfg_json), spec, train, test, out, base, held)
+    return spec.run
+
+
+def _write_examples(path: Path, examples: list[Example]) -> None:
+    io.write_text(path, "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in examples))
+
+
+def _read_examples(path: Path) -> list[Example]:
+    return [Example(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def budgets(cfg: Params, strategy: str) -> list[int]:
+    b = (cfg.curation_iid_rounds or cfg.curation_rounds) if strategy == "iid" else cfg.curation_rounds
+    if not b or any(n < 1 for n in b):
+        raise PremError(f"curation budgets must be positive, got {b} for {strategy}")
+    return list(b)
+
+
+def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    check_strategies(cfg.curation_strategies)
+    sweep.quiet_libraries()
+    out = Path(out) if out else cfg.path("out_dir") / f"curation-{cfg.hash(*CURATION_KEYS)}"
+    originals, test, held = sweep.load_examples(cfg, heldout=True)
+    source = source_for(cfg)
+    sweep.prepare_record_dir(cfg, out, force, extra_keys=CURATION_KEYS)
+    base = sweep.base_model_path(cfg, progress=progress)
+    lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
+    plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
+    new = {(s, seed): [] for s in plan for seed in cfg.curation_seeds}
+
+    def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
+        return sweep.RunSpec(f"originals_seed{seed}" if r == 0 else f"{s}_r{r}_seed{seed}", lr, epochs, 1.0, seed)
+
+    every = sorted({spec_of(s, r, seed) for s in plan for r in range(len(plan[s]) + 1)
+                    for seed in cfg.curation_seeds}, key=lambda sp: sp.run)
+    n_rounds, rows = max(len(b) for b in plan.values()), []
+    for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
+        chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
+        jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
+        todo = {sp: t for sp, t in jobs.items() if not (out / "runs" / sp.run / "done.json").exists()}
+        if cfg.workers == 1 or len(todo) < 2:
+            for spec, train in todo.items():
+                sweep.train_and_record(cfg, spec, train, test, out, base, held)
+        else:  # spawned workers, one torch thread each, as in the sweep
+            with ProcessPoolExecutor(cfg.workers, mp_context=sweep._spawn()) as pool:
+                list(pool.map(_train, *zip(*[(cfg.model_dump_json(), spec, train, test, held, str(out), base, 1)
+                                            for spec, train in todo.items()])))
+        # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
+        sweep.finish(out, [sp for sp in every if (out / "runs" / sp.run / "run.json").exists()])
+        dyns = {d.run: d for d in record.read_runs(out)}
+        for s, seed in chains:
+            spec = spec_of(s, r, seed)
+            d, tau = dyns[spec.run], metrics.chosen_tau(cfg, [dyns[spec.run]])[0]
+            rows.append(dict(strategy=s, round=r, seed=seed, n_examples=len(jobs[spec]), n_new=len(new[(s, seed)]),
+                             test_acc=float(d.test_acc[-1]), pre_mem_acc=float(d.pre_mem_acc(tau)[-1]), run=spec.run))
+            if r < len(plan[s]):  # not the chain's last run: collect for the next round
+                collected = out / "collected" / f"{s}_r{r + 1}_seed{seed}.jsonl"
+                if not collected.exists():
+                    _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, plan[s][r], d,
+                                                           tau, spec, jobs[spec], originals, held + test))
+                new[(s, seed)] = new[(s, seed)] + _read_examples(collected)
+        table = pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
+        io.write_parquet(out / "curation.parquet", table)
+    if "iid" in plan:
+        io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
+    return out
+
+
+def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others):
+    """Score the originals on run `d`, select, allocate `budget` round-robin, collect; the selection
+    is kept under <out>/selections/."""
+    ifd = None
+    if s == "ifd":
+        lm, tok = ifd_model(cfg, out, spec, train, base)
+        ifd = ifd_scores(lm, tok, originals, cfg.prompt_template, cfg.target_template, cfg.perplexity_batch_size)
+    scores = score_table(s, d, originals, tau, ifd)
+    ids, fallback = select(scores, s, cfg.curation_threshold, cfg.curation_top_fraction, seed=seed * 1009 + r)
+    by_id = {ex.id: ex for ex in originals}
+    used = pd.Series([e.meta.get("similar_to") for e in train]).value_counts()
+    caps = {i: None if source.capacity(by_id[i]) is None else source.capacity(by_id[i]) - used.get(i, 0) for i in ids}
+    counts = allocate(ids, budget, caps)
+    got = collect(source, by_id, counts, {e.question for e in train + others}, seed)
+    io.write_parquet(out / "selections" / f"{s}_r{r + 1}_seed{seed}.parquet", scores.assign(
+        selected=scores.example_id.isin(ids), n_new=scores.example_id.map(counts).fillna(0).astype(int),
+        fallback=fallback, tau=tau))
+    return got
+
+
+# ---- data efficiency and the figure -----------------------------------------------------------------
+
+def iid_examples_needed(n_examples, test_acc, target: float) -> tuple[float, str]:
+    """Examples the IID curve needs to reach `target`, by linear interpolation at its first crossing.
+
+    Flags: "interpolated"; "at_or_below_start" (target <= the curve's first point: at most that many);
+    "above_iid_max" (never reached: inf); "nan" (target unmeasured)."""
+    order = np.argsort(np.asarray(n_examples, dtype=float), kind="stable")
+    n, y = np.asarray(n_examples, dtype=float)[order], np.asarray(test_acc, dtype=float)[order]
+    if n.size == 0:
+        raise PremError("data efficiency needs an iid curve, and it is empty")
+    if np.isnan(target):
+        return np.nan, "nan"
+    if target <= y[0]:
+        return float(n[0]), "at_or_below_start"
+    for j in range(1, n.size):
+        if y[j - 1] < target <= y[j]:
+            return float(n[j - 1] + (target - y[j - 1]) / (y[j] - y[j - 1]) * (n[j] - n[j - 1])), "interpolated"
+    return np.inf, "above_iid_max"
+
+
+def data_efficiency(table: pd.DataFrame) -> pd.DataFrame:
+    """Per curated (strategy, round >= 1), seeds averaged: IID examples needed / curated examples."""
+    mean = table.groupby(["strategy", "round", "n_examples"], as_index=False).test_acc.mean()
+    iid = mean[mean.strategy == "iid"]
+    if iid.empty:
+        raise PremError("data efficiency needs the 'iid' strategy in curation_strategies")
+    curve = iid.groupby("n_examples").test_acc.mean()
+    rows = []
+    for r in mean[(mean.strategy != "iid") & (mean["round"] > 0)].itertuples():
+        need, flag = iid_examples_needed(curve.index, curve.to_numpy(), r.test_acc)
+        rows.append(dict(strategy=r.strategy, round=r.round, n_examples=r.n_examples, test_acc=r.test_acc,
+                         iid_examples=need, ratio=need / r.n_examples, flag=flag))
+    return pd.DataFrame(rows, columns=["strategy", "round", "n_examples", "test_acc", "iid_examples", "ratio", "flag"])
+
+
+def plot_scaling(table: pd.DataFrame, ax):
+    """Final test accuracy against training examples, one line per strategy, seeds as error bars (std)."""
+    for i, (s, t) in enumerate(table.groupby("strategy", sort=False)):
+        g = t.groupby("n_examples").test_acc
+        m, sd = g.mean(), g.std().fillna(0)
+        ax.errorbar(m.index, m.to_numpy(), yerr=sd.to_numpy(), marker="o", ms=4, capsize=3,
+                    color="k" if s == "iid" else f"C{i}", ls="--" if s == "iid" else "-", label=s)
+    ax.set_xlabel("training examples (originals + collected)")
+    ax.set_ylabel("final test accuracy")
+    ax.legend(fontsize=8, frameon=False)
+    return ax

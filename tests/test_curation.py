@@ -1,0 +1,163 @@
+"""Claim 4 machinery: selection, round-robin allocation, sources, IFD, forgetting, data efficiency,
+and one smoke curation round that a rerun reads back without training."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from premem import curation, perplexity, record, sampling, tasks, training
+from premem.config import load_params
+from premem.errors import PremError
+
+from tiny_lm import char_tokenizer, single_thread, tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+def scores():
+    return pd.DataFrame(dict(example_id=list("abcdef"), pre_mem_acc=[0.0, 0.8, 0.75, 0.5, 1.0, np.nan],
+                             score=[1.0, 3.0, 3.0, np.nan, 2.0, 0.0]))
+
+
+def test_premem_selects_at_or_below_threshold_neediest_first():
+    ids, fallback = curation.select(scores(), "premem", threshold=0.75)
+    assert ids == ["a", "d", "c"] and not fallback  # 0.75 itself is selected; NaN (unmeasured) is not
+    ids, fallback = curation.select(scores(), "premem", threshold=-0.1)
+    assert fallback and ids == ["a", "d", "c", "b", "e", "f"]  # none selected: every original
+
+
+def test_ranked_strategies_take_as_many_as_the_rule_or_a_fraction():
+    assert curation.select(scores(), "high_loss", 0.75)[0] == ["b", "c", "e"]  # ties keep order, NaN last
+    assert curation.select(scores(), "high_loss", 0.75, top_fraction=0.5)[0] == ["b", "c", "e"]
+    assert curation.select(scores(), "high_loss", 0.75, top_fraction=0.7)[0] == ["b", "c", "e", "a"]
+    assert curation.select(scores(), "high_loss", -0.1)[0] == ["b", "c", "e", "a", "f", "d"]  # rule: none
+    iid = curation.select(scores(), "iid", 0.75, seed=3)[0]
+    assert sorted(iid) == list("abcdef") and iid == curation.select(scores(), "iid", 0.75, seed=3)[0]
+
+
+def test_round_robin_allocation_spends_the_budget_exactly():
+    assert curation.allocate(["a", "d", "c"], 7) == {"a": 3, "d": 2, "c": 2}
+    assert curation.allocate(["a", "d", "c"], 2) == {"a": 1, "d": 1, "c": 0}
+    assert curation.allocate(["a", "d"], 5, {"a": 1, "d": None}) == {"a": 1, "d": 4}
+    with pytest.raises(PremError, match="no similar examples left"):
+        curation.allocate(["a", "d"], 4, {"a": 1, "d": 2})
+
+
+def test_unknown_strategy_names_it_and_the_known_ones():
+    with pytest.raises(PremError, match=r"unknown \['coreset'\]; known: \['premem', 'iid', 'ifd'"):
+        curation.check_strategies(["premem", "coreset"])
+
+
+def test_pool_source(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    rows = ['{"source_id": "gsm8k-train-0", "question": "Q1?", "solution": "1 + 1 = 2\\n#### 2"}',
+            "",
+            '{"source_id": "gsm8k-train-0", "question": "Q2?", "solution": "2 + 2 = 4\\n#### 4"}',
+            '{"source_id": "gsm8k-train-1", "question": "Q3?", "solution": "so\\n#### 1,000"}']
+    pool.write_text("\n".join(rows) + "\n")
+    src = curation.PoolSource(pool, "gsm8k")
+    ex0, ex1 = (tasks.Example(f"gsm8k-train-{i}", "orig", "#### 1", "1") for i in (0, 1))
+    assert src.capacity(ex0) == 2 and src.capacity(ex1) == 1
+    both = src.similar(ex0, 2, seed=0)
+    assert sorted(e.question for e in both) == ["Q1?", "Q2?"] and src.similar(ex0, 1, seed=0) == both[:1]
+    assert {e.answer for e in both} == {"2", "4"} and src.similar(ex1, 1, 0)[0].answer == "1000"
+    assert all(e.meta["similar_to"] == "gsm8k-train-0" for e in both)
+    with pytest.raises(PremError, match="1 variants of gsm8k-train-1"):
+        src.similar(ex1, 2, 0)
+    got = curation.collect(src, {ex0.id: ex0}, {ex0.id: 1}, {"Q1?", "Q2?"} - {both[1].question}, seed=0)
+    assert got == [both[1]]  # the first in the stream is excluded, so the next one comes
+    for bad, why in [('{"source_id": "x", "question": "Q?", "solution": "no marker"}', "no '#### <answer>'"),
+                     ('{"source_id": "x", "question": "Q?"}', r"fields \['solution'\]"),
+                     ('{"source_id": "x", ', "not valid JSON")]:
+        pool.write_text("\n".join(rows[:2] + [bad]) + "\n")
+        with pytest.raises(PremError, match=f"{pool}:3: .*{why}"):
+            curation.PoolSource(pool)
+
+
+def test_procedural_collection_is_fresh_and_of_the_same_template():
+    originals = tasks.load_task("arith", "train", 3, seed=1)
+    by_id = {ex.id: ex for ex in originals}
+    exclude = {ex.question for ex in originals}
+    first = curation.collect(curation.ProceduralSource(), by_id, {originals[0].id: 2, originals[1].id: 1}, exclude, 0)
+    again = curation.collect(curation.ProceduralSource(), by_id, {originals[0].id: 2}, exclude, 0)
+    assert len(first) == 3 and len(again) == 2
+    assert len({e.question for e in first + again}) == 5  # a later round continues the same stream
+    for e in first + again:
+        assert e.meta["template"] == by_id[e.meta["similar_to"]].meta["template"] and e.meta["split"] == "train"
+
+
+@pytest.mark.parametrize("bos", [True, False, None])
+def test_ifd_is_the_ratio_of_mean_token_nlls(bos):
+    tok = char_tokenizer(bos=bool(bos))
+    if bos is None:
+        tok.bos_token = None  # no BOS at all: the unconditional prompt is a newline
+    lm = tiny_llama(len(tok), seed=0)
+    examples = tasks.load_task("arith", "train", 3, seed=0)
+    targets = [tasks.format_target(ex) for ex in examples]
+    uncond = {True: "", False: "<s>", None: "\n"}[bos]
+    assert curation.unconditional_prompt(tok) == uncond
+    assert perplexity.encode_pairs(tok, [uncond], targets[:1])[0][1] == 1  # one token: BOS or newline
+    with single_thread():
+        got = curation.ifd_scores(lm, tok, examples, batch_size=2)
+        cond, n = perplexity.target_nll(lm, tok, [tasks.format_prompt(ex) for ex in examples], targets, progress=False)
+        free, m = perplexity.target_nll(lm, tok, [uncond] * 3, targets, progress=False)
+    np.testing.assert_allclose(got, np.log(perplexity.perplexity(cond, n)) / np.log(perplexity.perplexity(free, m)))
+
+
+def test_forgetting_events_by_hand():
+    acc = np.array([[0, 1, .5, np.nan],
+                    [1, 0, .5, 1],
+                    [0, 1, np.nan, .5],
+                    [1, .5, 1, .5]])
+    # column 0: 1 -> 0 once; column 1: 1 -> 0 and 1 -> .5; column 2: never (NaN keeps .5); column 3: 1 -> .5
+    assert curation.forgetting_events(acc).tolist() == [1, 2, 0, 1]
+
+
+def test_data_efficiency_by_hand():
+    assert curation.iid_examples_needed([200, 100], [.4, .2], .3) == (150.0, "interpolated")
+    assert curation.iid_examples_needed([100, 200], [.2, .4], .5) == (np.inf, "above_iid_max")
+    assert curation.iid_examples_needed([100, 200], [.2, .4], .1) == (100.0, "at_or_below_start")
+    n, flag = curation.iid_examples_needed([100, 200], [.2, .4], np.nan)
+    assert np.isnan(n) and flag == "nan"
+    # a dip: the first crossing counts
+    assert curation.iid_examples_needed([100, 200, 300, 400], [.2, .4, .1, .5], .3) == (150.0, "interpolated")
+    table = pd.DataFrame(dict(strategy=["iid", "iid", "iid", "premem", "premem"], round=[0, 1, 1, 0, 1],
+                              seed=[0, 0, 1, 0, 0], n_examples=[100, 200, 200, 100, 100],
+                              test_acc=[.2, .35, .45, .2, .3]))
+    eff = curation.data_efficiency(table)
+    assert eff.to_dict("records") == [dict(strategy="premem", round=1, n_examples=100, test_acc=.3,
+                                           iid_examples=150.0, ratio=1.5, flag="interpolated")]
+    with pytest.raises(PremError, match="'iid'"):
+        curation.data_efficiency(table[table.strategy != "iid"])
+
+
+def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
+    cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[1],
+                      curation_rounds=[4], curation_strategies=["premem", "ifd", "iid"],
+                      cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
+    with single_thread():
+        out = curation.curate(cfg, progress=False)
+    assert out == tmp_path / "runs" / f"curation-{cfg.hash()}"
+    table = pd.read_parquet(out / "curation.parquet")
+    assert table[["strategy", "round", "n_examples", "n_new"]].values.tolist() == [
+        ["ifd", 0, 8, 0], ["ifd", 1, 12, 4], ["iid", 0, 8, 0], ["iid", 1, 12, 4], ["premem", 0, 8, 0],
+        ["premem", 1, 12, 4]]
+    assert table.test_acc.between(0, 1).all() and (out / "config.json").exists()
+    assert set(pd.read_parquet(out / "efficiency.parquet").strategy) == {"ifd", "premem"}
+    runs = pd.read_parquet(out / "runs.parquet").set_index("run")
+    assert runs.n_train.to_dict() == {"originals_seed0": 8, "ifd_r1_seed0": 12, "iid_r1_seed0": 12,
+                                      "premem_r1_seed0": 12}
+    assert len(record.read_runs(out)) == 4
+    sel = pd.read_parquet(out / "selections" / "premem_r1_seed0.parquet")
+    assert sel.n_new.sum() == 4 and sel[sel.n_new > 0].pre_mem_acc.le(0.75).all() | sel.fallback.all()
+    collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")
+    assert sorted(e.meta["similar_to"] for e in collected) == sorted(sel.example_id.repeat(sel.n_new))
+
+    def refuse(*a, **k):
+        raise AssertionError("a cached curation must not train, sample or score")
+    for mod, name in [(training, "finetune"), (sampling, "sample"), (perplexity, "target_nll")]:
+        monkeypatch.setattr(mod, name, refuse)
+    assert curation.curate(cfg, progress=False) == out
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "curation.parquet"), table)

@@ -1,0 +1,185 @@
+"""Claim 3 machinery: perturbed queries, robustness from graded samples, bins, Spearman, the cache."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from premem import grading, metrics, record, robustness, sampling, sweep, tasks
+from premem.config import load_params
+from premem.errors import PremError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+EQ = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+@pytest.fixture(scope="module")
+def smoke_record(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("robustness")
+    cfg = load_params(SMOKE, workers=1, cache_dir=str(tmp / "cache"))
+    return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
+
+
+def test_problem_perturbation_recomputes_a_consistent_answer():
+    for ex in tasks.load_task("arith", split="train", n=200, seed=3):
+        new = tasks.perturb_problem(ex, seed=7)
+        assert new.question != ex.question and new.meta["template"] == ex.meta["template"]
+        steps = EQ.findall(new.solution)
+        assert len(steps) == new.meta["n_steps"] == ex.meta["n_steps"]
+        value = new.meta["start"]
+        assert str(value) in new.question
+        for a, op, b, result in steps:  # the trace is a chain of correct equations
+            assert int(a) == value
+            value = {"+": value + int(b), "-": value - int(b), "*": value * int(b), "/": value // int(b)}[op]
+            assert op != "/" or int(a) % int(b) == 0
+            assert int(result) == value and str(b) in new.question
+        assert new.answer == str(value) == grading.extract_answer(new.solution)
+
+
+def test_perturbed_queries():
+    examples = tasks.load_task("arith", split="train", n=5, seed=0)
+    prompts, forced, golds = robustness.perturbed_queries(examples, "first", tasks.PROMPT_TEMPLATE, seed=0)
+    assert all(p.endswith("\nAnswer: First") for p in prompts) and forced == ["First"] * 5
+    assert golds == [ex.answer for ex in examples]
+    prompts, forced, _ = robustness.perturbed_queries(examples, "we_know_that", tasks.PROMPT_TEMPLATE, seed=0)
+    assert all(p.endswith("\nAnswer: We know that") for p in prompts) and forced[0] == "We know that"
+    prompts, forced, golds = robustness.perturbed_queries(examples, "problem", tasks.PROMPT_TEMPLATE, seed=0)
+    new = [tasks.perturb_problem(ex, 0) for ex in examples]
+    assert prompts == [tasks.format_prompt(ex) for ex in new] and golds == [ex.answer for ex in new]
+    assert forced == [""] * 5
+    with pytest.raises(PremError, match="perturbation"):
+        robustness.perturbed_queries(examples, "shuffle", tasks.PROMPT_TEMPLATE, seed=0)
+
+
+def test_default_run_is_the_most_memorising(smoke_record):
+    cfg, out = smoke_record
+    assert robustness.default_run(out) == "lr0.01_ep2_frac1_seed0"
+
+
+def fake_sampler(gold_of: dict, calls: list):
+    """Example i (in prompt order) gets i % (k + 1) right answers of k."""
+    def sample(model, tok, prompts, *, k, **kw):
+        calls.append(dict(prompts=list(prompts), k=k, **kw))
+        return [[f" 1 + 1 = 2. #### {gold_of[p] if j < i % (k + 1) else 'wrong'}" for j in range(k)]
+                for i, p in enumerate(prompts)]
+    return sample
+
+
+def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monkeypatch):
+    cfg, out = smoke_record
+    run = robustness.default_run(out)
+    examples, _ = sweep.run_examples(out, run)
+    prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "first") for ex in examples]
+    calls, graded = [], []
+    monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
+    real_grade_many = grading.grade_many
+    monkeypatch.setattr(grading, "grade_many", lambda c, g: graded.extend(c) or real_grade_many(c, g))
+    table = robustness.robustness_table(out, run, perturbation="first", k=3, seed=101, progress=False)
+    assert list(table.columns) == robustness.COLUMNS and len(table) == len(examples)
+    assert table.example_id.tolist() == [ex.id for ex in examples]
+    assert table.robustness.tolist() == [(i % 4) / 3 for i in range(len(examples))]
+    assert (table.k == 3).all() and (table.perturbation == "first").all()
+    assert calls[0]["seed"] == 101 and calls[0]["temperature"] == cfg.temperature
+    assert all(c.startswith("First 1 + 1") for c in graded)  # graded with the forced words
+    # Recorded accuracies, not resampled: the metric on the record, and the raw final samples.
+    dyn = next(r for r in record.read_runs(out) if r.run == run)
+    tau = metrics.chosen_tau(cfg, record.read_runs(out))[0]
+    pre = dict(zip(dyn.example_ids, metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, tau)[-1]))
+    np.testing.assert_allclose(table.pre_mem_acc, [pre[i] for i in table.example_id])
+    s = pd.read_parquet(out / "samples.parquet").query("run == @run and split == 'train'")
+    final = s[s.step == s.step.max()].groupby("example_id").correct.mean()
+    np.testing.assert_allclose(table.train_acc, final.reindex(table.example_id))
+    # Another tau changes pre-memorization accuracy only, and is its own cache entry.
+    other = robustness.robustness_table(out, run, perturbation="first", k=3, seed=101, tau=-50.0, progress=False)
+    assert len(calls) == 2 and other.robustness.tolist() == table.robustness.tolist()
+    np.testing.assert_allclose(other.pre_mem_acc, other.train_acc)  # nothing memorised at tau -50
+
+
+def test_problem_perturbation_is_graded_against_the_new_answer(smoke_record, monkeypatch):
+    cfg, out = smoke_record
+    run = robustness.default_run(out)
+    examples, _ = sweep.run_examples(out, run)
+    new = [tasks.perturb_problem(ex, 5) for ex in examples]
+    gold_of = {tasks.format_prompt(ex, cfg.prompt_template): ex.answer for ex in new}
+    monkeypatch.setattr(sampling, "sample", fake_sampler(gold_of, []))
+    table = robustness.robustness_table(out, run, perturbation="problem", k=2, seed=5, progress=False)
+    assert table.robustness.tolist() == [(i % 3) / 2 for i in range(len(examples))]
+
+
+def test_cache_is_reused(smoke_record, monkeypatch):
+    cfg, out = smoke_record
+    calls = []
+    run = robustness.default_run(out)
+    examples, _ = sweep.run_examples(out, run)
+    prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "we_know_that") for ex in examples]
+    monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
+    first = robustness.robustness_table(out, None, perturbation="we_know_that", k=2, seed=202, progress=False)
+    again = robustness.robustness_table(out, run, perturbation="we_know_that", k=2, seed=202, progress=False)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(first, again)
+    tau = metrics.chosen_tau(cfg, record.read_runs(out))[0]
+    assert robustness.cache_path(out, run, "we_know_that", 2, 202, tau).is_file()
+    robustness.robustness_table(out, run, perturbation="we_know_that", k=2, seed=203, progress=False)
+    assert len(calls) == 2
+
+
+def test_real_sampling_end_to_end(smoke_record):
+    cfg, out = smoke_record
+    table = robustness.robustness_table(out, None, perturbation="problem", progress=False)
+    assert len(table) == cfg.n_train and (table.k == cfg.k).all()
+    assert table.robustness.between(0, 1).all() and table.pre_mem_acc.between(0, 1).all()
+    with pytest.raises(PremError, match="perturbation"):
+        robustness.robustness_table(out, None, perturbation="shuffle", progress=False)
+
+
+def hand_table():
+    pre = [0.0, 0.0, 0.25, 0.5, 0.5, 0.75, 1.0, 1.0]
+    rob = [0.0, 0.5, 0.25, 0.5, 0.75, 0.75, 1.0, 1.0]
+    return pd.DataFrame(dict(run="r", example_id=[f"e{i}" for i in range(8)], perturbation="first",
+                             robustness=rob, pre_mem_acc=pre, train_acc=1.0, k=4))
+
+
+def test_binned_means_counts_and_wilson_intervals():
+    from statsmodels.stats.proportion import proportion_confint
+
+    b = robustness.binned(hand_table(), "pre_mem_acc", width=0.2)
+    assert b.bin.tolist() == [0.0, 0.2, 0.6, 0.8, 1.0]  # 0.25 -> 0.2, 0.5 -> 0.6, 0.75 -> 0.8
+    assert b.n_examples.tolist() == [2, 1, 2, 1, 2]
+    np.testing.assert_allclose(b["mean"], [0.25, 0.25, 0.625, 0.75, 1.0])
+    assert b.correct.tolist() == [2, 1, 5, 3, 8] and b.samples.tolist() == [8, 4, 8, 4, 8]
+    lo, hi = proportion_confint(5, 8, method="wilson")
+    np.testing.assert_allclose(b.loc[2, ["ci_low", "ci_high"]].astype(float), [lo, hi])
+    assert (b.ci_low <= b["mean"]).all() and (b["mean"] <= b.ci_high).all()
+    assert robustness.binned(hand_table(), "train_acc").n_examples.tolist() == [8]
+
+
+def test_spearman():
+    t = hand_table()
+    mono = t.assign(robustness=t.pre_mem_acc ** 2)
+    c = robustness.spearman(mono, "pre_mem_acc")
+    assert c.rho == pytest.approx(1.0) and c.ci_low == pytest.approx(1.0) and c.n == 8
+    from scipy.stats import spearmanr
+
+    c = robustness.spearman(t, "pre_mem_acc", seed=1)
+    assert c.rho == pytest.approx(spearmanr(t.pre_mem_acc, t.robustness).statistic)
+    assert c.ci_low < c.rho < c.ci_high
+    assert c == robustness.spearman(t, "pre_mem_acc", seed=1)  # seeded
+    assert np.isnan(robustness.spearman(t, "train_acc").rho)  # constant predictor: no correlation
+
+
+def test_plot_robustness_draws_one_violin_per_bin():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    robustness.plot_robustness(hand_table(), "pre_mem_acc", ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
+    assert ax.get_xlim() == (-0.5, 5.5)
+    plt.close(fig)
