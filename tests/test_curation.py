@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from premem import curation, perplexity, record, sampling, tasks, training
-from premem.config import load_params
+from premem.config import CURATION_KEYS, load_params
 from premem.errors import PremError
 
 from tiny_lm import char_tokenizer, single_thread, tiny_llama
@@ -135,11 +135,13 @@ def test_data_efficiency_by_hand():
 
 def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[1],
-                      curation_rounds=[4], curation_strategies=["premem", "ifd", "iid"],
+                      curation_rounds=[4], curation_iid_rounds=None, curation_strategies=["premem", "ifd", "iid"],
                       cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
     with single_thread():
         out = curation.curate(cfg, progress=False)
-    assert out == tmp_path / "runs" / f"curation-{cfg.hash()}"
+    # The folder is named by the record keys and the curation keys: new budgets, a new folder.
+    assert out == tmp_path / "runs" / f"curation-{cfg.hash(*CURATION_KEYS)}"
+    assert cfg.model_copy(update={"curation_threshold": 0.5}).hash(*CURATION_KEYS) != cfg.hash(*CURATION_KEYS)
     table = pd.read_parquet(out / "curation.parquet")
     assert table[["strategy", "round", "n_examples", "n_new"]].values.tolist() == [
         ["ifd", 0, 8, 0], ["ifd", 1, 12, 4], ["iid", 0, 8, 0], ["iid", 1, 12, 4], ["premem", 0, 8, 0],
