@@ -17,18 +17,12 @@ from premem.errors import PremError
 
 def load_runs(path: str | Path):
     """Runs from a folder of premem sweep records, or of the authors' released checkpoints."""
-    from premem import released
+    from premem import record, released
 
     path = Path(path)
     if not path.is_dir():
         raise PremError(f"runs folder not found: {path}")
-    try:
-        from premem import record
-    except ImportError:  # the sweep recorder is optional for reading released logs
-        record = None
-    if record is not None and record.is_record_dir(path):
-        return record.read_runs(path)
-    return released.read_runs(path)
+    return record.read_runs(path) if record.is_record_dir(path) else released.read_runs(path)
 
 
 def fit_summary(runs, tau: float) -> dict:

@@ -247,16 +247,6 @@ def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example],
 
 # ---- the rounds --------------------------------------------------------------------------------------
 
-def _train(cfg_json, spec, train, test, held, out, base, threads):
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    sweep.quiet_libraries()
-    sweep.train_and_record(Params.model_validate_json(cfg_json), spec, train, test, out, base, held)
-    return spec.run
-
-
 def _write_examples(path: Path, examples: list[Example]) -> None:
     io.write_text(path, "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in examples))
 
@@ -274,8 +264,6 @@ def budgets(cfg: Params, strategy: str) -> list[int]:
 
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
 
     check_strategies(cfg.curation_strategies)
@@ -298,14 +286,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
-        todo = {sp: t for sp, t in jobs.items() if not (out / "runs" / sp.run / "done.json").exists()}
-        if cfg.workers == 1 or len(todo) < 2:
-            for spec, train in todo.items():
-                sweep.train_and_record(cfg, spec, train, test, out, base, held)
-        else:  # spawned workers, one torch thread each, as in the sweep
-            with ProcessPoolExecutor(cfg.workers, mp_context=sweep._spawn()) as pool:
-                list(pool.map(_train, *zip(*[(cfg.model_dump_json(), spec, train, test, held, str(out), base, 1)
-                                            for spec, train in todo.items()])))
+        sweep.run_jobs(cfg, jobs, test, held, out, base)
         # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
         sweep.finish(out, [sp for sp in every if (out / "runs" / sp.run / "run.json").exists()])
         dyns = {d.run: d for d in record.read_runs(out)}

@@ -191,18 +191,47 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     return run_dir
 
 
-def run_one(cfg_json: str, spec: RunSpec, record_dir: str, base_path: str, threads: int | None) -> str:
-    """One grid run, in a worker process: its training subset, then `train_and_record`."""
+def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
+             threads: int) -> str:
+    """One run in a worker (or this) process at `threads` torch threads."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)  # ~1M-parameter models: one thread per process is fastest
+    torch.set_num_threads(threads)
     quiet_libraries()
-    cfg = Params.model_validate_json(cfg_json)
-    if not (Path(record_dir) / "runs" / spec.run / "done.json").exists():
-        train_all, test, heldout = load_examples(cfg, heldout=True)
-        train_and_record(cfg, spec, train_subset(train_all, spec), test, record_dir, base_path, heldout)
+    train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout)
     return spec.run
+
+
+def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None) -> None:
+    """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done.
+
+    `cfg.workers` spawned processes of one torch thread each (for ~1M-parameter models that beats
+    one process with several threads), or, with one worker, this process at one thread too: float
+    reductions, hence weights and samples, then do not depend on the worker count.
+    """
+    import torch
+
+    todo = {s: t for s, t in jobs.items() if not (Path(record_dir) / "runs" / s.run / "done.json").exists()}
+    if bar is not None:
+        bar.update(len(jobs) - len(todo))
+    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, 1) for s, t in todo.items()]
+    if cfg.workers == 1 or len(args) < 2:
+        threads = torch.get_num_threads()
+        try:
+            for a in args:
+                _run_job(*a)
+                if bar is not None:
+                    bar.update()
+        finally:
+            torch.set_num_threads(threads)
+        return
+    with ProcessPoolExecutor(cfg.workers, mp_context=_spawn()) as pool:
+        for f in as_completed([pool.submit(_run_job, *a) for a in args]):
+            if bar is not None:
+                bar.set_postfix_str(f.result())
+                bar.update()
+            else:
+                f.result()
 
 
 def quiet_libraries() -> None:
@@ -275,29 +304,12 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
 
     out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
     specs = grid(cfg)
-    load_examples(cfg)  # fail on a bad task before any training
+    load_examples(cfg)  # fail on a bad task before touching the record folder
     prepare_record_dir(cfg, out, force)
     base = base_model_path(cfg, progress=progress)
-    cfg_json = cfg.model_dump_json()
+    train_all, test, heldout = load_examples(cfg, heldout=True)
     bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
-    if cfg.workers == 1:
-        import torch
-
-        # One thread, as in worker processes: float reductions, hence weights and samples, then do
-        # not depend on the worker count.
-        threads = torch.get_num_threads()
-        try:
-            for spec in specs:
-                run_one(cfg_json, spec, str(out), base, 1)
-                bar.update()
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        with ProcessPoolExecutor(cfg.workers, mp_context=_spawn()) as pool:
-            futures = [pool.submit(run_one, cfg_json, s, str(out), base, 1) for s in specs]
-            for f in as_completed(futures):
-                bar.set_postfix_str(f.result())
-                bar.update()
+    run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
     bar.close()
     finish(out, specs)
     return out
