@@ -127,8 +127,14 @@ def test_data_efficiency_by_hand():
                               seed=[0, 0, 1, 0, 0], n_examples=[100, 200, 200, 100, 100],
                               test_acc=[.2, .35, .45, .2, .3]))
     eff = curation.data_efficiency(table)
-    assert eff.to_dict("records") == [dict(strategy="premem", round=1, n_examples=100, test_acc=.3,
-                                           iid_examples=150.0, ratio=1.5, flag="interpolated")]
+    assert eff.drop(columns=["ratio_lo", "ratio_hi"]).to_dict("records") == [dict(
+        strategy="premem", round=1, n_examples=100, test_acc=.3, iid_examples=150.0, ratio=1.5, flag="interpolated",
+        n_seeds=2)]
+    # Bootstrap over the two seeds: the premem run exists for seed 0 only, so resamples of seed 1
+    # alone measure nothing; seeds {0, 1} give 1.5 (p = 1/2), seed 0 twice an IID round 1 at .35:
+    # 100 + 100 * .1 / .15 examples, ratio 5/3 (p = 1/4).
+    assert eff.loc[0, "ratio_lo"] == pytest.approx(1.5) and eff.loc[0, "ratio_hi"] == pytest.approx(5 / 3)
+    assert curation.data_efficiency(table[table.seed == 0])[["ratio_lo", "ratio_hi"]].isna().all(axis=None)
     with pytest.raises(PremError, match="'iid'"):
         curation.data_efficiency(table[table.strategy != "iid"])
 
@@ -139,9 +145,16 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
                       cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
     with single_thread():
         out = curation.curate(cfg, progress=False)
-    # The folder is named by the record keys and the curation keys: new budgets, a new folder.
-    assert out == tmp_path / "runs" / f"curation-{cfg.hash(*CURATION_KEYS)}"
-    assert cfg.model_copy(update={"curation_threshold": 0.5}).hash(*CURATION_KEYS) != cfg.hash(*CURATION_KEYS)
+    # The folder is named by the record keys and the curation keys: new budgets, a new folder; a
+    # new sweep grid (which curation does not train) keeps the folder.
+    hashed = curation.curation_params(cfg).hash(*CURATION_KEYS)
+    assert out == tmp_path / "runs" / f"curation-{hashed}"
+    assert curation.curation_params(cfg.model_copy(update={"curation_threshold": 0.5})).hash(*CURATION_KEYS) != hashed
+    regrid = cfg.model_copy(update=dict(lrs=cfg.lrs + [9e-3], epochs=cfg.epochs + [40], data_fractions=[1.0, .5]))
+    assert curation.curation_params(regrid).hash(*CURATION_KEYS) == hashed
+    more = cfg.model_copy(update={"curation_seeds": [0, 1], "curation_strategies": ["premem"],
+                                  "n_train": 64, "curation_originals": cfg.n_train})
+    assert curation.curation_params(more).hash(*CURATION_KEYS) == hashed
     table = pd.read_parquet(out / "curation.parquet")
     assert table[["strategy", "round", "n_examples", "n_new"]].values.tolist() == [
         ["ifd", 0, 8, 0], ["ifd", 1, 12, 4], ["iid", 0, 8, 0], ["iid", 1, 12, 4], ["premem", 0, 8, 0],

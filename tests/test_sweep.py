@@ -131,3 +131,24 @@ def test_max_checkpoints_bounds_the_record():
     cfg = load_params(dict(max_checkpoints=5))
     assert [sweep.save_every(cfg, e) for e in (3, 10, 30, 31)] == [1, 2, 6, 7]
     assert sweep.save_every(load_params(dict(save_every_epochs=2)), 30) == 2
+
+
+def test_premem_beats_train_accuracy_when_runs_memorise(tmp_path):
+    """Claim 1's contrast at smoke scale (the test the CPU default cannot afford): at lr 2e-3 for 15
+    epochs the runs memorise their 16 examples, train accuracy climbs while test accuracy falls, so
+    final train accuracy stops predicting test accuracy and pre-mem accuracy still does. Plain
+    smoke (2 epochs) memorises nothing: there both R² are equal."""
+    import torch
+
+    from premem import metrics, predictors
+
+    torch.set_num_threads(1)
+    cfg = smoke(tmp_path, n_train=16, n_test=32, batch_size=4, lrs=[1e-4, 2e-3], epochs=[2, 15],
+                data_fractions=[1.0], max_checkpoints=3)
+    runs = record.read_runs(sweep.sweep(cfg, out=tmp_path / "record", progress=False))
+    tau, _ = metrics.chosen_tau(cfg, runs)
+    table = predictors.predictor_table(runs, tau)
+    r2 = predictors.compare(table, ["pre_mem_acc", "train_acc"]).set_index("predictor").r2
+    assert r2["pre_mem_acc"] > r2["train_acc"] + 0.25
+    last = table[table.run.str.startswith("lr0.002_ep15")].iloc[-1]
+    assert last.memorized_frac > 0.5 and last.train_acc > last.pre_mem_acc + 0.2  # it did memorise

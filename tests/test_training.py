@@ -142,3 +142,29 @@ def test_param_distance_and_gradient_variance(tmp_path):
     assert tr.param_distance(model, theta0) > 0
     with pytest.raises(PremError, match="nope"):
         tr.param_distance(model, {"nope": torch.zeros(1)})
+
+
+def test_record_sees_the_model_without_the_trainer_autocast():
+    """On a GPU the Trainer's accelerate wraps model.forward in bf16 autocast; the recorder must run
+    the float32 model as it is (a float32 KV cache met bf16 keys there). Same wrapper, on the CPU."""
+    from accelerate import Accelerator
+
+    from premem.sampling import sample
+
+    from accelerate.state import AcceleratorState
+
+    model, tok = tiny()
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier Trainers set fp32 process-wide
+    try:
+        model = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert "forward" in vars(model)  # accelerate's wrapper
+    with torch.no_grad():
+        ids = tok(["1 + 2 =\nAnswer:"], return_tensors="pt")["input_ids"]
+        wrapped = model.forward
+        with tr._plain_forward(model):
+            assert model.forward == model._original_forward
+            assert model(ids).logits.dtype == torch.float32
+            assert len(sample(model, tok, ["1 + 2 =\nAnswer:"], k=2, max_new_tokens=4, progress=False)[0]) == 2
+        assert model.forward is wrapped  # restored for training

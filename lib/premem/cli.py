@@ -4,6 +4,7 @@ premem pretrain     pretrain (or find) the embedded base model; --ship copies it
 premem sweep        finetune over a params grid, recording samples and perplexities per checkpoint
 premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
+premem ledger       the claims ledger (figures/claims.md) from the notebooks' saved results
 """
 from __future__ import annotations
 
@@ -106,6 +107,14 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_ledger(args) -> int:
+    from premem.ledger import write_for
+
+    out = write_for(args.params)
+    print(out.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="premem", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("ledger", help="write figures/claims.md (and the README's copy) from the saved results")
+    p.add_argument("--params", help="params file of the live results (default params/tiny.yaml)")
+    p.set_defaults(func=cmd_ledger)
     return parser
 
 

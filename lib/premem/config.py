@@ -85,7 +85,7 @@ class Params(BaseModel):
     robustness_seed: int = 0  # seeds the problem perturbation and the sampling
 
     # Claim 4, data curation (premem.curation).
-    # Algorithm 1: round i trains from the base model on the originals (n_train) plus everything
+    # Algorithm 1: round i trains from the base model on the originals plus everything
     # collected so far, then collects curation_rounds[i] examples similar to the originals whose
     # final pre-memorization accuracy is <= curation_threshold. Other strategies spend the same
     # budgets (premem.curation.STRATEGIES; "iid" draws its budgets from curation_iid_rounds).
@@ -93,6 +93,7 @@ class Params(BaseModel):
     curation_threshold: float = Field(0.75, ge=0, le=1)
     curation_strategies: list[str] = Field(default_factory=lambda: ["premem", "iid"])
     curation_seeds: list[int] = Field(default_factory=lambda: [0])
+    curation_originals: Optional[int] = Field(None, ge=1)  # the n_train curation starts from; None: n_train
     curation_lr: Optional[float] = Field(None, gt=0)  # None: the first of lrs
     curation_epochs: Optional[int] = Field(None, ge=1)  # None: the first of epochs
     curation_iid_rounds: Optional[list[int]] = None  # the IID scaling curve's budgets; None: curation_rounds
@@ -147,7 +148,11 @@ RECORD_KEYS = (
     "temperature", "top_p", "max_new_tokens", "sample_batch_size", "backend",
 )
 
-CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_")) + ("pool_file",)
+# curation_seeds and curation_strategies are left out: each (strategy, seed) chain of runs carries
+# both in its runs' names and depends on nothing else the other chains do, so a curation folder holds
+# any number of them and adding one reuses the rest (see premem.curation.curation_params).
+CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_")
+                      and k not in ("curation_seeds", "curation_strategies", "curation_originals")) + ("pool_file",)
 
 
 def project_root() -> Path:

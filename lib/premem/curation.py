@@ -262,18 +262,31 @@ def budgets(cfg: Params, strategy: str) -> list[int]:
     return list(b)
 
 
+def curation_params(cfg: Params) -> Params:
+    """`cfg` with the sweep's grid replaced by what curation trains (one lr, one epoch count, all
+    of its originals: curation_originals, else n_train), so the curation folder's hash, and its
+    cache, do not change when the sweep's grid or training set does.
+    Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
+    seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
+    lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
+    return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[],
+                                      n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
+                                      curation_lr=lr, curation_epochs=epochs))
+
+
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
     from tqdm.auto import tqdm
 
     check_strategies(cfg.curation_strategies)
     sweep.quiet_libraries()
+    cfg = curation_params(cfg)
     out = Path(out) if out else cfg.path("out_dir") / f"curation-{cfg.hash(*CURATION_KEYS)}"
     originals, test, held = sweep.load_examples(cfg, heldout=True)
     source = source_for(cfg)
     sweep.prepare_record_dir(cfg, out, force, extra_keys=CURATION_KEYS)
     base = sweep.base_model_path(cfg, progress=progress)
-    lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
+    lr, epochs = cfg.curation_lr, cfg.curation_epochs
     plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
     new = {(s, seed): [] for s in plan for seed in cfg.curation_seeds}
 
@@ -349,8 +362,8 @@ def iid_examples_needed(n_examples, test_acc, target: float) -> tuple[float, str
     return np.inf, "above_iid_max"
 
 
-def data_efficiency(table: pd.DataFrame) -> pd.DataFrame:
-    """Per curated (strategy, round >= 1), seeds averaged: IID examples needed / curated examples."""
+def _ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """data_efficiency's point estimates, curves averaged over the seeds in `table`."""
     mean = table.groupby(["strategy", "round", "n_examples"], as_index=False).test_acc.mean()
     iid = mean[mean.strategy == "iid"]
     if iid.empty:
@@ -362,6 +375,31 @@ def data_efficiency(table: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(strategy=r.strategy, round=r.round, n_examples=r.n_examples, test_acc=r.test_acc,
                          iid_examples=need, ratio=need / r.n_examples, flag=flag))
     return pd.DataFrame(rows, columns=["strategy", "round", "n_examples", "test_acc", "iid_examples", "ratio", "flag"])
+
+
+def data_efficiency(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per curated (strategy, round >= 1): IID examples needed / curated examples, on curves averaged
+    over seeds; ratio_lo / ratio_hi: 95% bootstrap over seeds (a resampled set of seeds averages
+    both the curated and the IID curve, so both curves' seed noise enters; needs >= 2 seeds, else
+    NaN). inf where the IID curve never reaches the curated accuracy."""
+    point = _ratios(table)
+    seeds = np.sort(table.seed.unique())
+    point["n_seeds"] = len(seeds)
+    point["ratio_lo"] = point["ratio_hi"] = np.nan
+    if len(seeds) < 2 or point.empty:
+        return point
+    rng, by_seed = np.random.default_rng(seed), {s: table[table.seed == s] for s in seeds}
+    boot = []
+    for _ in range(n_boot):  # a resample holds repeated seeds: their runs enter the means twice
+        pick = pd.concat([by_seed[s] for s in rng.choice(seeds, size=len(seeds))], ignore_index=True)
+        boot.append(_ratios(pick).set_index(["strategy", "round"]).ratio)
+    boot = pd.concat(boot, axis=1)
+    for i, r in point.iterrows():  # inverted_cdf: no interpolation between inf values
+        b = boot.loc[(r.strategy, r["round"])].to_numpy(dtype=float)
+        b = b[~np.isnan(b)]  # a resample without the seeds that ran this strategy measures nothing
+        if b.size:
+            point.loc[i, ["ratio_lo", "ratio_hi"]] = np.quantile(b, [0.025, 0.975], method="inverted_cdf")
+    return point
 
 
 def plot_scaling(table: pd.DataFrame, ax):

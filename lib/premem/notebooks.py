@@ -80,10 +80,15 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
         params_file = root / NOTEBOOK_PARAMS.get(book.name[:2], params or DEFAULT_PARAMS)
         cfg = load_params(params_file)  # validate before spending any time
         start = time.time()
-        papermill.execute_notebook(
-            str(book), str(out_dir / book.name), parameters=yaml.safe_load(params_file.read_text()) or {},
-            cwd=str(book.parent), progress_bar=False,
-        )
+        # A notebook whose parameters cell names params_file gets the file (no warnings about keys
+        # its cell lacks); notebook 01's flat parameters get the file's keys.
+        takes_file = "params_file" in papermill.inspect_notebook(str(book))
+        parameters = {"params_file": str(params_file)} if takes_file else yaml.safe_load(params_file.read_text()) or {}
+        papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
+                                   cwd=str(book.parent), progress_bar=False)
         rows.append(dict(notebook=book.name, params=str(params_file.relative_to(root)), config_hash=cfg.hash(),
                          seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
+    from premem import ledger
+
+    ledger.write_for(params)  # the claims ledger from what the notebooks saved
     return pd.DataFrame(rows)

@@ -277,10 +277,18 @@ def read_config(record_dir: str | Path) -> Params:
 
 
 def versions() -> dict:
-    from importlib.metadata import version
+    """Versions of the packages that shape a record; None for one not installed (premem itself
+    when run from a source tree on PYTHONPATH, as on a bare GPU machine)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def get(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     names = ["premem", "torch", "transformers", "trl", "peft", "numpy", "pandas"]
-    return dict(python=platform.python_version(), **{n: version(n) for n in names})
+    return dict(python=platform.python_version(), **{n: get(n) for n in names})
 
 
 def prepare_record_dir(cfg: Params, out: Path, force: bool, extra_keys: tuple[str, ...] = ()) -> None:

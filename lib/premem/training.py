@@ -12,6 +12,7 @@ are the baseline predictors the paper compares its metric against.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -112,6 +113,23 @@ def finished_checkpoints(output_dir) -> list[dict]:
     return sorted(out, key=lambda r: r["step"])
 
 
+@contextlib.contextmanager
+def _plain_forward(model):
+    """Undo accelerate's mixed-precision wrapper of model.forward while recording: on a GPU the
+    Trainer autocasts to bf16, and a float32 model would then meet bf16 activations in its float32
+    KV cache. The record is taken in the model's own dtype."""
+    original = getattr(model, "_original_forward", None)
+    if original is None or "forward" not in vars(model):
+        yield
+        return
+    wrapped = model.forward
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
+
+
 def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
     from transformers import TrainerCallback
 
@@ -133,7 +151,8 @@ def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
                 was_training = model.training
                 model.eval()
                 try:
-                    on_checkpoint(step, epoch, model)
+                    with _plain_forward(model):
+                        on_checkpoint(step, epoch, model)
                 finally:
                     model.train(was_training)
                     _set_rng_state(rng)

@@ -1,0 +1,143 @@
+"""GPU check: the paths a CPU machine cannot run, each in one stage, results as one JSON.
+
+1. speed: batched `target_nll` vs one forward per example, and `sample` throughput, on the GPU for
+   a ~1M and a ~90M-parameter char-level Llama (the >= 20x batching goal is a GPU expectation);
+2. qlora: a run of `sweep.train_and_record` with a 4-bit (bitsandbytes NF4) base and a LoRA
+   adapter in bf16, on a locally built Llama: training, perplexity, sampling and the record;
+3. smoke: the whole smoke sweep in bf16 on the GPU (embedded base from models/), fit summary;
+4. vllm: the vLLM backend, where vllm is installed (it is an optional extra).
+
+    python scripts/gpu_check.py --out gpu_check.json
+
+A failing stage is reported with its error and the others still run. Not a test: CI has no GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_lm: the char tokenizer and model builder
+from tiny_lm import char_tokenizer, tiny_llama  # noqa: E402
+
+from benchmark import examples  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+
+def speed(n: int = 256) -> list[dict]:
+    from premem.perplexity import one_at_a_time_nll, target_nll
+    from premem.sampling import sample
+
+    tok, rows = char_tokenizer(bos=True), []
+    prompts, targets = examples(n)
+    for d_model, n_layers in ((128, 4), (768, 12)):
+        model = tiny_llama(len(tok), d_model=d_model, n_layers=n_layers, n_heads=max(4, d_model // 64), seed=0)
+        model = model.to("cuda", torch.bfloat16).eval()
+        target_nll(model, tok, prompts[:8], targets[:8], progress=False)  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        nll_b, n_b = target_nll(model, tok, prompts, targets, batch_size=64, progress=False)
+        torch.cuda.synchronize()
+        t_batch = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nll_l, n_l = one_at_a_time_nll(model, tok, prompts, targets, progress=False)
+        torch.cuda.synchronize()
+        t_loop = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = sample(model, tok, prompts[:64], k=4, max_new_tokens=64, stop="\nDone.", seed=0, batch_size=256,
+                     backend="transformers", progress=False)
+        t_samp = time.perf_counter() - t0
+        n_gen = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for row in out for c in row)
+        rows.append(dict(params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2), n=n,
+                         batched_s=round(t_batch, 3), one_by_one_s=round(t_loop, 3),
+                         speedup=round(t_loop / t_batch, 1), same_counts=bool(np.array_equal(n_b, n_l)),
+                         max_rel_nll_diff=float(np.max(np.abs(nll_b - nll_l) / np.maximum(np.abs(nll_l), 1e-6))),
+                         sampled_tokens=n_gen, sample_s=round(t_samp, 2), tokens_per_s=round(n_gen / t_samp)))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def qlora(tmp: Path) -> dict:
+    from premem import record, sweep, training
+    from premem.config import load_params
+
+    tok = char_tokenizer(bos=True)
+    base = tmp / "base"
+    tiny_llama(len(tok), d_model=256, n_layers=2, n_heads=4, seed=0).save_pretrained(base)
+    tok.save_pretrained(base)
+    cfg = load_params(ROOT / "params/smoke.yaml", base_model=str(base), quantization="4bit", dtype="bfloat16",
+                      lora={"r": 8, "alpha": 16}, workers=1, k=2, max_new_tokens=40, out_dir=str(tmp / "runs"))
+    train, test, held = sweep.load_examples(cfg, heldout=True)
+    spec = sweep.RunSpec("qlora", 1e-3, 2, 1.0, 0)
+    t0 = time.perf_counter()
+    sweep.prepare_record_dir(cfg, tmp / "rec", force=False)
+    sweep.train_and_record(cfg, spec, train, test, tmp / "rec", str(base), held)
+    sweep.finish(tmp / "rec", [spec])
+    dyn = record.read_runs(tmp / "rec")[0]
+    lm, _ = training.load_checkpoint(sweep.final_checkpoint(tmp / "rec", "qlora"), base=str(base))
+    return dict(seconds=round(time.perf_counter() - t0, 1), checkpoints=len(dyn.perplexity),
+                perplexity_first=float(np.nanmean(dyn.perplexity[0])),
+                perplexity_last=float(np.nanmean(dyn.perplexity[-1])), train_acc_last=float(dyn.train_acc[-1].mean()),
+                extra={k: np.asarray(v).round(4).tolist() for k, v in dyn.extra.items()},
+                reloaded=type(lm).__name__, n_train=len(train))
+
+
+def smoke(tmp: Path, dtype: str | None = "bfloat16") -> dict:
+    from premem.cli import fit_summary, load_runs
+    from premem.config import load_params
+    from premem.sweep import sweep
+
+    cfg = load_params(ROOT / "params/smoke.yaml", dtype=dtype, workers=1, out_dir=str(tmp / "runs"))
+    t0 = time.perf_counter()
+    out = sweep(cfg, force=True, progress=False)
+    s = fit_summary(load_runs(out), cfg.tau)
+    return dict(seconds=round(time.perf_counter() - t0, 1), **{k: s[k] for k in ("r2", "train_acc_r2", "n_points")})
+
+
+def vllm_stage(tmp: Path) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return dict(skipped="vllm is not installed (the optional gpu extra)")
+    from premem.model import build_embedded_base  # noqa: F401  (import check only)
+    from premem.sampling import sample
+
+    base = next((ROOT / "models").iterdir())
+    out = sample(str(base), None, ["1+1=?"], k=2, max_new_tokens=8, seed=0, backend="vllm", progress=False)
+    return dict(completions=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "vllm"])
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "no CUDA device"
+    import transformers
+
+    result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                  transformers=transformers.__version__)
+    print(result, flush=True)
+    stages = dict(speed=lambda tmp: speed(), qlora=qlora, smoke=smoke, vllm=vllm_stage,
+                  smoke_fp32=lambda tmp: smoke(tmp, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.stages:
+            t0 = time.perf_counter()
+            try:
+                result[name] = stages[name](Path(tmp) / name)
+            except Exception as e:  # report and go on: one broken path should not hide the others
+                result[name] = dict(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            print(f"== {name} ({time.perf_counter() - t0:.0f} s):", json.dumps(result[name], default=str)[:3000],
+                  flush=True)
+            Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

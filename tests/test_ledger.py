@@ -1,0 +1,112 @@
+"""premem.ledger: claims read from saved result tables, verdict rules, README refresh."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from premem import ledger
+from premem.errors import PremError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save(results, notebook, name, table, df):
+    folder = results / notebook / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dict(hash="abc123", params={})))
+    df.to_parquet(folder / f"{table}.parquet")
+
+
+def fits(pm, tr, tau, rule="rule"):
+    return pd.DataFrame(dict(predictor=["pre_mem_acc", "train_acc"], r2=[pm, tr], n_points=[36, 36], tau=tau,
+                             tau_rule=rule))
+
+
+@pytest.fixture
+def results(tmp_path):
+    r = tmp_path / "results"
+    save(r, "01_released_logs", "rel", "fits", fits(.939, .398, -2.3))
+    save(r, "03_premem_predicts_test", "live", "fits", fits(.78, .22, -2.57, "tau = -2.57, the held-out rule; no labels"))
+    save(r, "04_threshold", "live", "r2_by_tau", pd.DataFrame(dict(tau=[-2.8, -2.57, -2.43], r2=[.5, .78, .83])))
+    save(r, "05_predictors", "live", "predictors",
+         pd.DataFrame(dict(predictor=["atc", "pre_mem_acc", "train_acc"], r2=[.6, .78, .22])))
+    save(r, "06_robustness", "live", "spearman", pd.DataFrame(dict(
+        perturbation=["first", "first", "problem", "problem"], by=["pre_mem_acc", "train_acc"] * 2,
+        rho=[.33, .51, .13, .12], ci_low=[.16, .39, -.05, -.05], ci_high=[.48, .62, .3, .3])))
+    save(r, "07_data_curation", "live", "efficiency", pd.DataFrame(dict(
+        strategy=["premem", "premem"], round=[1, 2], ratio=[1.2, 1.6], ratio_lo=[.9, 1.1], ratio_hi=[1.5, 2.2],
+        n_seeds=[3, 3])))
+    return r
+
+
+def test_ledger_reads_each_claim_and_applies_the_rules(results):
+    led = ledger.build(results, released="rel", live="live").set_index("claim")
+    assert list(led.columns) == ledger.COLUMNS[1:] and len(led) == 5
+    c1 = led.iloc[0]
+    assert c1["released logs"].startswith("R² 0.939 vs train accuracy 0.398 (36 checkpoints, tau -2.30)")
+    assert c1.live == "R² 0.78 vs train accuracy 0.22 (36 checkpoints, tau -2.57)"
+    assert c1["verdict (live)"] == "partly" and c1.params == "live @ abc123"  # 0.78 < 0.9
+    assert led.iloc[1]["verdict (live)"] == "yes"  # 0.78 >= 0.9 * 0.83
+    assert led.iloc[1].live.startswith("tau -2.57 (the held-out rule): R² 0.78; best on the grid")
+    assert led.iloc[2].live == "R²: pre_mem_acc 0.78 > atc 0.60 > train_acc 0.22"
+    assert led.iloc[2]["verdict (live)"] == "yes" and led.iloc[2]["released logs"] == ledger.NOT_IN_LOGS
+    assert led.iloc[3]["verdict (live)"] == "partly"  # "problem": CI crosses 0
+    assert led.iloc[4]["verdict (live)"] == "yes"  # the last round: 1.6x, CI above 1
+    assert "premem round 1: 1.20x [0.90, 1.50]" in led.iloc[4].live and "(3 seeds)" in led.iloc[4].live
+
+
+def test_verdicts_turn_with_the_numbers(results):
+    save(results, "03_premem_predicts_test", "live", "fits", fits(.91, .2, -1.0))
+    save(results, "05_predictors", "live", "predictors", pd.DataFrame(dict(predictor=["atc", "pre_mem_acc"],
+                                                                           r2=[.9, .8])))
+    save(results, "07_data_curation", "live", "efficiency", pd.DataFrame(dict(
+        strategy=["premem"], round=[1], ratio=[.8], ratio_lo=[.5], ratio_hi=[1.1], n_seeds=[3])))
+    verdicts = ledger.build(results, "rel", "live")["verdict (live)"].tolist()
+    assert verdicts[0] == "yes" and verdicts[2] == "no" and verdicts[4] == "no"
+
+
+def test_missing_notebooks_are_named(tmp_path):
+    (tmp_path / "results").mkdir()
+    led = ledger.build(tmp_path / "results", "rel", "live")
+    assert led.live.tolist()[0] == "(notebook 03 not run)" and led.live.tolist()[4] == "(notebook 07 not run)"
+    with pytest.raises(PremError, match="no results folder"):
+        ledger.build(tmp_path / "nothing")
+
+
+def test_readme_block_is_replaced_between_markers_only(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ledger.BEGIN}\nold | table\n{ledger.END}\noutro\n")
+    table = ledger.render(ledger.build(results, "rel", "live"))
+    assert table.count("\n") == 7 and table.startswith("| claim | paper |")
+    assert ledger.update_readme(readme, table) and not ledger.update_readme(readme, table)
+    assert readme.read_text() == f"intro\n{ledger.BEGIN}\n{table}{ledger.END}\noutro\n"
+    out = ledger.write(results, tmp_path / "figs", readme, released="rel", live="live")
+    assert out.read_text().endswith(table)
+    readme.write_text("no markers")
+    with pytest.raises(PremError, match="ledger markers"):
+        ledger.update_readme(readme, table)
+
+
+def test_readme_shows_the_generated_ledger():
+    """The README's ledger is figures/claims.md's table, not a hand-typed one."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(ledger.BEGIN, 1)[1].split(ledger.END, 1)[0].lstrip("\n")
+    assert block and (ROOT / "figures" / "claims.md").read_text().endswith(block)
+
+
+def test_reproduce_runs_one_notebook_and_writes_its_ledger():
+    """`premem reproduce --params params/smoke.yaml --only 03 04`: executed copies, summary rows, and
+    the smoke ledger in smoke's figures folder; the README (the CPU default's ledger) is untouched."""
+    from premem.config import load_params
+    from premem.notebooks import reproduce
+
+    readme = (ROOT / "README.md").read_text()
+    with pytest.raises(PremError, match="no notebook numbered 99"):
+        reproduce(params="params/smoke.yaml", only=["99"], progress=False)
+    summary = reproduce(params="params/smoke.yaml", only=["03", "04"], progress=False)
+    assert summary.notebook.tolist() == ["03_premem_predicts_test.ipynb", "04_threshold.ipynb"]
+    assert (summary.seconds > 0).all() and all((ROOT / e).is_file() for e in summary.executed)
+    claims = (load_params(ROOT / "params/smoke.yaml").path("figures_dir") / "claims.md").read_text()
+    assert "| tau without test labels | tau set per model and task | tau -2.3 given | tau " in claims
+    assert (ROOT / "README.md").read_text() == readme
