@@ -1,13 +1,19 @@
 """GPU check: the paths a CPU machine cannot run, each in one stage, results as one JSON.
 
 1. speed: batched `target_nll` vs one forward per example, and `sample` throughput, on the GPU for
-   a ~1M and a ~90M-parameter char-level Llama (the >= 20x batching goal is a GPU expectation);
+   a 1.07M and a 113M-parameter char-level Llama in bf16;
 2. qlora: a run of `sweep.train_and_record` with a 4-bit (bitsandbytes NF4) base and a LoRA
    adapter in bf16, on a locally built Llama: training, perplexity, sampling and the record;
-3. smoke: the whole smoke sweep in bf16 on the GPU (embedded base from models/), fit summary;
+3. smoke, smoke_fp32: the whole smoke sweep on the GPU (embedded base from models/) with bf16 or
+   float32 weights (the Trainer autocasts to bf16 either way), fit summary;
 4. vllm: the vLLM backend, where vllm is installed (it is an optional extra).
 
     python scripts/gpu_check.py --out gpu_check.json
+
+On a GPU machine without a network, premem runs from the source tree: `PYTHONPATH=lib`, with the
+packages its image lacks (pydantic and pydantic-core, annotated-types, typing-inspection,
+math-verify, latex2sympy2-extended, antlr4-python3-runtime, bitsandbytes) installed from wheels
+downloaded here (`pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 
 A failing stage is reported with its error and the others still run. Not a test: CI has no GPU.
 """
@@ -106,7 +112,6 @@ def vllm_stage(tmp: Path) -> dict:
 
     if importlib.util.find_spec("vllm") is None:
         return dict(skipped="vllm is not installed (the optional gpu extra)")
-    from premem.model import build_embedded_base  # noqa: F401  (import check only)
     from premem.sampling import sample
 
     base = next((ROOT / "models").iterdir())
@@ -117,7 +122,7 @@ def vllm_stage(tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_check.json")
-    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "vllm"])
+    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "smoke_fp32", "vllm"])
     args = ap.parse_args()
     assert torch.cuda.is_available(), "no CUDA device"
     import transformers
