@@ -42,7 +42,27 @@ def examples(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU kernels run asynchronously
     return time.perf_counter() - t0, out
+
+
+def measure(model, tok, prompts, targets, *, batch_size: int = 32, n_prompts: int = 64, k: int = 4,
+            max_new_tokens: int = 64, sample_batch_size: int = 64) -> dict:
+    """Batched vs one-at-a-time `target_nll` on the same examples, and `sample` tokens/s."""
+    target_nll(model, tok, prompts[:8], targets[:8], progress=False)  # warm-up
+    t_batch, (nll_b, n_b) = timed(lambda: target_nll(model, tok, prompts, targets, batch_size=batch_size,
+                                                     progress=False))
+    t_loop, (nll_l, n_l) = timed(lambda: one_at_a_time_nll(model, tok, prompts, targets, progress=False))
+    assert np.array_equal(n_b, n_l)
+    t_samp, out = timed(lambda: sample(model, tok, prompts[:n_prompts], k=k, max_new_tokens=max_new_tokens,
+                                       stop="\nDone.", seed=0, batch_size=sample_batch_size, backend="transformers",
+                                       progress=False))
+    n_gen = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for row in out for c in row)
+    return dict(params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2), n=len(prompts),
+                one_by_one_s=round(t_loop, 3), batched_s=round(t_batch, 3), speedup=round(t_loop / t_batch, 1),
+                max_dnll_per_token=float(np.max(np.abs(nll_b - nll_l) / n_b)), sampled_tokens=n_gen,
+                sample_s=round(t_samp, 2), tokens_per_s=round(n_gen / t_samp))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,18 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)  # an explicit entry point may set global threads
-        target_nll(model, tok, prompts[:8], targets[:8], progress=False)  # warm-up
-        t_batch, (nll_b, n_b) = timed(lambda: target_nll(
-            model, tok, prompts, targets, batch_size=args.batch_size, progress=False))
-        t_loop, (nll_l, n_l) = timed(lambda: one_at_a_time_nll(model, tok, prompts, targets, progress=False))
-        assert np.array_equal(n_b, n_l)
-        diff = float(np.max(np.abs(nll_b - nll_l) / n_b))
-        sp = prompts[:args.prompts]
-        t_samp, out = timed(lambda: sample(model, tok, sp, k=args.k, max_new_tokens=args.max_new_tokens,
-                                           stop="\nDone.", seed=0, batch_size=64, backend="transformers",
-                                           progress=False))
-        n_gen = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for row in out for c in row)
-        rows.append((threads, t_loop, t_batch, t_loop / t_batch, diff, n_gen, t_samp, n_gen / t_samp))
+        m = measure(model, tok, prompts, targets, batch_size=args.batch_size, n_prompts=args.prompts, k=args.k,
+                    max_new_tokens=args.max_new_tokens)
+        rows.append((threads, m["one_by_one_s"], m["batched_s"], m["speedup"], m["max_dnll_per_token"],
+                     m["sampled_tokens"], m["sample_s"], m["tokens_per_s"]))
 
     print()
     print(f"{'threads':>7} | {'1-by-1 s':>8} | {'batched s':>9} | {'speed-up':>8} | {'max |dNLL|/tok':>14} | "
@@ -89,9 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * 96)
     for th, tl, tb, su, d, ng, ts, tps in rows:
         print(f"{th:>7} | {tl:>8.2f} | {tb:>9.2f} | {su:>7.1f}x | {d:>14.1e} | {ng:>11} | {ts:>8.2f} | {tps:>7.0f}")
-    print(f"\nsampling: {len(sp)} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
+    print(f"\nsampling: {args.prompts} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
           f"batch_size=64 sequences; perplexity batch_size={args.batch_size}")
-
 
     for params in args.sweeps:
         time_sweep(params)

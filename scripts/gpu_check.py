@@ -34,38 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_lm: the char tokenizer and model builder
 from tiny_lm import char_tokenizer, tiny_llama  # noqa: E402
 
-from benchmark import examples  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from benchmark import examples, measure  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 
 def speed(n: int = 256) -> list[dict]:
-    from premem.perplexity import one_at_a_time_nll, target_nll
-    from premem.sampling import sample
-
     tok, rows = char_tokenizer(bos=True), []
     prompts, targets = examples(n)
     for d_model, n_layers in ((128, 4), (768, 12)):
         model = tiny_llama(len(tok), d_model=d_model, n_layers=n_layers, n_heads=max(4, d_model // 64), seed=0)
-        model = model.to("cuda", torch.bfloat16).eval()
-        target_nll(model, tok, prompts[:8], targets[:8], progress=False)  # warm-up
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        nll_b, n_b = target_nll(model, tok, prompts, targets, batch_size=64, progress=False)
-        torch.cuda.synchronize()
-        t_batch = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        nll_l, n_l = one_at_a_time_nll(model, tok, prompts, targets, progress=False)
-        torch.cuda.synchronize()
-        t_loop = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = sample(model, tok, prompts[:64], k=4, max_new_tokens=64, stop="\nDone.", seed=0, batch_size=256,
-                     backend="transformers", progress=False)
-        t_samp = time.perf_counter() - t0
-        n_gen = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for row in out for c in row)
-        rows.append(dict(params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2), n=n,
-                         batched_s=round(t_batch, 3), one_by_one_s=round(t_loop, 3),
-                         speedup=round(t_loop / t_batch, 1), same_counts=bool(np.array_equal(n_b, n_l)),
-                         max_rel_nll_diff=float(np.max(np.abs(nll_b - nll_l) / np.maximum(np.abs(nll_l), 1e-6))),
-                         sampled_tokens=n_gen, sample_s=round(t_samp, 2), tokens_per_s=round(n_gen / t_samp)))
+        rows.append(measure(model.to("cuda", torch.bfloat16).eval(), tok, prompts, targets, batch_size=64,
+                            sample_batch_size=256))
         print(rows[-1], flush=True)
     return rows
 

@@ -236,12 +236,7 @@ def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example],
         return training.load_checkpoint(sweep.final_checkpoint(out, spec.run))
     lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization)
-    ckpts = training.finetune(
-        lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
-        [tasks.format_target(ex, cfg.target_template) for ex in train], output_dir=out / "ifd" / spec.run,
-        lr=spec.lr, epochs=IFD_EPOCHS, batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=spec.seed,
-        save_every_epochs=IFD_EPOCHS, lora=cfg.lora, progress=False)
+    ckpts = sweep.finetune_on(cfg, lm, tok, train, out / "ifd" / spec.run, spec, IFD_EPOCHS, IFD_EPOCHS)
     return training.load_checkpoint(ckpts[-1]["path"])
 
 

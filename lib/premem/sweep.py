@@ -148,6 +148,22 @@ def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoc
     io.write_parquet(record.part_path(run_dir, "samples", step), pd.DataFrame(rows))
 
 
+def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: int, save_every_epochs: int,
+                on_checkpoint=None) -> list[dict]:
+    """`training.finetune` on examples, with the params' prompt format and optimiser keys; the
+    training of every recorded run, and of curation's IFD probes."""
+    from premem import tasks, training
+
+    return training.finetune(
+        lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
+        [tasks.format_target(ex, cfg.target_template) for ex in train],
+        output_dir=output_dir, lr=spec.lr, epochs=epochs, batch_size=cfg.batch_size,
+        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        seed=spec.seed, save_every_epochs=save_every_epochs, lora=cfg.lora, on_checkpoint=on_checkpoint,
+        progress=False,
+    )
+
+
 def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
                      heldout=()) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
@@ -155,7 +171,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     The building block of a sweep, and of anything that trains on its own example lists (data
     curation trains on originals plus collected examples). Returns the run folder.
     """
-    from premem import model as model_lib, tasks, training
+    from premem import model as model_lib, training
 
     run_dir = Path(record_dir) / "runs" / spec.run
     if (run_dir / "done.json").exists():
@@ -172,14 +188,8 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     def on_checkpoint(step, epoch, model):
         record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, train, test, init_state, heldout)
 
-    ckpts = training.finetune(
-        lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
-        [tasks.format_target(ex, cfg.target_template) for ex in train],
-        output_dir=run_dir / "train", lr=spec.lr, epochs=spec.epochs, batch_size=cfg.batch_size,
-        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        seed=spec.seed, save_every_epochs=save_every(cfg, spec.epochs), lora=cfg.lora, on_checkpoint=on_checkpoint,
-        progress=False,
-    )
+    ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, save_every(cfg, spec.epochs),
+                        on_checkpoint)
     missing = [c["step"] for c in ckpts if not part_done(run_dir, c["step"])]
     if missing:
         raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
@@ -312,10 +322,9 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
 
     out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
     specs = grid(cfg)
-    load_examples(cfg)  # fail on a bad task before touching the record folder
+    train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     prepare_record_dir(cfg, out, force)
     base = base_model_path(cfg, progress=progress)
-    train_all, test, heldout = load_examples(cfg, heldout=True)
     bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
     run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
     bar.close()
