@@ -21,18 +21,38 @@ def scores():
                              score=[1.0, 3.0, 3.0, np.nan, 2.0, 0.0]))
 
 
-def test_premem_selects_at_or_below_threshold_neediest_first():
+def test_premem_selects_at_or_below_threshold_in_a_seeded_random_order():
     ids, fallback = curation.select(scores(), "premem", threshold=0.75)
-    assert ids == ["a", "d", "c"] and not fallback  # 0.75 itself is selected; NaN (unmeasured) is not
+    assert sorted(ids) == ["a", "c", "d"] and not fallback  # 0.75 itself is selected; NaN (unmeasured) is not
     ids, fallback = curation.select(scores(), "premem", threshold=-0.1)
-    assert fallback and ids == ["a", "d", "c", "b", "e", "f"]  # none selected: every original
+    assert fallback and sorted(ids) == list("abcdef")  # none selected: every original
+    # The order is a seeded shuffle: the same seed gives the same order, and over seeds every
+    # selected example comes first about equally often (neediest-first would always put "a" first).
+    assert curation.select(scores(), "premem", 0.75, seed=5) == curation.select(scores(), "premem", 0.75, seed=5)
+    firsts = pd.Series([curation.select(scores(), "premem", 0.75, seed=s)[0][0] for s in range(300)]).value_counts()
+    assert set(firsts.index) == {"a", "c", "d"} and firsts.min() > 70
+
+
+def test_a_budget_smaller_than_the_selection_goes_to_a_uniform_sample_of_it():
+    big = pd.DataFrame(dict(example_id=[f"x{i}" for i in range(100)], pre_mem_acc=np.linspace(0, 0.99, 100),
+                            score=0.0))
+    for threshold in (0.25, 0.75):
+        got = []
+        for seed in range(20):
+            ids, _ = curation.select(big, "premem", threshold, seed=seed)
+            counts = curation.allocate(ids, 10, None)
+            got += [i for i, c in counts.items() if c]
+        acc = big.set_index("example_id").pre_mem_acc[got]
+        assert acc.le(threshold).all() and abs(acc.mean() - threshold / 2) < 0.08  # not the neediest ten
 
 
 def test_ranked_strategies_take_as_many_as_the_rule_or_a_fraction():
-    assert curation.select(scores(), "high_loss", 0.75)[0] == ["b", "c", "e"]  # ties keep order, NaN last
-    assert curation.select(scores(), "high_loss", 0.75, top_fraction=0.5)[0] == ["b", "c", "e"]
-    assert curation.select(scores(), "high_loss", 0.75, top_fraction=0.7)[0] == ["b", "c", "e", "a"]
-    assert curation.select(scores(), "high_loss", -0.1)[0] == ["b", "c", "e", "a", "f", "d"]  # rule: none
+    def top(*a, **k):
+        return sorted(curation.select(scores(), "high_loss", *a, **k)[0])
+    assert top(0.75) == ["b", "c", "e"]  # as many as the rule selects; ties keep order, NaN last
+    assert top(0.75, top_fraction=0.5) == ["b", "c", "e"]
+    assert top(0.75, top_fraction=0.7) == ["a", "b", "c", "e"]
+    assert top(-0.1) == list("abcdef")  # the rule selects none: every original
     iid = curation.select(scores(), "iid", 0.75, seed=3)[0]
     assert sorted(iid) == list("abcdef") and iid == curation.select(scores(), "iid", 0.75, seed=3)[0]
 
@@ -140,7 +160,8 @@ def test_data_efficiency_by_hand():
 
 
 def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
-    cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[1],
+    cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[3],
+                      max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only
                       curation_rounds=[4], curation_iid_rounds=None, curation_strategies=["premem", "ifd", "iid"],
                       cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
     with single_thread():
@@ -164,7 +185,16 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     runs = pd.read_parquet(out / "runs.parquet").set_index("run")
     assert runs.n_train.to_dict() == {"originals_seed0": 8, "ifd_r1_seed0": 12, "iid_r1_seed0": 12,
                                       "premem_r1_seed0": 12}
-    assert len(record.read_runs(out)) == 4
+    dyns = {d.run: d for d in record.read_runs(out)}
+    assert len(dyns) == 4
+    # Recorded: the 8 originals only, test accuracy at the final checkpoint only.
+    originals = set(dyns["originals_seed0"].example_ids)
+    assert all(set(d.example_ids) == originals and len(originals) == 8 for d in dyns.values())
+    assert all(len(d.steps) == 2 and np.isnan(d.test_acc[0]) and not np.isnan(d.test_acc[1]) for d in dyns.values())
+    samples = pd.read_parquet(out / "samples.parquet")
+    last = samples.groupby("run").step.transform("max")
+    assert set(samples[samples.split == "test"].step) <= set(last) and (samples.split == "test").any()
+    assert samples[samples.split == "test"].pipe(lambda t: (t.step == last[t.index]).all())
     sel = pd.read_parquet(out / "selections" / "premem_r1_seed0.parquet")
     assert sel.n_new.sum() == 4 and sel[sel.n_new > 0].pre_mem_acc.le(0.75).all() | sel.fallback.all()
     collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")

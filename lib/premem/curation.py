@@ -2,8 +2,10 @@
 
 Round i = 1..n: finetune the base model on the originals plus everything collected so far, score
 every original at the final checkpoint, select, and collect N_i examples similar to the selected ones
-(round-robin, neediest first). Result row `round` r is the run trained after r collections; round 0
-(originals only) is one run shared by all strategies. Strategies spend the same budgets:
+(round-robin over the selection in a seeded random order: a budget smaller than the selection goes to a
+uniform sample of it, so the selection as a whole, not its neediest end, is what gets collected). Result
+row `round` r is the run trained after r collections; round 0 (originals only) is one run shared by
+all strategies. Strategies spend the same budgets:
 - premem: final pre-memorization accuracy <= curation_threshold (paper: 0.75); none: all originals;
 - iid: every original in a random order (variants of uniformly random originals);
 - ifd: highest log PPL(y|x) / log PPL(y) under a model finetuned IFD_EPOCHS epochs on the round's
@@ -14,7 +16,10 @@ every original at the final checkpoint, select, and collect N_i examples similar
 Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
 rule selects on the same run; ties keep the originals' order.
 
-Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads it), with
+Runs record the originals' accuracy and perplexity at every checkpoint and test accuracy at the last
+one only (sweep.train_and_record's `recorded`, `test_final_only`): all that curation reads, and
+sampling is most of a run's cost.
+Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
 curation.parquet, efficiency.parquet, and selections/ and collected/ per (strategy, round, seed);
 a rerun trains and scores nothing twice.
 """
@@ -164,19 +169,24 @@ def ifd_scores(lm, tokenizer, examples, prompt_template=tasks.PROMPT_TEMPLATE,
 
 def select(scores: pd.DataFrame, strategy: str, threshold: float, top_fraction: float | None = None,
            seed: int = 0) -> tuple[list[str], bool]:
-    """Selected example ids, neediest first, and whether the pre-mem rule selected none (then all are).
+    """Selected example ids in a seeded random order, and whether the pre-mem rule selected none
+    (then all are). The order is what `allocate` deals a budget in: random, so a budget smaller than
+    the selection is spread uniformly over it (dealt neediest first, it would go to the lowest-scored
+    examples whatever the threshold).
 
     `scores` has example_id, pre_mem_acc and score (higher: more in need) in the originals' order."""
     check_strategies([strategy])
-    by_acc = scores.sort_values("pre_mem_acc", kind="stable")  # NaN (unmeasured) last, never <= t
-    rule = by_acc[by_acc.pre_mem_acc <= threshold]
+    rng = np.random.default_rng(seed)
+    rule = scores[scores.pre_mem_acc <= threshold]  # NaN (unmeasured) is never <= t
     if strategy == "iid":
-        return scores.example_id.to_numpy()[np.random.default_rng(seed).permutation(len(scores))].tolist(), False
-    if strategy == "premem":
-        return (rule if len(rule) else by_acc).example_id.tolist(), len(rule) == 0
-    m = round(top_fraction * len(scores)) if top_fraction else len(rule) or len(scores)  # the rule's fallback
-    ranked = scores.sort_values("score", ascending=False, kind="stable", na_position="last")
-    return ranked.example_id.tolist()[:max(m, 1)], False
+        chosen = scores
+    elif strategy == "premem":
+        chosen = rule if len(rule) else scores
+    else:
+        m = round(top_fraction * len(scores)) if top_fraction else len(rule) or len(scores)  # the rule's fallback
+        chosen = scores.sort_values("score", ascending=False, kind="stable", na_position="last")[:max(m, 1)]
+    fallback = strategy == "premem" and len(rule) == 0
+    return chosen.example_id.to_numpy()[rng.permutation(len(chosen))].tolist(), fallback
 
 
 def allocate(ids: list[str], n: int, capacity: dict | None = None) -> dict[str, int]:
@@ -294,7 +304,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
-        sweep.run_jobs(cfg, jobs, test, held, out, base)
+        sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True)
         # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
         sweep.finish(out, [sp for sp in every if (out / "runs" / sp.run / "run.json").exists()])
         dyns = {d.run: d for d in record.read_runs(out)}
@@ -317,8 +327,8 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
 
 
 def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others):
-    """Score the originals on run `d`, select, allocate `budget` round-robin, collect; the selection
-    is kept under <out>/selections/."""
+    """Score the originals on run `d`, select, allocate `budget` round-robin over the selection's
+    random order, collect; the selection is kept under <out>/selections/."""
     ifd = None
     if s == "ifd":
         lm, tok = ifd_model(cfg, out, spec, train, base)

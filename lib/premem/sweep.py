@@ -108,7 +108,8 @@ def part_done(run_dir: Path, step: int) -> bool:
 
 def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoch: int, lm, tok,
                       train, test, init_state, heldout=()) -> None:
-    """Samples, grades and perplexities at one checkpoint, written as parquet parts."""
+    """Samples, grades and perplexities at one checkpoint, written as parquet parts: `train` (the
+    examples recorded) sampled and scored, `test` sampled (empty: none), `heldout` scored."""
     from premem import grading, perplexity, sampling, tasks, training
 
     if part_done(run_dir, step):
@@ -165,11 +166,15 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
 
 
 def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
-                     heldout=()) -> Path:
+                     heldout=(), recorded=None, test_final_only: bool = False) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
 
     The building block of a sweep, and of anything that trains on its own example lists (data
-    curation trains on originals plus collected examples). Returns the run folder.
+    curation trains on originals plus collected examples). `recorded`: the training examples whose
+    accuracy and perplexity are recorded (default: all of `train`); test_final_only samples the test
+    set at the last checkpoint alone (earlier ones read NaN). Curation uses both: it needs the
+    originals' dynamics and the final test accuracy, and sampling is most of a run's cost.
+    Returns the run folder.
     """
     from premem import model as model_lib, training
 
@@ -185,8 +190,11 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     init_state = training.snapshot(lm)
 
+    recorded = train if recorded is None else recorded
+
     def on_checkpoint(step, epoch, model):
-        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, train, test, init_state, heldout)
+        sampled = test if epoch == spec.epochs or not test_final_only else []
+        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, recorded, sampled, init_state, heldout)
 
     ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, save_every(cfg, spec.epochs),
                         on_checkpoint)
@@ -202,18 +210,21 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
-             threads: int) -> str:
+             threads: int, recorded=None, test_final_only: bool = False) -> str:
     """One run in a worker (or this) process at `threads` torch threads."""
     import torch
 
     torch.set_num_threads(threads)
     quiet_libraries()
-    train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout)
+    train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout,
+                     recorded, test_final_only)
     return spec.run
 
 
-def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None) -> None:
-    """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done.
+def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None,
+             recorded=None, test_final_only: bool = False) -> None:
+    """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
+    (`recorded`, `test_final_only`: as in train_and_record, for every job).
 
     `cfg.workers` spawned processes of one torch thread each (for ~1M-parameter models that beats
     one process with several threads), or, with one worker, this process at one thread too: float
@@ -224,7 +235,8 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     todo = {s: t for s, t in jobs.items() if not (Path(record_dir) / "runs" / s.run / "done.json").exists()}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
-    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, 1) for s, t in todo.items()]
+    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, 1, recorded, test_final_only)
+            for s, t in todo.items()]
     if cfg.workers == 1 or len(args) < 2:
         threads = torch.get_num_threads()
         try:
