@@ -64,6 +64,12 @@ def test_verdicts_turn_with_the_numbers(results):
         strategy=["premem"], round=[1], ratio=[.8], ratio_lo=[.5], ratio_hi=[1.1], n_seeds=[3])))
     verdicts = ledger.build(results, "rel", "live")["verdict (live)"].tolist()
     assert verdicts[0] == "yes" and verdicts[2] == "no" and verdicts[4] == "no"
+    # 1.6x with its CI above 1, but IFD did better in the same round: not "yes".
+    save(results, "07_data_curation", "live", "efficiency", pd.DataFrame(dict(
+        strategy=["premem", "ifd", "premem", "ifd"], round=[1, 1, 2, 2], ratio=[1.2, 1.0, 1.6, 1.8],
+        ratio_lo=[.9, .7, 1.1, 1.2], ratio_hi=[1.5, 1.3, 2.2, 2.5], n_seeds=3)))
+    led = ledger.build(results, "rel", "live").iloc[4]
+    assert led["verdict (live)"] == "partly" and led.live.startswith("ifd round 1: 1.00x [0.70, 1.30]; premem round 1")
 
 
 def test_missing_notebooks_are_named(tmp_path):

@@ -137,6 +137,23 @@ def test_real_sampling_end_to_end(smoke_record):
         robustness.robustness_table(out, None, perturbation="shuffle", progress=False)
 
 
+def test_perturbations_in_worker_processes_match_one_process(smoke_record, tmp_path):
+    """Two one-thread workers give the same tables as this process at one thread; cached tables are read back."""
+    import shutil
+
+    cfg, out = smoke_record
+    copy = tmp_path / "record"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("robustness"))
+    kinds = ["first", "problem"]
+    parallel = robustness.robustness_tables(copy, None, kinds, k=2, seed=9, workers=2)
+    assert parallel.perturbation.tolist() == ["first"] * cfg.n_train + ["problem"] * cfg.n_train
+    assert len(list((copy / "robustness").glob("*.parquet"))) == 2
+    shutil.rmtree(copy / "robustness")
+    serial = robustness.robustness_tables(copy, None, kinds, k=2, seed=9, workers=1)
+    pd.testing.assert_frame_equal(parallel, serial)
+    assert robustness.robustness_tables(copy, None, [], workers=2).empty
+
+
 def hand_table():
     pre = [0.0, 0.0, 0.25, 0.5, 0.5, 0.75, 1.0, 1.0]
     rob = [0.0, 0.5, 0.25, 0.5, 0.75, 0.75, 1.0, 1.0]

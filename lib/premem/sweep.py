@@ -247,7 +247,7 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
         finally:
             torch.set_num_threads(threads)
         return
-    with ProcessPoolExecutor(cfg.workers, mp_context=_spawn()) as pool:
+    with ProcessPoolExecutor(cfg.workers, mp_context=spawn_context()) as pool:
         for f in as_completed([pool.submit(_run_job, *a) for a in args]):
             if bar is not None:
                 bar.set_postfix_str(f.result())
@@ -344,7 +344,8 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     return out
 
 
-def _spawn():
+def spawn_context():
+    """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
     import multiprocessing
 
     return multiprocessing.get_context("spawn")
