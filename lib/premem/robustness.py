@@ -101,37 +101,19 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
 
 
 def _table_job(record_dir: str, run: str, perturbation: str, k, seed: int, tau: float) -> pd.DataFrame:
-    """One perturbation's table in a worker (or this) process at one torch thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    sweep.quiet_libraries()
     return robustness_table(record_dir, run, perturbation=perturbation, k=k, seed=seed, tau=tau, progress=False)
 
 
 def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *, k: int | None = None,
                       seed: int = 0, tau: float | None = None, workers: int = 1) -> pd.DataFrame:
-    """`robustness_table` for each perturbation, concatenated in their order. Uncached ones run in
-    `workers` spawned processes of one torch thread each, as sweep.run_jobs does (for ~1M-parameter
-    models far faster than one process with several threads); with one worker, here at one thread.
-    Tables do not depend on the worker count."""
-    import torch
-    from concurrent.futures import ProcessPoolExecutor
-
+    """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
+    in `workers` one-thread processes (sweep.map_one_thread), which does not change the tables."""
     record_dir = Path(record_dir)
     runs = record.read_runs(record_dir)
     run = pick_run(runs, run).run  # resolved once, so every worker samples the same run at the same tau
     tau = metrics.chosen_tau(sweep.read_config(record_dir), runs)[0] if tau is None else tau
-    args = [(str(record_dir), run, p, k, seed, tau) for p in perturbations]
-    if workers == 1 or len(args) < 2:
-        threads = torch.get_num_threads()
-        try:
-            tables = [_table_job(*a) for a in args]
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        with ProcessPoolExecutor(min(workers, len(args)), mp_context=sweep.spawn_context()) as pool:
-            tables = [f.result() for f in [pool.submit(_table_job, *a) for a in args]]
+    tables = sweep.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
+                                  workers)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 
 

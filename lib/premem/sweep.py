@@ -210,50 +210,63 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
-             threads: int, recorded=None, test_final_only: bool = False) -> str:
-    """One run in a worker (or this) process at `threads` torch threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_libraries()
+             recorded=None, test_final_only: bool = False) -> str:
     train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout,
                      recorded, test_final_only)
     return spec.run
 
 
+def _at_one_thread(fn, args):
+    import torch
+
+    torch.set_num_threads(1)
+    quiet_libraries()
+    return fn(*args)
+
+
+def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
+    """[fn(*a) for a in args], each at one torch thread: in `workers` spawned processes (for
+    ~1M-parameter models far faster than one process with several threads), or here with one worker
+    or one job. Float reductions, hence weights and samples, then do not depend on the worker count.
+    `fn` must be importable (module level); on_done(result) is called as each job finishes."""
+    import torch
+
+    if workers == 1 or len(args) < 2:
+        threads = torch.get_num_threads()
+        results = []
+        try:
+            for a in args:
+                results.append(_at_one_thread(fn, a))
+                if on_done is not None:
+                    on_done(results[-1])
+        finally:
+            torch.set_num_threads(threads)
+        return results
+    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context()) as pool:
+        futures = [pool.submit(_at_one_thread, fn, a) for a in args]
+        for f in as_completed(futures):
+            if on_done is not None:
+                on_done(f.result())
+        return [f.result() for f in futures]
+
+
 def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None,
              recorded=None, test_final_only: bool = False) -> None:
     """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
-    (`recorded`, `test_final_only`: as in train_and_record, for every job).
-
-    `cfg.workers` spawned processes of one torch thread each (for ~1M-parameter models that beats
-    one process with several threads), or, with one worker, this process at one thread too: float
-    reductions, hence weights and samples, then do not depend on the worker count.
-    """
-    import torch
-
+    (`recorded`, `test_final_only`: as in train_and_record, for every job), in cfg.workers
+    one-thread processes (map_one_thread)."""
     todo = {s: t for s, t in jobs.items() if not (Path(record_dir) / "runs" / s.run / "done.json").exists()}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
-    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, 1, recorded, test_final_only)
+    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only)
             for s, t in todo.items()]
-    if cfg.workers == 1 or len(args) < 2:
-        threads = torch.get_num_threads()
-        try:
-            for a in args:
-                _run_job(*a)
-                if bar is not None:
-                    bar.update()
-        finally:
-            torch.set_num_threads(threads)
-        return
-    with ProcessPoolExecutor(cfg.workers, mp_context=spawn_context()) as pool:
-        for f in as_completed([pool.submit(_run_job, *a) for a in args]):
-            if bar is not None:
-                bar.set_postfix_str(f.result())
-                bar.update()
-            else:
-                f.result()
+
+    def done(run):
+        if bar is not None:
+            bar.set_postfix_str(run)
+            bar.update()
+
+    map_one_thread(_run_job, args, cfg.workers, done)
 
 
 def quiet_libraries() -> None:
