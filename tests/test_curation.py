@@ -187,10 +187,16 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
                                       "premem_r1_seed0": 12}
     dyns = {d.run: d for d in record.read_runs(out)}
     assert len(dyns) == 4
-    # Recorded: the 8 originals only, test accuracy at the final checkpoint only.
+    # Recorded: the 8 originals only, test accuracy at the final checkpoint only. The originals' run
+    # feeds premem's selection, which reads every checkpoint; the chains' last runs record (and
+    # save) their last checkpoint alone, and have no pre-memorization history.
     originals = set(dyns["originals_seed0"].example_ids)
     assert all(set(d.example_ids) == originals and len(originals) == 8 for d in dyns.values())
-    assert all(len(d.steps) == 2 and np.isnan(d.test_acc[0]) and not np.isnan(d.test_acc[1]) for d in dyns.values())
+    first = dyns.pop("originals_seed0")
+    assert len(first.steps) == 2 and np.isnan(first.test_acc[0]) and not np.isnan(first.test_acc[1])
+    assert all(len(d.steps) == 1 and d.epoch_of_step[0] == cfg.epochs[0] for d in dyns.values())
+    assert all(len(list((out / "runs" / run / "train").glob("checkpoint-*"))) == 1 for run in dyns)
+    assert table.pre_mem_acc.notna().tolist() == [r == 0 for r in table["round"]]
     samples = pd.read_parquet(out / "samples.parquet")
     last = samples.groupby("run").step.transform("max")
     assert set(samples[samples.split == "test"].step) <= set(last) and (samples.split == "test").any()

@@ -1,4 +1,5 @@
 """sample(): shape, stop strings, seeds, order, greedy agreement with model.generate, errors."""
+import contextlib
 import sys
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_greedy_equals_model_generate(lm):
             gen = model.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=tok.pad_token_id)
         want = truncate_at_stop(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True), "%-")
         assert row == [want, want]
+
+
+def test_cpu_decoding_runs_matmul_attention_and_restores_the_model_s_own(lm, monkeypatch):
+    from premem import sampling
+
+    model, tok = lm
+    assert model.config._attn_implementation == "sdpa"
+    seen, decode = [], sampling._decode
+    monkeypatch.setattr(sampling, "_decode", lambda m, *a, **k: seen.append(m.config._attn_implementation)
+                        or decode(m, *a, **k))
+    out = run(lm, seed=3)
+    assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(sampling, "_matmul_attention_on_cpu", lambda *a: contextlib.nullcontext())
+    assert run(lm, seed=3) == out and seen[-1] == "sdpa"  # the same samples under torch's SDPA
 
 
 def test_model_generation_config_does_not_leak(lm):

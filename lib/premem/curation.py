@@ -16,9 +16,11 @@ all strategies. Strategies spend the same budgets:
 Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
 rule selects on the same run; ties keep the originals' order.
 
-Runs record the originals' accuracy and perplexity at every checkpoint and test accuracy at the last
-one only (sweep.train_and_record's `recorded`, `test_final_only`): all that curation reads, and
-sampling is most of a run's cost.
+Runs record what curation reads, since sampling is most of a run's cost (sweep.train_and_record's
+`recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a premem or forgetting
+selection records the originals' accuracy and perplexity at every checkpoint and test accuracy at the
+last; every other run (a chain's last round, and the rounds of strategies that read one checkpoint
+or none) records its last checkpoint alone, and its `pre_mem_acc` reads NaN.
 Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
 curation.parquet, efficiency.parquet, and selections/ and collected/ per (strategy, round, seed);
 a rerun trains and scores nothing twice.
@@ -43,6 +45,7 @@ from premem.tasks import Example
 
 STRATEGIES = ("premem", "iid", "ifd", "most_steps", "hardest", "low_train_acc", "high_loss", "forgetting")
 IFD_EPOCHS = 2  # Li et al.'s IFD uses a briefly finetuned ("pre-experienced") model
+EVERY_CHECKPOINT = ("premem", "forgetting")  # scores that read every checkpoint of the round's run
 
 
 class Source(Protocol):
@@ -298,26 +301,33 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
         return sweep.RunSpec(f"originals_seed{seed}" if r == 0 else f"{s}_r{r}_seed{seed}", lr, epochs, 1.0, seed)
 
+    def every_checkpoint(s, r):  # does run (s, r) feed a selection that reads all its checkpoints?
+        return any(x in EVERY_CHECKPOINT for x in plan) if r == 0 else s in EVERY_CHECKPOINT and r < len(plan[s])
+
     every = sorted({spec_of(s, r, seed) for s in plan for r in range(len(plan[s]) + 1)
                     for seed in cfg.curation_seeds}, key=lambda sp: sp.run)
     n_rounds, rows = max(len(b) for b in plan.values()), []
     for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
-        sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True)
+        final_only = {spec_of(s, r, seed).run for s, seed in chains if not every_checkpoint(s, r)}
+        sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True,
+                       final_only=final_only)
         # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
         sweep.finish(out, [sp for sp in every if (out / "runs" / sp.run / "run.json").exists()])
         dyns = {d.run: d for d in record.read_runs(out)}
         for s, seed in chains:
             spec = spec_of(s, r, seed)
             d, tau = dyns[spec.run], metrics.chosen_tau(cfg, [dyns[spec.run]])[0]
+            pre = np.nan if spec.run in final_only else float(d.pre_mem_acc(tau)[-1])  # one checkpoint: no history
             rows.append(dict(strategy=s, round=r, seed=seed, n_examples=len(jobs[spec]), n_new=len(new[(s, seed)]),
-                             test_acc=float(d.test_acc[-1]), pre_mem_acc=float(d.pre_mem_acc(tau)[-1]), run=spec.run))
+                             test_acc=float(d.test_acc[-1]), pre_mem_acc=pre, run=spec.run))
             if r < len(plan[s]):  # not the chain's last run: collect for the next round
                 collected = out / "collected" / f"{s}_r{r + 1}_seed{seed}.jsonl"
                 if not collected.exists():
                     _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, plan[s][r], d,
-                                                           tau, spec, jobs[spec], originals, held + test))
+                                                           tau, spec, jobs[spec], originals, held + test,
+                                                           history=spec.run not in final_only))
                 new[(s, seed)] = new[(s, seed)] + _read_examples(collected)
         table = pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
         io.write_parquet(out / "curation.parquet", table)
@@ -326,14 +336,18 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     return out
 
 
-def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others):
+def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others,
+                history=True):
     """Score the originals on run `d`, select, allocate `budget` round-robin over the selection's
-    random order, collect; the selection is kept under <out>/selections/."""
+    random order, collect; the selection is kept under <out>/selections/ (its pre_mem_acc NaN when
+    `d` recorded its last checkpoint alone, history=False)."""
     ifd = None
     if s == "ifd":
         lm, tok = ifd_model(cfg, out, spec, train, base)
         ifd = ifd_scores(lm, tok, originals, cfg.prompt_template, cfg.target_template, cfg.perplexity_batch_size)
     scores = score_table(s, d, originals, tau, ifd)
+    if not history:
+        scores["pre_mem_acc"] = np.nan
     ids, fallback = select(scores, s, cfg.curation_threshold, cfg.curation_top_fraction, seed=seed * 1009 + r)
     by_id = {ex.id: ex for ex in originals}
     used = pd.Series([e.meta.get("similar_to") for e in train]).value_counts()

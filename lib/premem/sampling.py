@@ -23,6 +23,7 @@ Two backends:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Sequence
 
@@ -126,6 +127,23 @@ def _cache_keyword(model) -> str:
 STOP_CHECK_EVERY = 8  # decode-and-search for the stop string every this many tokens
 
 
+@contextlib.contextmanager
+def _matmul_attention_on_cpu(model, device):
+    """Eager (matmul) attention while decoding on a CPU: for one query token over a few hundred keys
+    it is ~1.8x faster than torch's SDPA kernel (torch 2.13, the embedded model's shapes), and
+    sampling ~13% faster with the same samples (a 1024-sample check). The model's own attention is
+    restored afterwards; GPUs keep theirs."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if device.type != "cpu" or current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
 @torch.inference_mode()
 def _decode(model, ids, mask, *, copies, max_new_tokens, temperature, top_p, eos, pad, stop, tokenizer,
             generator) -> torch.Tensor:
@@ -216,23 +234,24 @@ def _sample_hf(model, tokenizer, prompts, *, k, temperature, top_p, max_new_toke
     was_training = model.training
     model.eval()
     try:
-        for b, idx in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-                ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
-                mask[r, width - len(enc[i]):] = 1
-            # Each batch has its own generator from (seed, batch index): a batch's samples do not
-            # depend on earlier batches, and the caller's global RNG is untouched.
-            generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
-            new = _decode(model, ids.to(device), mask.to(device), copies=n, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, eos=eos, pad=pad, stop=stop,
-                          tokenizer=tokenizer, generator=generator)
-            texts = tokenizer.batch_decode(_cut_at_eos(new, eos, pad), skip_special_tokens=True)
-            for r, i in enumerate(idx):
-                done = [truncate_at_stop(t, stop) for t in texts[r * n:(r + 1) * n]]
-                out[i] = done if n == k else done * k
+        with _matmul_attention_on_cpu(model, device):
+            for b, idx in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
+                width = max(len(enc[i]) for i in idx)
+                ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+                    ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
+                    mask[r, width - len(enc[i]):] = 1
+                # Each batch has its own generator from (seed, batch index): a batch's samples do not
+                # depend on earlier batches, and the caller's global RNG is untouched.
+                generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
+                new = _decode(model, ids.to(device), mask.to(device), copies=n, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, eos=eos, pad=pad, stop=stop,
+                              tokenizer=tokenizer, generator=generator)
+                texts = tokenizer.batch_decode(_cut_at_eos(new, eos, pad), skip_special_tokens=True)
+                for r, i in enumerate(idx):
+                    done = [truncate_at_stop(t, stop) for t in texts[r * n:(r + 1) * n]]
+                    out[i] = done if n == k else done * k
     finally:
         model.train(was_training)
     return out

@@ -166,7 +166,7 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
 
 
 def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
-                     heldout=(), recorded=None, test_final_only: bool = False) -> Path:
+                     heldout=(), recorded=None, test_final_only: bool = False, final_only: bool = False) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
 
     The building block of a sweep, and of anything that trains on its own example lists (data
@@ -174,7 +174,8 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     accuracy and perplexity are recorded (default: all of `train`); test_final_only samples the test
     set at the last checkpoint alone (earlier ones read NaN). Curation uses both: it needs the
     originals' dynamics and the final test accuracy, and sampling is most of a run's cost.
-    Returns the run folder.
+    final_only saves and records the last checkpoint alone (no resume point inside the run): for
+    runs whose dynamics nobody reads, only their final accuracies. Returns the run folder.
     """
     from premem import model as model_lib, training
 
@@ -196,8 +197,8 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         sampled = test if epoch == spec.epochs or not test_final_only else []
         record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, recorded, sampled, init_state, heldout)
 
-    ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, save_every(cfg, spec.epochs),
-                        on_checkpoint)
+    every = spec.epochs if final_only else save_every(cfg, spec.epochs)
+    ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every, on_checkpoint)
     missing = [c["step"] for c in ckpts if not part_done(run_dir, c["step"])]
     if missing:
         raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
@@ -210,9 +211,9 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
-             recorded=None, test_final_only: bool = False) -> str:
+             recorded=None, test_final_only: bool = False, final_only: bool = False) -> str:
     train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout,
-                     recorded, test_final_only)
+                     recorded, test_final_only, final_only)
     return spec.run
 
 
@@ -251,15 +252,16 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
 
 
 def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None,
-             recorded=None, test_final_only: bool = False) -> None:
+             recorded=None, test_final_only: bool = False, final_only=()) -> None:
     """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
-    (`recorded`, `test_final_only`: as in train_and_record, for every job), in cfg.workers
-    one-thread processes (map_one_thread)."""
+    (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
+    of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
+    (map_one_thread)."""
     todo = {s: t for s, t in jobs.items() if not (Path(record_dir) / "runs" / s.run / "done.json").exists()}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
-    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only)
-            for s, t in todo.items()]
+    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
+             s.run in final_only) for s, t in todo.items()]
 
     def done(run):
         if bar is not None:
