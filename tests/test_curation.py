@@ -1,5 +1,6 @@
 """Claim 4 machinery: selection, round-robin allocation, sources, IFD, forgetting, data efficiency,
 and one smoke curation round that a rerun reads back without training."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,18 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     assert samples[samples.split == "test"].pipe(lambda t: (t.step == last[t.index]).all())
     sel = pd.read_parquet(out / "selections" / "premem_r1_seed0.parquet")
     assert sel.n_new.sum() == 4 and sel[sel.n_new > 0].pre_mem_acc.le(0.75).all() | sel.fallback.all()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = json.loads((out / "base.json").read_text())  # the base model's own test accuracy
+    assert base["n_test"] == cfg.n_test and base["k"] == (cfg.k_test or cfg.k) and 0 <= base["test_acc"] <= 1
+    assert curation.base_test_acc(out) == base["test_acc"]
+    with pytest.raises(PremError, match="no base.json"):
+        curation.base_test_acc(tmp_path)
+    ax = curation.plot_scaling(table, plt.figure().gca(), base_acc=0.125)
+    assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == ":"] == [[0.125, 0.125]]
     collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")
     assert sorted(e.meta["similar_to"] for e in collected) == sorted(sel.example_id.repeat(sel.n_new))
 

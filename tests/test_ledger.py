@@ -53,7 +53,16 @@ def test_ledger_reads_each_claim_and_applies_the_rules(results):
     assert led.iloc[2]["verdict (live)"] == "yes" and led.iloc[2]["released logs"] == ledger.NOT_IN_LOGS
     assert led.iloc[3]["verdict (live)"] == "partly"  # "problem": CI crosses 0
     assert led.iloc[4]["verdict (live)"] == "yes"  # the last round: 1.6x, CI above 1
-    assert "premem round 1: 1.20x [0.90, 1.50]" in led.iloc[4].live and "(3 seeds)" in led.iloc[4].live
+    assert "premem round 1: 1.20x [0.90, 1.50]" in led.iloc[4].live and led.iloc[4].live.endswith("(3 seeds)")
+
+
+def test_claim_4_shows_the_iid_curve_and_the_base_model(results):
+    save(results, "07_data_curation", "live", "curation", pd.DataFrame(dict(
+        strategy=["iid"] * 4 + ["premem"], n_examples=[128, 128, 192, 384, 192], test_acc=[.2, .3, .26, .3, .9])))
+    save(results, "07_data_curation", "live", "base", pd.DataFrame(dict(test_acc=[.2049])))
+    live = ledger.build(results, "rel", "live").iloc[4].live
+    assert live.endswith("(3 seeds); i.i.d. test accuracy 0.25 (128), 0.26 (192), 0.30 (384); "
+                         "base model, not finetuned, 0.20")
 
 
 def test_verdicts_turn_with_the_numbers(results):

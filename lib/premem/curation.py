@@ -22,7 +22,8 @@ selection records the originals' accuracy and perplexity at every checkpoint and
 last; every other run (a chain's last round, and the rounds of strategies that read one checkpoint
 or none) records its last checkpoint alone, and its `pre_mem_acc` reads NaN.
 Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
-curation.parquet, efficiency.parquet, and selections/ and collected/ per (strategy, round, seed);
+curation.parquet, efficiency.parquet, base.json (the base model's own test accuracy: where finetuning
+starts from), and selections/ and collected/ per (strategy, round, seed);
 a rerun trains and scores nothing twice.
 """
 from __future__ import annotations
@@ -333,7 +334,34 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
         io.write_parquet(out / "curation.parquet", table)
     if "iid" in plan:
         io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
+    _record_base(cfg, out, base, test)
     return out
+
+
+def base_test_acc(folder: str | Path) -> float:
+    """The base model's own test accuracy (no finetuning), as `curate` recorded it in <folder>/base.json."""
+    f = Path(folder) / "base.json"
+    if not f.is_file():
+        raise PremError(f"no base.json in {folder}: run curation.curate on its params first")
+    return float(json.loads(f.read_text())["test_acc"])
+
+
+def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
+    """The base model's test accuracy before any finetuning, sampled as a run's final checkpoint is
+    (k_test per question): the floor every scaling curve starts from. Cached in <out>/base.json."""
+    from premem import grading, model as model_lib, sampling
+
+    f = out / "base.json"
+    if not f.exists():
+        lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
+                                      quantization=cfg.quantization)
+        k = cfg.k_test or cfg.k
+        completions = sampling.sample(
+            base if cfg.backend == "vllm" else lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],
+            k=k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop,
+            seed=cfg.data_seed, batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=False)
+        correct = [g.correct for ex, outs in zip(test, completions) for g in grading.grade_many(outs, ex.answer)]
+        io.write_json(f, dict(test_acc=float(np.mean(correct)), n_test=len(test), k=k))
 
 
 def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others,
@@ -421,8 +449,11 @@ def data_efficiency(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> p
     return point
 
 
-def plot_scaling(table: pd.DataFrame, ax):
-    """Final test accuracy against training examples, one line per strategy, seeds as error bars (std)."""
+def plot_scaling(table: pd.DataFrame, ax, base_acc: float | None = None):
+    """Final test accuracy against training examples, one line per strategy, seeds as error bars
+    (std); base_acc, the base model's own test accuracy, as a dotted line."""
+    if base_acc is not None:
+        ax.axhline(base_acc, color="0.5", ls=":", lw=1, label="base model, not finetuned")
     for i, (s, t) in enumerate(table.groupby("strategy", sort=False)):
         g = t.groupby("n_examples").test_acc
         m, sd = g.mean(), g.std().fillna(0)
