@@ -58,6 +58,18 @@ def test_ranked_strategies_take_as_many_as_the_rule_or_a_fraction():
     assert sorted(iid) == list("abcdef") and iid == curation.select(scores(), "iid", 0.75, seed=3)[0]
 
 
+def test_runs_record_their_history_only_where_a_later_selection_reads_it():
+    plan = dict(premem=[64, 64], iid=[64, 64, 128], ifd=[64, 64], low_train_acc=[64, 64])
+    history = {(s, r) for s in plan for r in range(len(plan[s]) + 1) if curation.reads_history(plan, s, r, None)}
+    # Round 0 feeds every first selection; ranked rules are sized by the pre-mem rule on their run;
+    # iid reads nothing, and a chain's last run feeds no selection.
+    assert history == {(s, 0) for s in plan} | {("premem", 1), ("ifd", 1), ("low_train_acc", 1)}
+    ranked = {(s, r) for s in plan for r in range(1, 3) if curation.reads_history(plan, s, r, 0.5)}
+    assert ranked == {("premem", 1)}  # a top_fraction sizes ranked rules by itself
+    assert curation.reads_history(dict(iid=[8], ifd=[8]), "iid", 0, 0.5) is False
+    assert curation.reads_history(dict(iid=[8], forgetting=[8, 8]), "forgetting", 1, 0.5)
+
+
 def test_round_robin_allocation_spends_the_budget_exactly():
     assert curation.allocate(["a", "d", "c"], 7) == {"a": 3, "d": 2, "c": 2}
     assert curation.allocate(["a", "d", "c"], 2) == {"a": 1, "d": 1, "c": 0}

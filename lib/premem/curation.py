@@ -16,11 +16,12 @@ all strategies. Strategies spend the same budgets:
 Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
 rule selects on the same run; ties keep the originals' order.
 
-Runs record what curation reads, since sampling is most of a run's cost (sweep.train_and_record's
-`recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a premem or forgetting
-selection records the originals' accuracy and perplexity at every checkpoint and test accuracy at the
-last; every other run (a chain's last round, and the rounds of strategies that read one checkpoint
-or none) records its last checkpoint alone, and its `pre_mem_acc` reads NaN.
+Runs record what curation reads, since sampling is a large part of a run's cost
+(sweep.train_and_record's `recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a
+selection that reads its history (`reads_history`: premem, forgetting, and ranked strategies sized by
+the pre-memorization rule) records the originals' accuracy and perplexity at every checkpoint and
+test accuracy at the last; every other run (a chain's last round, iid's rounds) records its last
+checkpoint alone, and its `pre_mem_acc` reads NaN.
 Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
 curation.parquet, efficiency.parquet, base.json (the base model's own test accuracy: where finetuning
 starts from), and selections/ and collected/ per (strategy, round, seed);
@@ -302,16 +303,14 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
         return sweep.RunSpec(f"originals_seed{seed}" if r == 0 else f"{s}_r{r}_seed{seed}", lr, epochs, 1.0, seed)
 
-    def every_checkpoint(s, r):  # does run (s, r) feed a selection that reads all its checkpoints?
-        return any(x in EVERY_CHECKPOINT for x in plan) if r == 0 else s in EVERY_CHECKPOINT and r < len(plan[s])
-
     every = sorted({spec_of(s, r, seed) for s in plan for r in range(len(plan[s]) + 1)
                     for seed in cfg.curation_seeds}, key=lambda sp: sp.run)
     n_rounds, rows = max(len(b) for b in plan.values()), []
     for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
-        final_only = {spec_of(s, r, seed).run for s, seed in chains if not every_checkpoint(s, r)}
+        final_only = {spec_of(s, r, seed).run for s, seed in chains
+                      if not reads_history(plan, s, r, cfg.curation_top_fraction)}
         sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True,
                        final_only=final_only)
         # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
@@ -336,6 +335,17 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
         io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
     _record_base(cfg, out, base, test)
     return out
+
+
+def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> bool:
+    """Whether run `r` of strategy `s`'s chain feeds a selection that reads all its checkpoints:
+    premem's and forgetting's scores do, and so does every ranked strategy without a top_fraction,
+    which takes as many originals as the pre-memorization rule selects on the same run. Round 0
+    (shared) does when any strategy's first selection does."""
+    def reads(x):
+        return x in EVERY_CHECKPOINT or (x != "iid" and top_fraction is None)
+
+    return any(reads(x) for x in plan) if r == 0 else r < len(plan[s]) and reads(s)
 
 
 def base_test_acc(folder: str | Path) -> float:
