@@ -226,8 +226,10 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     assert curation.base_test_acc(out) == base["test_acc"]
     with pytest.raises(PremError, match="no base.json"):
         curation.base_test_acc(tmp_path)
-    ax = curation.plot_scaling(table, plt.figure().gca(), base_acc=0.125)
+    fig, ax = plt.subplots()
+    curation.plot_scaling(table, ax, base_acc=0.125)
     assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == ":"] == [[0.125, 0.125]]
+    plt.close(fig)
     collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")
     assert sorted(e.meta["similar_to"] for e in collected) == sorted(sel.example_id.repeat(sel.n_new))
 

@@ -359,17 +359,15 @@ def base_test_acc(folder: str | Path) -> float:
 def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
     """The base model's test accuracy before any finetuning, sampled as a run's final checkpoint is
     (k_test per question): the floor every scaling curve starts from. Cached in <out>/base.json."""
-    from premem import grading, model as model_lib, sampling
+    from premem import grading, model as model_lib
 
     f = out / "base.json"
     if not f.exists():
         lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                       quantization=cfg.quantization)
         k = cfg.k_test or cfg.k
-        completions = sampling.sample(
-            base if cfg.backend == "vllm" else lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],
-            k=k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop,
-            seed=cfg.data_seed, batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=False)
+        prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in test]
+        completions = sweep.sample_answers(cfg, lm, base, tok, prompts, k, cfg.data_seed)
         correct = [g.correct for ex, outs in zip(test, completions) for g in grading.grade_many(outs, ex.answer)]
         io.write_json(f, dict(test_acc=float(np.mean(correct)), n_test=len(test), k=k))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import grading, io, metrics, record, sampling, sweep, tasks
+from premem import grading, io, metrics, record, sweep, tasks
 from premem.dynamics import RunDynamics, pick_run
 from premem.errors import PremError
 
@@ -85,10 +85,7 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
         raise PremError(f"run {run}: final checkpoint is step {step} but the record ends at step {acc.step.iloc[0]}")
     prompts, forced, golds = perturbed_queries(examples, perturbation, cfg.prompt_template, seed)
     lm, tok = training.load_checkpoint(ckpt)
-    completions = sampling.sample(
-        str(ckpt) if cfg.backend == "vllm" else lm, tok, prompts, k=k, temperature=cfg.temperature,
-        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
-        batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
+    completions = sweep.sample_answers(cfg, lm, ckpt, tok, prompts, k, seed, progress)
     rows = []
     for ex, outs, pre, gold in zip(examples, completions, forced, golds):
         grades = grading.grade_many([pre + c for c in outs], gold)

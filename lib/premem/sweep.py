@@ -106,25 +106,32 @@ def part_done(run_dir: Path, step: int) -> bool:
     return all(record.part_path(run_dir, t, step).exists() for t in record.TABLES)
 
 
+def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
+                   progress: bool = False) -> list[list[str]]:
+    """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
+    `checkpoint` folder (or hub id); the transformers backend samples the loaded `lm`."""
+    from premem import sampling
+
+    return sampling.sample(
+        str(checkpoint) if cfg.backend == "vllm" else lm, tok, prompts, k=k, temperature=cfg.temperature,
+        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
+        batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
+
+
 def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoch: int, lm, tok,
                       train, test, init_state, heldout=()) -> None:
     """Samples, grades and perplexities at one checkpoint, written as parquet parts: `train` (the
     examples recorded) sampled and scored, `test` sampled (empty: none), `heldout` scored."""
-    from premem import grading, perplexity, sampling, tasks, training
+    from premem import grading, perplexity, tasks, training
 
     if part_done(run_dir, step):
         return
-    # vLLM loads weights itself, from the checkpoint folder the trainer has just written.
-    sampler = str(run_dir / "train" / f"checkpoint-{step}") if cfg.backend == "vllm" else lm
     seed = cfg.data_seed * 1_000_003 + spec.seed * 10_007 + step  # independent of what ran before
     rows = []
     for split, examples, k in (("train", train, cfg.k), ("test", test, cfg.k_test or cfg.k)):
         prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
-        completions = sampling.sample(
-            sampler, tok, prompts, k=k, temperature=cfg.temperature, top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, batch_size=cfg.sample_batch_size,
-            backend=cfg.backend, progress=False,
-        )
+        # The checkpoint folder the trainer has just written, for vLLM.
+        completions = sample_answers(cfg, lm, run_dir / "train" / f"checkpoint-{step}", tok, prompts, k, seed)
         for ex, outs in zip(examples, completions):
             for j, g in enumerate(grading.grade_many(outs, ex.answer)):
                 rows.append(dict(run=spec.run, step=step, epoch=epoch, split=split, example_id=ex.id,
@@ -243,7 +250,7 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
         finally:
             torch.set_num_threads(threads)
         return results
-    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context()) as pool:
+    with ProcessPoolExecutor(min(workers, len(args)), mp_context=_spawn_context()) as pool:
         futures = [pool.submit(_at_one_thread, fn, a) for a in args]
         for f in as_completed(futures):
             if on_done is not None:
@@ -359,7 +366,7 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     return out
 
 
-def spawn_context():
+def _spawn_context():
     """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
     import multiprocessing
 
