@@ -125,3 +125,22 @@ def test_reproduce_runs_one_notebook_and_writes_its_ledger():
     claims = (load_params(ROOT / "params/smoke.yaml").path("figures_dir") / "claims.md").read_text()
     assert "| tau without test labels | tau set per model and task | tau -2.3 given | tau " in claims
     assert (ROOT / "README.md").read_text() == readme
+
+
+def test_stored_notebooks_keep_only_checked_stdout_and_no_run_metadata():
+    import nbformat
+
+    from premem.notebooks import strip_outputs
+
+    run = {"papermill": {"duration": 0.1, "status": "completed"}}
+    md = nbformat.v4.new_markdown_cell("# title", metadata=dict(run))
+    checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)", metadata=dict(run), execution_count=7, outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+        nbformat.v4.new_output("display_data", data={"image/png": "AAAA"})])
+    other = nbformat.v4.new_code_cell("x = 1", execution_count=8,
+                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="x\n")])
+    nb = nbformat.v4.new_notebook(cells=[md, checked, other], metadata=dict(run))
+    strip_outputs(nb)
+    assert all("papermill" not in c.metadata for c in nb.cells) and "papermill" not in nb.metadata
+    assert [o.output_type for o in checked.outputs] == ["stream"] and checked.outputs[0].text == "1\n"
+    assert checked.execution_count == 2 and other.execution_count is None and other.outputs == []

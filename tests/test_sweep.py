@@ -152,3 +152,21 @@ def test_premem_beats_train_accuracy_when_runs_memorise(tmp_path):
     assert r2["pre_mem_acc"] > r2["train_acc"] + 0.25
     last = table[table.run.str.startswith("lr0.002_ep15")].iloc[-1]
     assert last.memorized_frac > 0.5 and last.train_acc > last.pre_mem_acc + 0.2  # it did memorise
+
+
+@pytest.mark.parametrize("options, steps", [(None, {2, 3, 4}), ({"min_steps": 1, "max_steps": 1}, {1})])
+def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, options, steps):
+    """embedded_pretrain_task_options picks the pretraining pool (None: the finetuning task's options)."""
+    from premem import model
+
+    seen = {}
+    monkeypatch.setattr(model, "build_embedded_base", lambda texts, **kw: seen.setdefault("texts", texts))
+    cfg = load_params("params/tiny.yaml", embedded_pretrain_examples=300, embedded_pretrain_task_options=options,
+                      cache_dir=str(tmp_path))
+    sweep.base_model_path(cfg, progress=False)
+    # Each step of an arith trace writes one equation "a op k = v".
+    assert {t.count(" = ") for t in seen["texts"]} == steps
+    assert len(seen["texts"]) == 300
+    if options is not None:
+        with pytest.raises(PremError, match=r"embedded_pretrain_task_options: task 'arith': unknown options \['steps'\]"):
+            sweep.base_model_path(load_params("params/tiny.yaml", embedded_pretrain_task_options={"steps": 1}))

@@ -38,6 +38,9 @@ class Params(BaseModel):
     # Base model: "embedded" pretrains the small CPU model; else a hub id, a folder or a .gguf file.
     base_model: str = "embedded"
     embedded_pretrain_examples: int = Field(20000, ge=1)
+    # Task options of the pretraining pool; None: task_options. A pool unlike the finetuning data
+    # (e.g. shorter problems) leaves the base something to learn from finetuning, as a hub model has.
+    embedded_pretrain_task_options: Optional[dict] = None
     embedded_d_model: int = Field(128, ge=8)
     embedded_n_layers: int = Field(4, ge=1)
     embedded_n_heads: int = Field(4, ge=1)
@@ -141,7 +144,8 @@ class Params(BaseModel):
 # sampling is seeded on its own).
 RECORD_KEYS = (
     "task", "task_options", "data_files", "n_train", "n_test", "n_heldout", "data_seed", "prompt_template",
-    "target_template", "stop", "base_model", "embedded_pretrain_examples", "embedded_d_model",
+    "target_template", "stop", "base_model", "embedded_pretrain_examples", "embedded_pretrain_task_options",
+    "embedded_d_model",
     "embedded_n_layers", "embedded_n_heads", "embedded_steps", "embedded_lr", "embedded_batch_size",
     "embedded_seq_len", "dtype", "quantization", "lora", "lrs", "epochs", "data_fractions", "seeds", "batch_size",
     "warmup_ratio", "weight_decay", "max_grad_norm", "save_every_epochs", "max_checkpoints", "k", "k_test",

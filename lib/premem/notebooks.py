@@ -13,10 +13,10 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 def strip_outputs(nb) -> None:
     """Drop every output except the text of checked cells; clear execution counts and run metadata."""
     for number, cell in enumerate(nb.cells, start=1):
+        cell.metadata.pop("papermill", None)  # papermill times markdown cells too
+        cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        cell.metadata.pop("papermill", None)
-        cell.metadata.pop("execution", None)
         # nbval compares only cells that were run, which it tells by their execution count.
         checked = cell.source.lstrip().startswith(CHECK_MARK)
         cell.execution_count = number if checked else None
