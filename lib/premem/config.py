@@ -39,7 +39,8 @@ class Params(BaseModel):
     base_model: str = "embedded"
     embedded_pretrain_examples: int = Field(20000, ge=1)
     # Task options of the pretraining pool; None: task_options. A pool unlike the finetuning data
-    # (e.g. shorter problems) leaves the base something to learn from finetuning, as a hub model has.
+    # (e.g. fewer phrasings, arith's step_phrasings) leaves the base something to learn from
+    # finetuning, as a hub model has.
     embedded_pretrain_task_options: Optional[dict] = None
     embedded_d_model: int = Field(128, ge=8)
     embedded_n_layers: int = Field(4, ge=1)

@@ -115,12 +115,13 @@ TRACE_ENDINGS = ("", " {name} has {v} {obj} in the end.", " The answer is {v}.")
 ARITH_OPTIONS = dict(min_steps=2, max_steps=4, max_value=40)
 
 
-def _arith_template(rng: random.Random, n_steps: int) -> str:
-    """A template: opening, one (kind, phrasing) per step and a question, e.g. "o1-add2-sub0-q3"."""
+def _arith_template(rng: random.Random, n_steps: int, step_phrasings: int | None = None) -> str:
+    """A template: opening, one (kind, phrasing) per step and a question, e.g. "o1-add2-sub0-q3".
+    step_phrasings: only the first this many phrasings of each step kind (None: all of them)."""
     steps = []
     for _ in range(n_steps):
         kind = rng.choice(list(STEPS))
-        steps.append(f"{kind}{rng.randrange(len(STEPS[kind]))}")
+        steps.append(f"{kind}{rng.randrange(min(step_phrasings or len(STEPS[kind]), len(STEPS[kind])))}")
     return "-".join([f"o{rng.randrange(len(OPENINGS))}", *steps, f"q{rng.randrange(len(QUESTIONS))}"])
 
 
@@ -176,16 +177,19 @@ def _arith_example(rng: random.Random, template: str, max_value: int, split: str
     return Example(f"arith-{_digest(text)[:12]}", text, solution, answer, meta)
 
 
-def _arith(split: str, n: int, seed: int, min_steps: int = 2, max_steps: int = 4, max_value: int = 40):
+def _arith(split: str, n: int, seed: int, min_steps: int = 2, max_steps: int = 4, max_value: int = 40,
+           step_phrasings: int | None = None):
     if not 1 <= min_steps <= max_steps:
         raise PremError(f"arith: need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+    if step_phrasings is not None and (not isinstance(step_phrasings, int) or step_phrasings < 1):
+        raise PremError(f"arith: step_phrasings must be an integer >= 1 or None, got {step_phrasings!r}")
     if max_value < 2:
         raise PremError(f"arith: max_value must be at least 2, got {max_value}")
     rng = random.Random(f"arith|{seed}|{split}")
 
     def draw():
         for _ in range(100):
-            template = _arith_template(rng, rng.randint(min_steps, max_steps))
+            template = _arith_template(rng, rng.randint(min_steps, max_steps), step_phrasings)
             try:
                 return _arith_example(rng, template, max_value, split)
             except PremError:  # some step sequences admit no numbers (e.g. many divisions by small values)
