@@ -89,7 +89,9 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
         pool = tasks.load_task(cfg.task, split="pretrain", n=cfg.embedded_pretrain_examples, seed=cfg.data_seed,
                                **(cfg.task_options if own is None else own))
     except PremError as e:
-        raise PremError(f"embedded_pretrain_task_options: {e}" if own is not None else str(e)) from None
+        if own is None:
+            raise
+        raise PremError(f"embedded_pretrain_task_options: {e}") from None
     texts = [tasks.format_prompt(ex, cfg.prompt_template) + tasks.format_target(ex, cfg.target_template)
              for ex in pool]
     return str(model.build_embedded_base(

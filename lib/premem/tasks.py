@@ -121,7 +121,8 @@ def _arith_template(rng: random.Random, n_steps: int, step_phrasings: int | None
     steps = []
     for _ in range(n_steps):
         kind = rng.choice(list(STEPS))
-        steps.append(f"{kind}{rng.randrange(min(step_phrasings or len(STEPS[kind]), len(STEPS[kind])))}")
+        n_phrasings = len(STEPS[kind]) if step_phrasings is None else min(step_phrasings, len(STEPS[kind]))
+        steps.append(f"{kind}{rng.randrange(n_phrasings)}")
     return "-".join([f"o{rng.randrange(len(OPENINGS))}", *steps, f"q{rng.randrange(len(QUESTIONS))}"])
 
 
