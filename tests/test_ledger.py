@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -79,6 +80,12 @@ def test_verdicts_turn_with_the_numbers(results):
         ratio_lo=[.9, .7, 1.1, 1.2], ratio_hi=[1.5, 1.3, 2.2, 2.5], n_seeds=3)))
     led = ledger.build(results, "rel", "live").iloc[4]
     assert led["verdict (live)"] == "partly" and led.live.startswith("ifd round 1: 1.00x [0.70, 1.30]; premem round 1")
+    # Above every i.i.d. run: an infinite ratio, said as such, and still "yes" when its CI is above 1.
+    save(results, "07_data_curation", "live", "efficiency", pd.DataFrame(dict(
+        strategy=["premem"], round=[2], ratio=[np.inf], ratio_lo=[1.3], ratio_hi=[np.inf], n_seeds=3)))
+    led = ledger.build(results, "rel", "live").iloc[4]
+    assert led["verdict (live)"] == "yes"
+    assert led.live.startswith("premem round 2: ∞x [1.30, ∞] (3 seeds; ∞: more accurate than every i.i.d. run)")
 
 
 def test_missing_notebooks_are_named(tmp_path):

@@ -91,3 +91,12 @@ def test_fit_drops_nan_and_rejects_constant():
     assert metrics.fit_predictor(x, y).n_points == 3
     with pytest.raises(PremError, match="constant"):
         metrics.fit_predictor(np.ones(5), np.arange(5.0))
+
+
+def test_fit_of_constant_test_accuracy_has_undefined_r2_and_no_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would also land in a notebook's checked output
+        fit = metrics.fit_predictor([0.1, 0.2, 0.3, 0.4], [0.5] * 4)
+    assert np.isnan(fit.r2) and np.isnan(fit.r2_identity) and abs(fit.slope) < 1e-9 and fit.n_points == 4

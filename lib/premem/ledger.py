@@ -114,8 +114,10 @@ def _efficiency(df):
     pm = df[df.strategy == "premem"]
     if pm.empty:
         return "no premem strategy in the curation run", ""
-    text = "; ".join(f"{r.strategy} round {r.round}: {r.ratio:.2f}x [{r.ratio_lo:.2f}, {r.ratio_hi:.2f}]"
+    text = "; ".join(f"{r.strategy} round {r.round}: {_times(r.ratio)}x [{_times(r.ratio_lo)}, {_times(r.ratio_hi)}]"
                      for r in df.sort_values(["round", "strategy"], kind="stable").itertuples())
+    # inf: the curated run beat every i.i.d. run, so the ratio is at least largest i.i.d. run / its size.
+    beyond = np.isinf(df[["ratio", "ratio_lo", "ratio_hi"]].to_numpy(float)).any()
     last = pm.sort_values("round").iloc[-1]
     others = df[(df.strategy != "premem") & (df["round"] == last["round"])]
     best_other = others.ratio.max() if len(others) else -np.inf
@@ -123,7 +125,12 @@ def _efficiency(df):
     # no other curation rule (same round) more efficient; "partly" above 1x; else "no".
     verdict = ("yes" if last.ratio >= 1.5 and last.ratio_lo > 1 and last.ratio >= best_other
                else "partly" if last.ratio > 1 else "no")
-    return f"{text} ({int(last.n_seeds)} seeds)", verdict
+    note = "; ∞: more accurate than every i.i.d. run" if beyond else ""
+    return f"{text} ({int(last.n_seeds)} seeds{note})", verdict
+
+
+def _times(ratio: float) -> str:
+    return "∞" if np.isinf(ratio) else f"{ratio:.2f}"
 
 
 def _scaling(results: Path, live: str) -> str:

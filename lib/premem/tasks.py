@@ -112,7 +112,6 @@ TRACE_OPENINGS = ("{name} starts with {v}.", "At first {name} has {v}.", "In the
                   "We start from {v}.")
 TRACE_STEPS = ("{eq}.", "Then {eq}.", "Next, {eq}.", "Now {eq}.", "After that {eq}.", "So {eq}.")
 TRACE_ENDINGS = ("", " {name} has {v} {obj} in the end.", " The answer is {v}.")
-ARITH_OPTIONS = dict(min_steps=2, max_steps=4, max_value=40)
 
 
 def _arith_template(rng: random.Random, n_steps: int, step_phrasings: int | None = None) -> str:
