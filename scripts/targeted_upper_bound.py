@@ -24,7 +24,7 @@ from premem import config, curation, grading, model, sweep, tasks, training
 
 def held_back(ex, seen: int) -> list[str]:
     """The steps of an arith problem whose phrasing index is beyond the pretraining pool's."""
-    return [s for s in ex.meta["template"].split("-")[1:-1] if int(s[3:]) >= seen]
+    return [f"{kind}{i}" for kind, i in tasks.arith_steps(ex.meta["template"]) if i >= seen]
 
 
 def main():

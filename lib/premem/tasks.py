@@ -151,10 +151,15 @@ def _draw_numbers(rng: random.Random, kinds: list[str], max_value: int) -> tuple
     raise PremError(f"arith: no numbers fit the steps {kinds} with max_value={max_value}")
 
 
+def arith_steps(template: str) -> list[tuple[str, int]]:
+    """(kind, phrasing index) of each step of an arith template: "o1-add2-sub0-q3" -> [("add", 2), ("sub", 0)]."""
+    return [(s[:3], int(s[3:])) for s in template.split("-")[1:-1]]
+
+
 def _arith_example(rng: random.Random, template: str, max_value: int, split: str) -> Example:
     parts = template.split("-")
-    opening, steps, question = int(parts[0][1:]), parts[1:-1], int(parts[-1][1:])
-    kinds = [s[:3] for s in steps]
+    opening, steps, question = int(parts[0][1:]), arith_steps(template), int(parts[-1][1:])
+    kinds = [kind for kind, _ in steps]
     start, ks, values = _draw_numbers(rng, kinds, max_value)
     name, pron = rng.choice(NAMES)
     obj = rng.choice(OBJECTS)
@@ -163,8 +168,8 @@ def _arith_example(rng: random.Random, template: str, max_value: int, split: str
     sentences = [OPENINGS[opening].format(v=start, **words)]
     trace = [rng.choice(TRACE_OPENINGS).format(v=start, **words)]
     prev = start
-    for step, kind, k, v in zip(steps, kinds, ks, values):
-        sentences.append(STEPS[kind][int(step[3:])].format(k=k, **words))
+    for (kind, phrasing), k, v in zip(steps, ks, values):
+        sentences.append(STEPS[kind][phrasing].format(k=k, **words))
         trace.append(rng.choice(TRACE_STEPS).format(eq=f"{prev} {SYMBOL[kind]} {k} = {v}"))
         prev = v
     sentences.append(QUESTIONS[question].format(**words))
