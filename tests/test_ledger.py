@@ -117,9 +117,12 @@ def test_readme_shows_the_generated_ledger():
     assert block and (ROOT / "figures" / "claims.md").read_text().endswith(block)
 
 
-def test_reproduce_runs_one_notebook_and_writes_its_ledger():
+def test_reproduce_runs_one_notebook_and_writes_its_ledger(tmp_path):
     """`premem reproduce --params params/smoke.yaml --only 03 04`: executed copies, summary rows, and
-    the smoke ledger in smoke's figures folder; the README (the CPU default's ledger) is untouched."""
+    the smoke ledger in smoke's figures folder; the README (the CPU default's ledger) is untouched.
+    A params file outside the project (a user's own) works too."""
+    import shutil
+
     from premem.config import load_params
     from premem.notebooks import reproduce
 
@@ -128,6 +131,9 @@ def test_reproduce_runs_one_notebook_and_writes_its_ledger():
         reproduce(params="params/smoke.yaml", only=["99"], progress=False)
     summary = reproduce(params="params/smoke.yaml", only=["03", "04"], progress=False)
     assert summary.notebook.tolist() == ["03_premem_predicts_test.ipynb", "04_threshold.ipynb"]
+    assert summary.params.tolist() == ["params/smoke.yaml"] * 2
+    own = shutil.copy(ROOT / "params/smoke.yaml", tmp_path / "mine.yaml")
+    assert reproduce(params=own, only=["04"], progress=False).params.tolist() == [str(own)]
     assert (summary.seconds > 0).all() and all((ROOT / e).is_file() for e in summary.executed)
     claims = (load_params(ROOT / "params/smoke.yaml").path("figures_dir") / "claims.md").read_text()
     assert "| tau without test labels | tau set per model and task | tau -2.3 given | tau " in claims

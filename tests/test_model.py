@@ -32,6 +32,42 @@ def test_char_tokenizer_round_trips(tmp_path):
     assert again("\t")["input_ids"][1] == again.unk_token_id  # outside the fixed vocabulary
 
 
+def test_bpe_tokenizer_round_trips_shortens_and_keeps_digits_apart(tmp_path):
+    from transformers import AutoTokenizer
+
+    from premem import tasks
+
+    exs = tasks.load_task("arith", split="train", n=300, seed=0)
+    texts = [tasks.format_prompt(e, "{question}\nAnswer:") + tasks.format_target(e, " {solution}\nDone.") for e in exs]
+    tok = pm.bpe_tokenizer(texts, 500)
+    assert len(tok) == 500 and tok.convert_ids_to_tokens(list(range(4))) == list(pm.SPECIAL_TOKENS)
+    n_bpe = sum(len(tok(t)["input_ids"]) for t in texts)
+    assert n_bpe < 0.6 * sum(len(t) + 1 for t in texts)  # the point of it: shorter sequences
+    odd = "First, 1234 + 56 = 1290. ~`{}|\t é\nDone."  # unseen words and bytes still have tokens
+    for text in texts[:50] + [odd]:
+        ids = tok(text)["input_ids"]
+        assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    digits = [t for t in tok.convert_ids_to_tokens(tok("x 1234 y")["input_ids"]) if any(c.isdigit() for c in t)]
+    assert digits == ["1", "2", "3", "4"]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(odd)["input_ids"] == tok(odd)["input_ids"]
+    with pytest.raises(PremError, match="tokenizer must be one of"):
+        pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="word", **TINY)
+
+
+def test_embedded_base_hash_of_char_bases_does_not_name_the_tokenizer(tmp_path):
+    # Char bases keep the folder (hash) they had before the tokenizer was a choice: the shipped
+    # models/ folder must still be found; a BPE base is another folder.
+    char = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    assert pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="char", vocab_size=999, **TINY) == char
+    bpe = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="bpe", vocab_size=300, **TINY)
+    assert bpe != char
+    model, tok = pm.load_base(str(bpe))
+    assert len(tok) == model.config.vocab_size <= 300  # merges stop early on 36 short texts
+
+
 def test_embedded_base_builds_loads_and_caches(tmp_path, monkeypatch):
     path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
     assert (path / "premem_embedded.json").is_file() and path.parent == tmp_path

@@ -100,10 +100,11 @@ def test_greedy_equals_model_generate(lm):
 
 
 def test_cpu_decoding_runs_matmul_attention_and_restores_the_model_s_own(lm, monkeypatch):
-    from premem import sampling
+    from premem import llama_decode, sampling
 
     model, tok = lm
     assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(llama_decode, "supports", lambda m: False)  # the model's own forward decodes
     seen, decode = [], sampling._decode
     monkeypatch.setattr(sampling, "_decode", lambda m, *a, **k: seen.append(m.config._attn_implementation)
                         or decode(m, *a, **k))
@@ -111,6 +112,8 @@ def test_cpu_decoding_runs_matmul_attention_and_restores_the_model_s_own(lm, mon
     assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"
     monkeypatch.setattr(sampling, "_matmul_attention_on_cpu", lambda *a: contextlib.nullcontext())
     assert run(lm, seed=3) == out and seen[-1] == "sdpa"  # the same samples under torch's SDPA
+    monkeypatch.undo()
+    assert run(lm, seed=3) == out  # LlamaDecoder: its own attention, the model's kept for prefill
 
 
 def test_model_generation_config_does_not_leak(lm):

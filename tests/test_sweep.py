@@ -170,3 +170,21 @@ def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, 
     if options is not None:
         with pytest.raises(PremError, match=r"embedded_pretrain_task_options: task 'arith': unknown options \['steps'\]"):
             sweep.base_model_path(load_params("params/tiny.yaml", embedded_pretrain_task_options={"steps": 1}))
+
+
+def test_default_and_smoke_bases_are_shipped(monkeypatch):
+    """params/tiny.yaml and params/smoke.yaml find the base in models/ (a fresh clone never pretrains),
+    and it is the BPE base the params name."""
+    from premem import model
+    from premem.config import project_root
+
+    def no_pretraining(*a, **k):
+        raise AssertionError("pretrained: the default's base is not in models/")
+
+    monkeypatch.setattr(model, "pretrain", no_pretraining)
+    paths = {sweep.base_model_path(load_params(f"params/{name}.yaml"), progress=False) for name in ("tiny", "smoke")}
+    assert len(paths) == 1
+    path = Path(paths.pop())
+    assert path.parent == project_root() / sweep.SHIPPED_MODELS
+    hp = json.loads((path / "premem_embedded.json").read_text())["hp"]
+    assert (hp["tokenizer"], hp["vocab_size"], hp["seq_len"]) == ("bpe", 800, 192)

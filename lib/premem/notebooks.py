@@ -86,7 +86,8 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
         parameters = {"params_file": str(params_file)} if takes_file else yaml.safe_load(params_file.read_text()) or {}
         papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
                                    cwd=str(book.parent), progress_bar=False)
-        rows.append(dict(notebook=book.name, params=str(params_file.relative_to(root)), config_hash=cfg.hash(),
+        named = params_file.relative_to(root) if params_file.is_relative_to(root) else params_file  # a user's own file
+        rows.append(dict(notebook=book.name, params=str(named), config_hash=cfg.hash(),
                          seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
     from premem import ledger
 

@@ -98,7 +98,8 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
         texts, cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
         n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
         lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
-        seed=cfg.data_seed, progress=progress, search_dirs=[project_root() / SHIPPED_MODELS],
+        seed=cfg.data_seed, tokenizer=cfg.embedded_tokenizer, vocab_size=cfg.embedded_vocab_size,
+        progress=progress, search_dirs=[project_root() / SHIPPED_MODELS],
     ))
 
 
