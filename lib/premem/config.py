@@ -152,7 +152,8 @@ RECORD_KEYS = (
     "target_template", "stop", "base_model", "embedded_pretrain_examples", "embedded_pretrain_task_options",
     "embedded_d_model",
     "embedded_n_layers", "embedded_n_heads", "embedded_steps", "embedded_lr", "embedded_batch_size",
-    "embedded_seq_len", "embedded_tokenizer", "embedded_vocab_size", "dtype", "quantization", "lora", "lrs", "epochs", "data_fractions", "seeds", "batch_size",
+    "embedded_seq_len", "embedded_tokenizer", "embedded_vocab_size", "dtype", "quantization", "lora", "lrs",
+    "epochs", "data_fractions", "seeds", "batch_size",
     "warmup_ratio", "weight_decay", "max_grad_norm", "save_every_epochs", "max_checkpoints", "k", "k_test",
     "temperature", "top_p", "max_new_tokens", "sample_batch_size", "backend",
 )

@@ -11,7 +11,11 @@ filled or not), once per sampled copy of a prompt, through 1024 tiny batched GEM
 It reads its weights from the transformers model (nothing is copied into a second model format),
 and runs transformers' own prefill and rotary embedding, so positions and rope scaling are the
 model's. It matches transformers' logits to float rounding (tested); samples can differ where a
-rounding flips a near-tie, as between any two BLAS builds.
+rounding flips a near-tie, as between any two BLAS builds (none did: 512 of 512 samples equal on
+each base). Measured on one core, 128 test prompts x 4: sampling 1.09x faster than the model's own
+forward on the char-level base, 1.15x on the BPE base (1.2x on 64 prompts). Attention stays bound
+by how slowly batched tiny matrix products read memory; shorter sequences (the BPE base, ~3x) were
+the larger win.
 
 Rows are `groups x copies` (a prompt's copies consecutive); finished copies keep their slot until
 their whole prompt group is done (`removable`), then `keep` drops whole groups.

@@ -200,7 +200,7 @@ def _decode(model, ids, mask, *, copies, max_new_tokens, temperature, top_p, eos
     A lean loop instead of `generate`: for ~1M-parameter models generate's per-step machinery
     (logits processors, stop-string criteria) costs more than the forward pass. The steps are
     `llama_decode.LlamaDecoder`'s for a plain Llama on a CPU (prompt keys stored once per prompt;
-    1.2-1.35x faster on the char-level base, same samples), the model's own forward otherwise.
+    1.1-1.2x faster, same samples), the model's own forward otherwise.
     Finished rows are dropped from the batch and its cache, so long samples do not keep short ones
     computing. The stop string is searched in the decoded text every STOP_CHECK_EVERY tokens;
     tokens past it are cut by `truncate_at_stop` afterwards, so checking late changes nothing but
