@@ -21,7 +21,7 @@ import tempfile
 import pandas as pd
 import torch
 
-from premem import config, curation, grading, model, sweep, tasks, training
+from premem import config, curation, grading, model, sweep, tasks
 
 
 def held_back(ex, seen: int) -> list[str]:
@@ -54,11 +54,9 @@ def main():
 
     base = sweep.base_model_path(cfg, progress=False)
     lm, tok = model.load_base(base)
-    with tempfile.TemporaryDirectory() as out:
-        training.finetune(lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in data],
-                          [tasks.format_target(ex, cfg.target_template) for ex in data], output_dir=out,
-                          lr=cfg.curation_lr, epochs=args.epochs, batch_size=cfg.batch_size,
-                          save_every_epochs=args.epochs, seed=args.seed, progress=False)
+    spec = sweep.RunSpec(args.kind, cfg.curation_lr, args.epochs, 1.0, args.seed)
+    with tempfile.TemporaryDirectory() as out:  # trained as a curation round is
+        sweep.finetune_on(cfg, lm, tok, data, out, spec, args.epochs, args.epochs)
     answers = sweep.sample_answers(cfg, lm, base, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],
                                    cfg.k_test, seed=args.seed)
     rows = [dict(held_back=min(2, len(held_back(ex, seen))), phrasing="+".join(held_back(ex, seen)) or "-",

@@ -110,19 +110,13 @@ def char_tokenizer():
     Built with `tokenizers` from a fixed vocabulary (no training), so it is identical everywhere and
     every split of a string tokenises to the concatenation of its parts' tokens.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char alone
     tk.decoder = decoders.Fuse()  # join characters back without spaces
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                      special_tokens=[("<s>", vocab["<s>"])])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>", unk_token="<unk>")
-    tok.padding_side = "left"
-    return tok
+    return _embedded_tokenizer(tk)
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int):
@@ -134,8 +128,7 @@ def bpe_tokenizer(texts: list[str], vocab_size: int):
     sampling cost scale with. Byte-level, so any text (a perturbed prompt, a user's question) has
     tokens; decoding gives back the exact text. Saved with the model it was trained for.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -144,6 +137,15 @@ def bpe_tokenizer(texts: list[str], vocab_size: int):
     tk.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return _embedded_tokenizer(tk)
+
+
+def _embedded_tokenizer(tk):
+    """A `tokenizers.Tokenizer` holding SPECIAL_TOKENS, as the transformers tokenizer the embedded
+    base saves: <s> prepended to every encoding, the special tokens named, left padding."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                       special_tokens=[("<s>", tk.token_to_id("<s>"))])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
