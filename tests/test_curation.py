@@ -148,6 +148,42 @@ def test_forgetting_events_by_hand():
     assert curation.forgetting_events(acc).tolist() == [1, 2, 0, 1]
 
 
+def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path, monkeypatch):
+    from premem import model as model_lib, sweep
+
+    cfg = load_params(SMOKE, k_test=2)
+    pool = tasks.load_task("arith", "train", 9, seed=4)
+    files = {"premem_r1_seed0": pool[:3], "iid_r1_seed0": pool[3:5], "premem_r2_seed0": pool[5:9]}
+    for name, exs in files.items():
+        curation._write_examples(tmp_path / "collected" / f"{name}.jsonl", exs)
+    right = {ex.question for ex in pool[::2]}  # the judge gets pool[0], [2], [4], ... right, the others wrong
+    judges = []
+    monkeypatch.setattr(sweep, "final_checkpoint", lambda folder, run: run)
+    monkeypatch.setattr(model_lib, "load_base", lambda run, **kw: (run, None))
+    monkeypatch.setattr(tasks, "format_prompt",
+                        lambda ex, t: ex.question if ex.question in right else "wrong:" + ex.question)
+    monkeypatch.setattr(curation, "n_steps", lambda ex: len(ex.question))
+
+    def fake_sample(cfg_, lm, ckpt, tok, prompts, k, seed):  # the gold answer where the prompt is "right"
+        judges.append(lm)
+        gold = {ex.question: ex.answer for ex in pool}
+        return [[f"{tasks.MARKER} {-1 if p.startswith('wrong:') else gold[p]}"] * k for p in prompts]
+    monkeypatch.setattr(sweep, "sample_answers", fake_sample)
+    got = curation.collected_accuracy(cfg, tmp_path, progress=False).set_index(["strategy", "round"])
+    # pool[0..2]: right, wrong, right; pool[3..4]: wrong, right; pool[5..8]: wrong, right, wrong, right
+    assert got.accuracy.to_dict() == {("iid", 1): 0.5, ("premem", 1): 2 / 3, ("premem", 2): 0.5}
+    assert got.judge.to_dict() == {("iid", 1): "originals_seed0", ("premem", 1): "originals_seed0",
+                                   ("premem", 2): "premem_r1_seed0"}
+    assert got.n_collected.to_dict() == {("iid", 1): 2, ("premem", 1): 3, ("premem", 2): 4}
+    assert got.loc[("premem", 2), "mean_steps"] == np.mean([len(ex.question) for ex in pool[5:9]])
+    assert sorted(judges) == ["originals_seed0", "premem_r1_seed0"]  # one load and one sampling per judge
+    # Cached: a rerun samples nothing, and a new collected file is judged alone.
+    curation._write_examples(tmp_path / "collected" / "iid_r2_seed0.jsonl", pool[:1])
+    again = curation.collected_accuracy(cfg, tmp_path, progress=False).set_index(["strategy", "round"])
+    assert judges[2:] == ["iid_r1_seed0"] and again.loc[("iid", 2), "accuracy"] == 1.0
+    pd.testing.assert_series_equal(again.accuracy.drop(("iid", 2)), got.accuracy)
+
+
 def test_data_efficiency_by_hand():
     assert curation.iid_examples_needed([200, 100], [.4, .2], .3) == (150.0, "interpolated")
     assert curation.iid_examples_needed([100, 200], [.2, .4], .5) == (np.inf, "above_iid_max")
@@ -174,7 +210,7 @@ def test_data_efficiency_by_hand():
 
 def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[3],
-                      max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only
+                      curation_max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only
                       curation_rounds=[4], curation_iid_rounds=None, curation_strategies=["premem", "ifd", "iid"],
                       cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
     with single_thread():
@@ -183,8 +219,10 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     # new sweep grid (which curation does not train) keeps the folder.
     hashed = curation.curation_params(cfg).hash(*CURATION_KEYS)
     assert out == tmp_path / "runs" / f"curation-{hashed}"
-    assert curation.curation_params(cfg.model_copy(update={"curation_threshold": 0.5})).hash(*CURATION_KEYS) != hashed
-    regrid = cfg.model_copy(update=dict(lrs=cfg.lrs + [9e-3], epochs=cfg.epochs + [40], data_fractions=[1.0, .5]))
+    for key, value in dict(curation_threshold=0.5, curation_max_checkpoints=3).items():
+        assert curation.curation_params(cfg.model_copy(update={key: value})).hash(*CURATION_KEYS) != hashed
+    regrid = cfg.model_copy(update=dict(lrs=cfg.lrs + [9e-3], epochs=cfg.epochs + [40], data_fractions=[1.0, .5],
+                                        max_checkpoints=7))
     assert curation.curation_params(regrid).hash(*CURATION_KEYS) == hashed
     more = cfg.model_copy(update={"curation_seeds": [0, 1], "curation_strategies": ["premem"],
                                   "n_train": 64, "curation_originals": cfg.n_train})

@@ -104,6 +104,10 @@ class Params(BaseModel):
     curation_originals: Optional[int] = Field(None, ge=1)  # the n_train curation starts from; None: n_train
     curation_lr: Optional[float] = Field(None, gt=0)  # None: the first of lrs
     curation_epochs: Optional[int] = Field(None, ge=1)  # None: the first of epochs
+    # At most this many recorded checkpoints per curation run (max_checkpoints is the sweep's); None:
+    # every epoch, as Algorithm 1 scores. Fewer hide when an example was memorised: one memorised by
+    # the first recorded checkpoint scores pre-mem accuracy 0, however early it was solved.
+    curation_max_checkpoints: Optional[int] = Field(None, ge=1)
     curation_iid_rounds: Optional[list[int]] = None  # the IID scaling curve's budgets; None: curation_rounds
     # Score-ranked strategies take this fraction of the originals; None: as many as the
     # pre-memorization rule selects on the same round's model.

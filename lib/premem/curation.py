@@ -19,12 +19,14 @@ rule selects on the same run; ties keep the originals' order.
 Runs record what curation reads, since sampling is a large part of a run's cost
 (sweep.train_and_record's `recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a
 selection that reads its history (`reads_history`: premem, forgetting, and ranked strategies sized by
-the pre-memorization rule) records the originals' accuracy and perplexity at every checkpoint and
-test accuracy at the last; every other run (a chain's last round, iid's rounds) records its last
-checkpoint alone, and its `pre_mem_acc` reads NaN.
+the pre-memorization rule) records the originals' accuracy and perplexity at every checkpoint (every
+epoch, as Algorithm 1 scores, unless curation_max_checkpoints bounds them) and test accuracy at the
+last; every other run (a chain's last round, iid's rounds) records its last checkpoint alone, and its
+`pre_mem_acc` reads NaN.
 Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
 curation.parquet, efficiency.parquet, base.json (the base model's own test accuracy: where finetuning
-starts from), and selections/ and collected/ per (strategy, round, seed);
+starts from), and selections/ and collected/ per (strategy, round, seed); `collected_accuracy` adds
+collected_accuracy.parquet (how hard each collection was for the run that chose it);
 a rerun trains and scores nothing twice.
 """
 from __future__ import annotations
@@ -274,13 +276,15 @@ def budgets(cfg: Params, strategy: str) -> list[int]:
 
 def curation_params(cfg: Params) -> Params:
     """`cfg` with the sweep's grid replaced by what curation trains (one lr, one epoch count, all
-    of its originals: curation_originals, else n_train), so the curation folder's hash, and its
-    cache, do not change when the sweep's grid or training set does.
+    of its originals: curation_originals, else n_train, checkpoints: curation_max_checkpoints), so
+    the curation folder's hash, and its cache, do not change when the sweep's grid, training set or
+    checkpoint spacing does.
     Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
     seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
     lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
     return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[],
                                       n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
+                                      max_checkpoints=cfg.curation_max_checkpoints,
                                       curation_lr=lr, curation_epochs=epochs))
 
 
@@ -394,6 +398,45 @@ def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train,
         selected=scores.example_id.isin(ids), n_new=scores.example_id.map(counts).fillna(0).astype(int),
         fallback=fallback, tau=tau))
     return got
+
+
+def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -> pd.DataFrame:
+    """How hard each strategy's collected data was for the run whose scores chose it: per (strategy,
+    round, seed), the accuracy of round r-1's final checkpoint on the examples collected for round r
+    (k_test samples each), and their mean step count. Algorithm 1 pays off only where data "like the
+    selected originals" is data the model still gets wrong; round 1's rows share one judge per seed
+    (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet,
+    rewritten after each judge (a killed run resumes)."""
+    from tqdm.auto import tqdm
+
+    from premem import grading, model as model_lib
+
+    folder = Path(folder)
+    out = folder / "collected_accuracy.parquet"
+    done = pd.read_parquet(out) if out.exists() else pd.DataFrame(columns=["strategy", "round", "seed"])
+    have = set(zip(done.strategy, done["round"], done.seed))
+    by_judge = {}
+    for f in sorted((folder / "collected").glob("*.jsonl")):  # <strategy>_r<round>_seed<seed>.jsonl
+        s, r, seed = f.stem.rsplit("_", 2)
+        key = (s, int(r[1:]), int(seed[4:]))
+        if key not in have:
+            judge = f"originals_{seed}" if key[1] == 1 else f"{s}_r{key[1] - 1}_{seed}"
+            by_judge.setdefault(judge, []).append((key, _read_examples(f)))
+    rows = done.to_dict("records")
+    k = cfg.k_test or cfg.k
+    for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
+        ckpt = sweep.final_checkpoint(folder, judge)
+        lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
+        examples = [ex for _, exs in items for ex in exs]
+        answers = sweep.sample_answers(cfg, lm, ckpt, tok, [tasks.format_prompt(ex, cfg.prompt_template)
+                                                            for ex in examples], k, cfg.data_seed)
+        acc = iter([np.mean([g.correct for g in grading.grade_many(a, ex.answer)]) for ex, a in zip(examples, answers)])
+        for (s, r, seed), exs in items:
+            rows.append(dict(strategy=s, round=r, seed=seed, judge=judge, n_collected=len(exs),
+                             accuracy=float(np.mean([next(acc) for _ in exs])) if exs else np.nan,
+                             mean_steps=float(np.mean([n_steps(ex) for ex in exs])) if exs else np.nan))
+        io.write_parquet(out, pd.DataFrame(rows))
+    return pd.DataFrame(rows).sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
 
 
 # ---- data efficiency and the figure -----------------------------------------------------------------
