@@ -19,7 +19,6 @@ import argparse
 import pandas as pd
 
 from premem import config, curation
-from premem.config import CURATION_KEYS
 
 
 def main():
@@ -30,7 +29,7 @@ def main():
     args = p.parse_args()
 
     cfg = config.load_params(args.params)
-    own = cfg.path("out_dir") / f"curation-{curation.curation_params(cfg).hash(*CURATION_KEYS)}"
+    own = curation.folder_of(cfg)
     if not (own / "curation.parquet").exists():
         raise SystemExit(f"{own}/curation.parquet is missing: run notebook 07 on {args.params} first")
     if set(args.seeds) & set(cfg.curation_seeds):

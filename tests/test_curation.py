@@ -218,7 +218,7 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     # The folder is named by the record keys and the curation keys: new budgets, a new folder; a
     # new sweep grid (which curation does not train) keeps the folder.
     hashed = curation.curation_params(cfg).hash(*CURATION_KEYS)
-    assert out == tmp_path / "runs" / f"curation-{hashed}"
+    assert out == tmp_path / "runs" / f"curation-{hashed}" == curation.folder_of(cfg)
     for key, value in dict(curation_threshold=0.5, curation_max_checkpoints=3).items():
         assert curation.curation_params(cfg.model_copy(update={key: value})).hash(*CURATION_KEYS) != hashed
     regrid = cfg.model_copy(update=dict(lrs=cfg.lrs + [9e-3], epochs=cfg.epochs + [40], data_fractions=[1.0, .5],

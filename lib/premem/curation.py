@@ -288,14 +288,24 @@ def curation_params(cfg: Params) -> Params:
                                       curation_lr=lr, curation_epochs=epochs))
 
 
+def folder_of(cfg: Params) -> Path:
+    """The curation folder `curate` writes for `cfg` when given no `out`: <out_dir>/curation-<hash>."""
+    return cfg.path("out_dir") / f"curation-{curation_params(cfg).hash(*CURATION_KEYS)}"
+
+
+def run_name(strategy: str, r: int, seed: int) -> str:
+    """A chain's run after r collections; also the stem of the selection and the collection that fed it."""
+    return f"originals_seed{seed}" if r == 0 else f"{strategy}_r{r}_seed{seed}"
+
+
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
     from tqdm.auto import tqdm
 
     check_strategies(cfg.curation_strategies)
     sweep.quiet_libraries()
+    out = Path(out) if out else folder_of(cfg)
     cfg = curation_params(cfg)
-    out = Path(out) if out else cfg.path("out_dir") / f"curation-{cfg.hash(*CURATION_KEYS)}"
     originals, test, held = sweep.load_examples(cfg, heldout=True)
     source = source_for(cfg)
     sweep.prepare_record_dir(cfg, out, force, extra_keys=CURATION_KEYS)
@@ -305,7 +315,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     new = {(s, seed): [] for s in plan for seed in cfg.curation_seeds}
 
     def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
-        return sweep.RunSpec(f"originals_seed{seed}" if r == 0 else f"{s}_r{r}_seed{seed}", lr, epochs, 1.0, seed)
+        return sweep.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
 
     every = sorted({spec_of(s, r, seed) for s in plan for r in range(len(plan[s]) + 1)
                     for seed in cfg.curation_seeds}, key=lambda sp: sp.run)
@@ -327,7 +337,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
             rows.append(dict(strategy=s, round=r, seed=seed, n_examples=len(jobs[spec]), n_new=len(new[(s, seed)]),
                              test_acc=float(d.test_acc[-1]), pre_mem_acc=pre, run=spec.run))
             if r < len(plan[s]):  # not the chain's last run: collect for the next round
-                collected = out / "collected" / f"{s}_r{r + 1}_seed{seed}.jsonl"
+                collected = out / "collected" / f"{run_name(s, r + 1, seed)}.jsonl"
                 if not collected.exists():
                     _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, plan[s][r], d,
                                                            tau, spec, jobs[spec], originals, held + test,
@@ -394,7 +404,7 @@ def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train,
     caps = {i: None if source.capacity(by_id[i]) is None else source.capacity(by_id[i]) - used.get(i, 0) for i in ids}
     counts = allocate(ids, budget, caps)
     got = collect(source, by_id, counts, {e.question for e in train + others}, seed)
-    io.write_parquet(out / "selections" / f"{s}_r{r + 1}_seed{seed}.parquet", scores.assign(
+    io.write_parquet(out / "selections" / f"{run_name(s, r + 1, seed)}.parquet", scores.assign(
         selected=scores.example_id.isin(ids), n_new=scores.example_id.map(counts).fillna(0).astype(int),
         fallback=fallback, tau=tau))
     return got
@@ -416,12 +426,11 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     done = pd.read_parquet(out) if out.exists() else pd.DataFrame(columns=["strategy", "round", "seed"])
     have = set(zip(done.strategy, done["round"], done.seed))
     by_judge = {}
-    for f in sorted((folder / "collected").glob("*.jsonl")):  # <strategy>_r<round>_seed<seed>.jsonl
+    for f in sorted((folder / "collected").glob("*.jsonl")):  # run_name(strategy, round, seed).jsonl
         s, r, seed = f.stem.rsplit("_", 2)
         key = (s, int(r[1:]), int(seed[4:]))
         if key not in have:
-            judge = f"originals_{seed}" if key[1] == 1 else f"{s}_r{key[1] - 1}_{seed}"
-            by_judge.setdefault(judge, []).append((key, _read_examples(f)))
+            by_judge.setdefault(run_name(s, key[1] - 1, key[2]), []).append((key, _read_examples(f)))
     rows = done.to_dict("records")
     k = cfg.k_test or cfg.k
     for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
