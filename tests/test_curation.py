@@ -208,6 +208,27 @@ def test_data_efficiency_by_hand():
         curation.data_efficiency(table[table.strategy != "iid"])
 
 
+def test_paired_gaps_by_hand():
+    rows = [("premem", 0, s, 100, .5) for s in range(3)] + [
+        ("premem", 1, 0, 150, .60), ("premem", 1, 1, 150, .55), ("premem", 1, 2, 150, .70),
+        ("iid", 1, 0, 150, .50), ("iid", 1, 1, 150, .60), ("iid", 1, 2, 150, .60),
+        ("iid", 2, 0, 200, .65),  # premem has no round 2: no row
+        ("most_steps", 1, 0, 150, .60), ("most_steps", 1, 1, 150, .50)]  # seed 2 did not run it
+    table = pd.DataFrame(rows, columns=["strategy", "round", "seed", "n_examples", "test_acc"])
+    gaps = curation.paired_gaps(table, n_boot=4000).set_index("strategy")
+    assert list(gaps.index) == ["iid", "most_steps"] and (gaps["round"] == 1).all()
+    # iid: per-seed gaps .10, -.05, .10; most_steps: .00, .05 over the two seeds both ran
+    assert gaps.loc["iid", "gap"] == pytest.approx(.05) and gaps.loc["iid", "wins"] == 2
+    assert gaps.loc["most_steps", "gap"] == pytest.approx(.025) and gaps.loc["most_steps", "n_seeds"] == 2
+    assert gaps.loc["most_steps", "wins"] == 1 and gaps.loc["iid", "n_examples"] == 150
+    # the bootstrap of a mean of {-.05, .10, .10} lies in [-.05, .10] and reaches both ends
+    assert gaps.loc["iid", "gap_lo"] == pytest.approx(-.05) and gaps.loc["iid", "gap_hi"] == pytest.approx(.10)
+    one = curation.paired_gaps(table[table.seed == 0])
+    assert one[["gap_lo", "gap_hi"]].isna().all(axis=None) and (one.n_seeds == 1).all()
+    with pytest.raises(PremError, match="'forgetting'"):
+        curation.paired_gaps(table, reference="forgetting")
+
+
 def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[3],
                       curation_max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only

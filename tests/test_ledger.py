@@ -64,6 +64,15 @@ def test_claim_4_shows_the_iid_curve_and_the_base_model(results):
     live = ledger.build(results, "rel", "live").iloc[4].live
     assert live.endswith("(3 seeds); i.i.d. test accuracy 0.25 (128), 0.26 (192), 0.30 (384); "
                          "base model, not finetuned, 0.20")
+    save(results, "07_data_curation", "live", "gaps", pd.DataFrame(dict(
+        reference="premem", strategy=["iid", "iid", "ifd", "most_steps", "most_steps", "ifd"], round=[2, 1, 1, 1, 2, 2],
+        n_examples=0, gap=[.04, .02, .1, -.01, .03, .05], gap_lo=[.01, -.01, .0, -.03, .0, .02],
+        gap_hi=[.07, .05, .2, .01, .06, .08], wins=[3, 2, 3, 1, 2, 3], n_seeds=3)))
+    live = ledger.build(results, "rel", "live").iloc[4].live
+    # iid by round; the rival is the smallest gap at the last round (round 1's -0.01 is not the last)
+    assert live.endswith("base model, not finetuned, 0.20; premem minus iid test accuracy, paired by seed: "
+                         "round 1 +0.020 [-0.010, +0.050], 2/3 seeds; round 2 +0.040 [+0.010, +0.070], 3/3 seeds; "
+                         "minus its closest rival at round 2 (most_steps): +0.030 [+0.000, +0.060], 2/3 seeds")
 
 
 def test_verdicts_turn_with_the_numbers(results):

@@ -31,3 +31,19 @@ def test_ci_runs_the_readme_test_command():
     assert command, "README must give `bash run.sh test` on a line of its own"
     assert re.search(r"^bash run.sh test$", ci, re.M)
     assert "torch==2.13.0" in (ROOT / "run.sh").read_text()
+
+
+def test_constraints_pin_every_dependency_inside_pyproject_ranges():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [ln for ln in (ROOT / "constraints-cpu.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    pins = {canonicalize_name(n): v for n, v in (ln.split("==") for ln in lines)}  # exact pins only
+    assert len(pins) == len(lines) and "torch" not in pins  # run.sh pins torch itself
+    assert "-c constraints-cpu.txt" in (ROOT / "run.sh").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(spec)
+        if req.name != "torch":
+            assert canonicalize_name(req.name) in pins, f"{req.name} is not pinned in constraints-cpu.txt"
+            assert req.specifier.contains(pins[canonicalize_name(req.name)]), f"{req.name} pin outside {spec}"

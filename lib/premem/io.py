@@ -8,6 +8,10 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_target(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it."""
@@ -17,6 +21,8 @@ def atomic_target(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); the result should read like any file written here.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
