@@ -14,8 +14,8 @@ what made them, in <extra folder>/pooled/.
 2026-11-27, params/tiny.yaml, constraints-cpu.txt, 2 cores: `--seeds 3 4 5 6 7 8 --strategies premem
 iid most_steps forgetting`, 60 runs in 26 min. Pooled with seeds 0-2 (9 seeds): premem 1.41x
 [1.16, 1.63] (round 1) and 1.15x [0.93, 1.36] (round 2), most_steps 1.21x and 1.28x, forgetting
-1.17x and 1.22x; premem minus iid test accuracy +0.026 [0.008, 0.041] and +0.010 [-0.008, 0.026],
-minus most_steps +0.012 [0.002, 0.020] and -0.009 [-0.021, 0.003].
+1.17x and 1.22x; premem minus iid test accuracy +0.026 [0.006, 0.046] and +0.010 [-0.011, 0.031],
+minus most_steps +0.012 [0.001, 0.023] and -0.009 [-0.024, 0.006] (paired t intervals).
 """
 from __future__ import annotations
 

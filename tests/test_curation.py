@@ -215,14 +215,17 @@ def test_paired_gaps_by_hand():
         ("iid", 2, 0, 200, .65),  # premem has no round 2: no row
         ("most_steps", 1, 0, 150, .60), ("most_steps", 1, 1, 150, .50)]  # seed 2 did not run it
     table = pd.DataFrame(rows, columns=["strategy", "round", "seed", "n_examples", "test_acc"])
-    gaps = curation.paired_gaps(table, n_boot=4000).set_index("strategy")
+    gaps = curation.paired_gaps(table).set_index("strategy")
     assert list(gaps.index) == ["iid", "most_steps"] and (gaps["round"] == 1).all()
     # iid: per-seed gaps .10, -.05, .10; most_steps: .00, .05 over the two seeds both ran
     assert gaps.loc["iid", "gap"] == pytest.approx(.05) and gaps.loc["iid", "wins"] == 2
     assert gaps.loc["most_steps", "gap"] == pytest.approx(.025) and gaps.loc["most_steps", "n_seeds"] == 2
     assert gaps.loc["most_steps", "wins"] == 1 and gaps.loc["iid", "n_examples"] == 150
-    # the bootstrap of a mean of {-.05, .10, .10} lies in [-.05, .10] and reaches both ends
-    assert gaps.loc["iid", "gap_lo"] == pytest.approx(-.05) and gaps.loc["iid", "gap_hi"] == pytest.approx(.10)
+    # paired t: sd of {.10, -.05, .10} is .0866, t(0.975, 2 df) = 4.303: .05 -/+ .2151; past the seeds' range
+    assert gaps.loc["iid", "gap_lo"] == pytest.approx(.05 - 4.3027 * .086603 / 3 ** .5, abs=1e-4)
+    assert gaps.loc["iid", "gap_hi"] == pytest.approx(.05 + 4.3027 * .086603 / 3 ** .5, abs=1e-4)
+    # most_steps: {.00, .05}, sd .035355, t(0.975, 1 df) = 12.706
+    assert gaps.loc["most_steps", "gap_hi"] - .025 == pytest.approx(12.706 * .035355 / 2 ** .5, abs=1e-4)
     one = curation.paired_gaps(table[table.seed == 0])
     assert one[["gap_lo", "gap_hi"]].isna().all(axis=None) and (one.n_seeds == 1).all()
     with pytest.raises(PremError, match="'forgetting'"):
