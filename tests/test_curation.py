@@ -152,6 +152,7 @@ def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path,
     from premem import model as model_lib, sweep
 
     cfg = load_params(SMOKE, k_test=2)
+    assert curation.chain_of(curation.run_name("low_train_acc", 2, 11)) == ("low_train_acc", 2, 11)
     pool = tasks.load_task("arith", "train", 9, seed=4)
     files = {"premem_r1_seed0": pool[:3], "iid_r1_seed0": pool[3:5], "premem_r2_seed0": pool[5:9]}
     for name, exs in files.items():

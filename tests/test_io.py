@@ -9,14 +9,16 @@ from premem import io
 
 
 def test_atomic_write_replaces_and_reads_like_a_plain_file(tmp_path):
+    umask = os.umask(0o022)  # os.umask is read by setting it: put it back at once
+    os.umask(umask)
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     f = io.write_text(tmp_path / "sub" / "a.txt", "old")
     io.write_text(f, "new")
     assert f.read_text() == "new" and sorted(p.name for p in f.parent.iterdir()) == ["a.txt"]
-    assert f.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+    assert f.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~umask
     io.write_parquet(tmp_path / "t.parquet", pd.DataFrame(dict(a=[1, 2])))
-    assert os.stat(tmp_path / "t.parquet").st_mode & 0o777 == 0o666 & ~io._UMASK
+    assert os.stat(tmp_path / "t.parquet").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):

@@ -298,6 +298,12 @@ def run_name(strategy: str, r: int, seed: int) -> str:
     return f"originals_seed{seed}" if r == 0 else f"{strategy}_r{r}_seed{seed}"
 
 
+def chain_of(name: str) -> tuple[str, int, int]:
+    """(strategy, round, seed) of a run_name with round >= 1 (strategy names may hold underscores)."""
+    s, r, seed = name.rsplit("_", 2)
+    return s, int(r.removeprefix("r")), int(seed.removeprefix("seed"))
+
+
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
     from tqdm.auto import tqdm
@@ -370,20 +376,28 @@ def base_test_acc(folder: str | Path) -> float:
     return float(json.loads(f.read_text())["test_acc"])
 
 
+def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:
+    """Per example, the fraction of k_test sampled answers that are right, sampled as a run's final
+    checkpoint is (cfg.data_seed): the base model's test accuracy and `collected_accuracy` use it."""
+    from premem import grading
+
+    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
+    answers = sweep.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
+    return np.asarray([np.mean([g.correct for g in grading.grade_many(a, ex.answer)])
+                       for ex, a in zip(examples, answers)], dtype=float)
+
+
 def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
-    """The base model's test accuracy before any finetuning, sampled as a run's final checkpoint is
-    (k_test per question): the floor every scaling curve starts from. Cached in <out>/base.json."""
-    from premem import grading, model as model_lib
+    """The base model's test accuracy before any finetuning (k_test per question): the floor every
+    scaling curve starts from. Cached in <out>/base.json."""
+    from premem import model as model_lib
 
     f = out / "base.json"
     if not f.exists():
         lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                       quantization=cfg.quantization)
-        k = cfg.k_test or cfg.k
-        prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in test]
-        completions = sweep.sample_answers(cfg, lm, base, tok, prompts, k, cfg.data_seed)
-        correct = [g.correct for ex, outs in zip(test, completions) for g in grading.grade_many(outs, ex.answer)]
-        io.write_json(f, dict(test_acc=float(np.mean(correct)), n_test=len(test), k=k))
+        acc = example_accuracy(cfg, lm, base, tok, test)  # the same k per question: its mean is the sample mean
+        io.write_json(f, dict(test_acc=float(acc.mean()), n_test=len(test), k=cfg.k_test or cfg.k))
 
 
 def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others,
@@ -419,7 +433,7 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     rewritten after each judge (a killed run resumes)."""
     from tqdm.auto import tqdm
 
-    from premem import grading, model as model_lib
+    from premem import model as model_lib
 
     folder = Path(folder)
     out = folder / "collected_accuracy.parquet"
@@ -427,19 +441,14 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     have = set(zip(done.strategy, done["round"], done.seed))
     by_judge = {}
     for f in sorted((folder / "collected").glob("*.jsonl")):  # run_name(strategy, round, seed).jsonl
-        s, r, seed = f.stem.rsplit("_", 2)
-        key = (s, int(r[1:]), int(seed[4:]))
+        s, r, seed = key = chain_of(f.stem)
         if key not in have:
-            by_judge.setdefault(run_name(s, key[1] - 1, key[2]), []).append((key, _read_examples(f)))
+            by_judge.setdefault(run_name(s, r - 1, seed), []).append((key, _read_examples(f)))
     rows = done.to_dict("records")
-    k = cfg.k_test or cfg.k
     for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
         ckpt = sweep.final_checkpoint(folder, judge)
         lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
-        examples = [ex for _, exs in items for ex in exs]
-        answers = sweep.sample_answers(cfg, lm, ckpt, tok, [tasks.format_prompt(ex, cfg.prompt_template)
-                                                            for ex in examples], k, cfg.data_seed)
-        acc = iter([np.mean([g.correct for g in grading.grade_many(a, ex.answer)]) for ex, a in zip(examples, answers)])
+        acc = iter(example_accuracy(cfg, lm, ckpt, tok, [ex for _, exs in items for ex in exs]))
         for (s, r, seed), exs in items:
             rows.append(dict(strategy=s, round=r, seed=seed, judge=judge, n_collected=len(exs),
                              accuracy=float(np.mean([next(acc) for _ in exs])) if exs else np.nan,

@@ -4,12 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-
-
-_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
-os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -17,12 +13,12 @@ def atomic_target(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    # Not tempfile.mkstemp: its files are private (0600) and would stay so after the rename; created
+    # with 0o666, the umask gives the temporary the mode of any file written here.
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}{path.suffix}"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); the result should read like any file written here.
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
