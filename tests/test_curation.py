@@ -233,9 +233,23 @@ def test_paired_gaps_by_hand():
         curation.paired_gaps(table, reference="forgetting")
 
 
+def test_curation_k_replaces_k_for_the_originals_only():
+    cfg = load_params(SMOKE, k=4, k_test=None)
+    plain = curation.curation_params(cfg)
+    assert (plain.k, plain.k_test) == (4, None)
+    assert curation.curation_params(cfg.model_copy(update=dict(curation_k=None))).hash(*CURATION_KEYS) == \
+        plain.hash(*CURATION_KEYS)  # unset: the same folder as before the key existed
+    more = curation.curation_params(cfg.model_copy(update=dict(curation_k=16)))
+    assert (more.k, more.k_test, more.curation_k) == (16, 4, None)  # test accuracy still from k samples
+    assert more.hash(*CURATION_KEYS) != plain.hash(*CURATION_KEYS)
+    assert curation.curation_params(more) == more  # folding it in twice changes nothing
+    explicit = curation.curation_params(cfg.model_copy(update=dict(curation_k=16, k_test=2)))
+    assert (explicit.k, explicit.k_test) == (16, 2)
+
+
 def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
-    cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, max_new_tokens=30, epochs=[3],
-                      curation_max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only
+    cfg = load_params(SMOKE, workers=1, n_train=8, n_test=4, n_heldout=2, k=1, curation_k=2, max_new_tokens=30,
+                      epochs=[3], curation_max_checkpoints=2,  # checkpoints at epochs 2 and 3: test sampled at 3 only
                       curation_rounds=[4], curation_iid_rounds=None, curation_strategies=["premem", "ifd", "iid"],
                       cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "runs"))
     with single_thread():
@@ -274,6 +288,8 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     assert all(len(list((out / "runs" / run / "train").glob("checkpoint-*"))) == 1 for run in dyns)
     assert table.pre_mem_acc.notna().tolist() == [r == 0 for r in table["round"]]
     samples = pd.read_parquet(out / "samples.parquet")
+    per_query = samples.groupby(["split", "run", "step", "example_id"]).size()
+    assert set(per_query["train"]) == {2} and set(per_query["test"]) == {1}  # curation_k; k_test (None: k)
     last = samples.groupby("run").step.transform("max")
     assert set(samples[samples.split == "test"].step) <= set(last) and (samples.split == "test").any()
     assert samples[samples.split == "test"].pipe(lambda t: (t.step == last[t.index]).all())

@@ -104,6 +104,10 @@ class Params(BaseModel):
     curation_originals: Optional[int] = Field(None, ge=1)  # the n_train curation starts from; None: n_train
     curation_lr: Optional[float] = Field(None, gt=0)  # None: the first of lrs
     curation_epochs: Optional[int] = Field(None, ge=1)  # None: the first of epochs
+    # Samples per original at each curation checkpoint: the train accuracy every selection reads
+    # (test accuracy keeps k_test); None: k. Four samples make pre-mem accuracy coarse (0, 0.25, ...)
+    # and two independent draws of 4 select about half the same originals.
+    curation_k: Optional[int] = Field(None, ge=1)
     # At most this many recorded checkpoints per curation run (max_checkpoints is the sweep's); None:
     # every epoch, as Algorithm 1 scores. Fewer hide when an example was memorised: one memorised by
     # the first recorded checkpoint scores pre-mem accuracy 0, however early it was solved.
@@ -165,8 +169,9 @@ RECORD_KEYS = (
 # curation_seeds and curation_strategies are left out: each (strategy, seed) chain of runs carries
 # both in its runs' names and depends on nothing else the other chains do, so a curation folder holds
 # any number of them and adding one reuses the rest (see premem.curation.curation_params).
-CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_")
-                      and k not in ("curation_seeds", "curation_strategies", "curation_originals")) + ("pool_file",)
+# curation_originals and curation_k are left out too: curation_params folds them into n_train and k.
+CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_") and k not in
+                      ("curation_seeds", "curation_strategies", "curation_originals", "curation_k")) + ("pool_file",)
 
 
 def project_root() -> Path:

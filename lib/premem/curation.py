@@ -276,16 +276,19 @@ def budgets(cfg: Params, strategy: str) -> list[int]:
 
 def curation_params(cfg: Params) -> Params:
     """`cfg` with the sweep's grid replaced by what curation trains (one lr, one epoch count, all
-    of its originals: curation_originals, else n_train, checkpoints: curation_max_checkpoints), so
+    of its originals: curation_originals, else n_train, checkpoints: curation_max_checkpoints,
+    samples per original: curation_k, else k), so
     the curation folder's hash, and its cache, do not change when the sweep's grid, training set or
     checkpoint spacing does.
     Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
     seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
     lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
+    # curation_k replaces k for the originals' samples; k_test stays what it was (k when unset).
+    k = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
     return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[],
                                       n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
                                       max_checkpoints=cfg.curation_max_checkpoints,
-                                      curation_lr=lr, curation_epochs=epochs))
+                                      curation_lr=lr, curation_epochs=epochs, curation_k=None, **k))
 
 
 def folder_of(cfg: Params) -> Path:
