@@ -70,6 +70,8 @@ def main():
                    "estimate moves what a threshold means (with 4 samples 0.75 is 'not 4 of 4 right')")
     args = p.parse_args()
 
+    if not {"premem", "iid"} <= set(args.strategies):
+        raise SystemExit(f"--strategies {args.strategies} must include premem and iid")
     cfg = config.load_params(args.params)
     k0 = cfg.curation_k or cfg.k
     t = cfg.curation_threshold if args.threshold is None else args.threshold
@@ -121,8 +123,8 @@ def main():
     print(f"\npremem@{mine}'s test accuracy minus each, seed by seed (curation.paired_gaps):")
     print(gaps.round(3).to_string(index=False))
     out = folder / f"compare-k{k0}"
-    for name, t in dict(curation=both, efficiency=eff, gaps=gaps, selections=selections, draws=agreement).items():
-        io.write_parquet(out / f"{name}.parquet", t)
+    for name, table in dict(curation=both, efficiency=eff, gaps=gaps, selections=selections, draws=agreement).items():
+        io.write_parquet(out / f"{name}.parquet", table)
     io.write_json(out / "config.json", dict(params=args.params, k=args.k, threshold=t, own_k=k0, seeds=args.seeds,
                                             strategies=args.strategies, own_folder=str(own), folder=str(folder)))
 
