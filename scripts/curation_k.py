@@ -93,7 +93,10 @@ def main():
 
     key = ["strategy", "round", "seed"]
     iid = new[new.strategy == "iid"].set_index(key).test_acc - base[base.strategy == "iid"].set_index(key).test_acc
-    print(f"iid chains at {mine} minus {theirs} (read no samples; must be 0): max |diff| {iid.abs().max():.3g}")
+    if iid.abs().max() != 0:  # the pairing below assumes both k share every run nothing selected
+        raise SystemExit(f"iid chains differ between {mine} and {theirs} (max |diff| {iid.abs().max():.3g}): "
+                         "not the same environment or params?")
+    print(f"iid chains at {mine} and {theirs}: identical, as they read no samples")
 
     tau_cfg = curation.curation_params(finer)
     dyns = [d for d in record.read_runs(folder) if d.run.startswith("originals_seed")]

@@ -284,11 +284,11 @@ def curation_params(cfg: Params) -> Params:
     seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
     lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
     # curation_k replaces k for the originals' samples; k_test stays what it was (k when unset).
-    k = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
+    samples = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
     return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[],
                                       n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
                                       max_checkpoints=cfg.curation_max_checkpoints,
-                                      curation_lr=lr, curation_epochs=epochs, curation_k=None, **k))
+                                      curation_lr=lr, curation_epochs=epochs, curation_k=None, **samples))
 
 
 def folder_of(cfg: Params) -> Path:
