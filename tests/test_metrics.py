@@ -100,3 +100,20 @@ def test_fit_of_constant_test_accuracy_has_undefined_r2_and_no_warnings():
         warnings.simplefilter("error")  # a warning would also land in a notebook's checked output
         fit = metrics.fit_predictor([0.1, 0.2, 0.3, 0.4], [0.5] * 4)
     assert np.isnan(fit.r2) and np.isnan(fit.r2_identity) and abs(fit.slope) < 1e-9 and fit.n_points == 4
+
+
+def test_line_band_holds_the_fitted_line_and_narrows_with_data():
+    grid = np.linspace(0, 1, 5)
+    exact_lo, exact_hi = metrics.line_band([0, 1, 2, 3], [1, 3, 5, 7], grid)  # points on y = 2x + 1
+    np.testing.assert_allclose(exact_lo, 2 * grid + 1, atol=1e-9)
+    np.testing.assert_allclose(exact_hi, 2 * grid + 1, atol=1e-9)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 400)
+    y = 0.5 * x + rng.normal(0, 0.1, 400)
+    fit = metrics.fit_predictor(x[:20], y[:20])
+    lo, hi = metrics.line_band(x[:20], y[:20], grid)
+    line = fit.intercept + fit.slope * grid
+    assert np.all(lo < line) and np.all(line < hi)
+    np.testing.assert_allclose(hi - line, line - lo)  # symmetric about the line
+    wide_lo, wide_hi = metrics.line_band(x, y, grid)
+    assert np.all(wide_hi - wide_lo < hi - lo)  # 400 points pin the line down better than 20

@@ -77,3 +77,56 @@ def test_r2_by_tau_and_subsampling():
     assert list(sub.fraction) == [0.5, 1.0] and sub.r2_mean.iloc[1] == pytest.approx(curve.r2.iloc[1])
     early = predictors.early_prediction(runs, -2.0)
     assert len(early) == 6 and set(early.progress) == {0.5, 1.0}
+
+
+def test_datasets_are_compared_and_thresholded_each_on_its_own():
+    """A table of two datasets: one block of fits per dataset, equal to fitting each alone, at each
+    dataset's own tau; a fit over the mixture would be another number."""
+    from premem.dynamics import by_dataset, checkpoint_table
+
+    a = make_runs()
+    b = [RunDynamics(run=f"m{i}", dataset="math", steps=r.steps, train_acc=r.train_acc / 4,
+                     perplexity=r.perplexity, test_acc=r.test_acc[::-1] / 4) for i, r in enumerate(a)]
+    for r in a:
+        r.dataset = "gsm8k"
+    assert list(by_dataset(b + a)) == ["math", "gsm8k"]
+    assert list(by_dataset(a + b, ["math"])) == ["math"]
+    # tau -6 for math memorises nothing there: its pre-mem accuracy is its train accuracy.
+    table = checkpoint_table(a + b, {"gsm8k": -2.0, "math": -6.0})
+    assert table.groupby("dataset").tau.unique().to_dict() == {"gsm8k": [-2.0], "math": [-6.0]}
+    m = table[table.dataset == "math"]
+    np.testing.assert_allclose(m.pre_mem_acc, m.train_acc)
+    with pytest.raises(PremError, match="no tau for its dataset 'math'"):
+        checkpoint_table(b, {"gsm8k": -2.0})
+    out = predictors.compare(table, ["pre_mem_acc", "train_acc"])
+    assert out.dataset.tolist() == ["gsm8k"] * 2 + ["math"] * 2
+    for dataset, g in out.groupby("dataset"):
+        alone = predictors.compare(table[table.dataset == dataset].drop(columns="dataset"), ["pre_mem_acc", "train_acc"])
+        np.testing.assert_allclose(g.r2, alone.r2)
+    mixed = metrics.fit_predictor(table.pre_mem_acc, table.test_acc).r2
+    assert all(abs(mixed - r) > 0.05 for r in out[out.predictor == "pre_mem_acc"].r2)
+
+
+def test_predictor_panels_lay_datasets_side_by_side():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from premem import plots
+    from premem.dynamics import checkpoint_table
+
+    runs = make_runs()
+    one = plots.predictor_panels(checkpoint_table(runs, -2.0), ["pre_mem_acc", "train_acc"])
+    assert [ax.get_subplotspec().get_geometry()[:2] for ax in one.axes] == [(1, 2)] * 2
+    for i, r in enumerate(runs):
+        r.dataset = "gsm8k" if i < 2 else "math"
+    runs.append(RunDynamics(run="m1", dataset="math", steps=[1, 2], train_acc=[[0.1, 0.1], [1.0, 1.0]],
+                            perplexity=ppl([[0.0, 0.0], [-5.0, -5.0]]), test_acc=[0.05, 0.1]))
+    runs.append(RunDynamics(run="m2", dataset="math", steps=[1], train_acc=[[0.3, 0.3]],
+                            perplexity=ppl([[0.0, 0.0]]), test_acc=[0.2]))
+    two = plots.predictor_panels(checkpoint_table(runs, {"gsm8k": -2.0, "math": -1.7}), ["pre_mem_acc", "train_acc"])
+    # Rows are predictors, columns datasets; each panel titled by its dataset and threshold.
+    assert [ax.get_subplotspec().get_geometry()[:2] for ax in two.axes] == [(2, 2)] * 4
+    assert [ax.get_title() for ax in two.axes] == ["gsm8k: 2 runs, tau -2", "math: 3 runs, tau -1.7"] * 2
+    # y is shared within a dataset's column, never across: math's test accuracy tops out at 0.8.
+    top_gsm8k, top_math = two.axes[0].get_ylim()[1], two.axes[1].get_ylim()[1]
+    assert two.axes[2].get_ylim()[1] == top_gsm8k and two.axes[3].get_ylim()[1] == top_math != top_gsm8k

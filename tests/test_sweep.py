@@ -82,6 +82,23 @@ def test_record_reads_into_dynamics(smoke_record):
     assert r.test_confidence[0, col] == answers.value_counts().max() / len(answers)
 
 
+def test_fit_on_a_record_is_one_dataset_at_its_own_threshold(smoke_record, capsys):
+    from premem import metrics
+    from premem.cli import main
+
+    cfg, out = smoke_record
+    runs = record.read_runs(out)
+    assert {r.dataset for r in runs} == {cfg.task}
+    assert main(["fit", str(out), "--json"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    s = json.loads(line)
+    tau, how = metrics.chosen_tau(cfg, runs)  # smoke's held-out rule, not a threshold of the authors'
+    assert (s["dataset"], s["tau"], s["tau_from"]) == ("arith", pytest.approx(tau), how)
+    assert s["n_points"] == sum(len(r.steps) for r in runs)
+    assert main(["fit", str(out), "--json", "--tau", "-1.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["tau"] == -1.5
+
+
 def test_rerun_recomputes_nothing(smoke_record, monkeypatch):
     cfg, out = smoke_record
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/parts/*.parquet")}

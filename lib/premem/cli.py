@@ -2,7 +2,7 @@
 
 premem pretrain     pretrain (or find) the embedded base model; --ship copies it into models/
 premem sweep        finetune over a params grid, recording samples and perplexities per checkpoint
-premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs
+premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs, per dataset
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
 premem ledger       the claims ledger (figures/claims.md) from the notebooks' saved results
 """
@@ -26,16 +26,43 @@ def load_runs(path: str | Path):
     return record.read_runs(path) if record.is_record_dir(path) else released.read_runs(path)
 
 
-def fit_summary(runs, tau: float) -> dict:
-    """The `premem fit --json` object: the fit over every checkpoint of every run, and the runs."""
+def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], everywhere: float | None) -> dict:
+    """{dataset: (tau, how it was chosen)} for every group, all resolved before any fit: a
+    `--tau NAME=T`, else `--tau T`, else a premem record's own params (its tau or tau rule), else
+    the authors' threshold for the datasets they released; any other dataset is an error."""
+    from premem import metrics, record, released
+
+    unknown = set(by_name) - set(groups)
+    if unknown:
+        raise PremError(f"--tau for dataset {', '.join(map(repr, sorted(unknown)))}, which is not in {path}; "
+                        f"datasets here: {', '.join(groups)}")
+    own = record.read_config(path) if record.is_record_dir(path) else None
+    out = {}
+    for name, runs in groups.items():
+        if name in by_name or everywhere is not None:
+            out[name] = (by_name.get(name, everywhere), "given")
+        elif own is not None:
+            out[name] = metrics.chosen_tau(own, runs)
+        else:
+            out[name] = released.tau_for(name)
+    return out
+
+
+def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
+    """The `premem fit --json` object of one dataset: the fit over every checkpoint of every run,
+    and the runs. Runs of several datasets are refused: fit each group of `dynamics.by_dataset`."""
     from premem import metrics
     from premem.dynamics import checkpoint_table
 
     table = checkpoint_table(runs, tau)
+    datasets = list(dict.fromkeys(table.dataset))
+    if len(datasets) > 1:
+        raise PremError(f"runs of {len(datasets)} datasets ({', '.join(datasets)}) in one fit: fit each on its own")
     pre = metrics.fit_predictor(table.pre_mem_acc, table.test_acc)
     train = metrics.fit_predictor(table.train_acc, table.test_acc)
     out = dict(
-        tau=tau, r2=pre.r2, r2_identity=pre.r2_identity, slope=pre.slope, intercept=pre.intercept,
+        dataset=datasets[0], tau=tau, tau_from=tau_from, n_runs=len(runs),
+        r2=pre.r2, r2_identity=pre.r2_identity, slope=pre.slope, intercept=pre.intercept,
         slope_ci=list(pre.slope_ci), intercept_ci=list(pre.intercept_ci), n_points=pre.n_points,
         train_acc_r2=train.r2, runs=[],
     )
@@ -49,27 +76,59 @@ def fit_summary(runs, tau: float) -> dict:
     return out
 
 
+def fit_datasets(path: str | Path, taus: dict[str, float] | None = None, tau: float | None = None,
+                 datasets: list[str] | None = None) -> list[dict]:
+    """`premem fit`: one summary per dataset in the folder (or only `datasets`), each at its own tau."""
+    from premem.dynamics import by_dataset
+
+    groups = by_dataset(load_runs(path), datasets)
+    chosen = dataset_taus(path, groups, taus or {}, tau)
+    return [fit_summary(runs, *chosen[name]) for name, runs in groups.items()]
+
+
 def print_fit(summary: dict) -> None:
+    s = summary
+    print(f"== {s['dataset']}: {s['n_runs']} runs, {s['n_points']} checkpoints; tau {s['tau']:g} ({s['tau_from']})")
     print(f"{'run':<48} {'step':>6} {'pre_mem':>8} {'train':>7} {'test':>7} {'memorized':>9}")
     for r in summary["runs"]:
         for c in r["checkpoints"]:
             print(f"{r['run']:<48} {c['step']:>6} {c['pre_mem_acc']:>8.3f} {c['train_acc']:>7.3f} "
                   f"{c['test_acc']:>7.3f} {c['memorized_frac']:>9.3f}")
-    s = summary
-    print(f"\ntau {s['tau']}: test ~ pre-mem accuracy over {s['n_points']} checkpoints: R² {s['r2']:.3f}, "
-          f"slope {s['slope']:.3f} [{s['slope_ci'][0]:.3f}, {s['slope_ci'][1]:.3f}], "
+    print(f"\n{s['dataset']}, tau {s['tau']:g}: test ~ pre-mem accuracy over {s['n_points']} checkpoints: "
+          f"R² {s['r2']:.3f}, slope {s['slope']:.3f} [{s['slope_ci'][0]:.3f}, {s['slope_ci'][1]:.3f}], "
           f"intercept {s['intercept']:.3f}, R² vs y=x {s['r2_identity']:.3f}")
-    print(f"test ~ train accuracy: R² {s['train_acc_r2']:.3f}")
+    print(f"{s['dataset']}: test ~ train accuracy: R² {s['train_acc_r2']:.3f}")
 
 
 def cmd_fit(args) -> int:
-    summary = fit_summary(load_runs(args.path), args.tau)
-    if args.json:
-        json.dump(summary, sys.stdout, indent=1, default=float)
-        print()
-    else:
+    by_name = dict(t for t in args.tau if isinstance(t, tuple))
+    everywhere = [t for t in args.tau if not isinstance(t, tuple)]
+    if len(everywhere) > 1:
+        raise PremError(f"--tau given {len(everywhere)} times without a dataset name: give one, or NAME=T each")
+    summaries = fit_datasets(args.path, by_name, everywhere[0] if everywhere else None,
+                             [args.dataset] if args.dataset else None)
+    for i, summary in enumerate(summaries):
+        if args.json:  # JSON Lines: one object per dataset
+            print(json.dumps(summary, default=float))
+            continue
+        if i:
+            print()
         print_fit(summary)
     return 0
+
+
+def tau_arg(text: str):
+    """`T` (every dataset) or `NAME=T` (one dataset); a finite number either way."""
+    import math
+
+    name, _, value = text.rpartition("=")
+    try:
+        tau = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number T or NAME=T") from None
+    if not math.isfinite(tau):
+        raise argparse.ArgumentTypeError(f"{text!r}: tau must be a finite number")
+    return (name, tau) if name else tau
 
 
 def cmd_pretrain(args) -> int:
@@ -115,14 +174,25 @@ def cmd_ledger(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad flags get the one-line `premem: error: ...` of every other bad input (argparse would
+    print the usage first), with exit 2."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("premem").strip()  # "fit", or "" for premem itself
+        self.exit(2, f"premem: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="premem", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="premem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit test accuracy on pre-memorization accuracy over a folder of runs")
     p.add_argument("path", help="folder of runs: premem sweep output or the authors' released ckpts/")
-    p.add_argument("--tau", type=float, default=-2.3, help="memorization threshold on log(log(perplexity))")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--tau", type=tau_arg, action="append", default=[], metavar="[NAME=]T",
+                   help="memorization threshold on log(log(perplexity)): T for every dataset, NAME=T for one "
+                        "(repeatable); default: a record's own params, else the authors' (gsm8k -2.3, math -1.7)")
+    p.add_argument("--dataset", metavar="NAME", help="fit only this dataset (run-name prefix, e.g. gsm8k or math)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per dataset, a line each")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("pretrain", help="pretrain the embedded base model of a params file (cached)")
     p.add_argument("--params", required=True, help="params YAML file with base_model: embedded")

@@ -129,6 +129,14 @@ class Params(BaseModel):
     example_map_run: Optional[str] = None  # run drawn in the per-example map; None: the first run
     example_map_size: int = Field(200, ge=1)  # training examples drawn in the map
 
+    # The authors' released logs (notebook 01): one folder, several datasets, each fitted on its own
+    # (premem.released: a run's dataset is its name's prefix). None: every dataset in the folder.
+    released_datasets: Optional[list[str]] = None
+    # Memorization threshold per dataset; a dataset not listed takes the authors' own
+    # (released.AUTHORS_TAU), and one the authors did not release must be listed.
+    released_taus: dict[str, float] = Field(default_factory=dict)
+    example_map_runs: list[str] = Field(default_factory=list)  # runs mapped per example; []: each dataset's first
+
     # Paths: relative ones are taken from the project root (the folder holding params/), so
     # notebooks run from notebooks/ and the CLI run from anywhere write to the same place.
     released_logs: Optional[str] = None  # the authors' ckpts folder; else $PREMEM_RELEASED_LOGS

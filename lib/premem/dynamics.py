@@ -22,6 +22,9 @@ class RunDynamics:
     train_acc: np.ndarray  # (J, N) fraction of k samples correct, per training example
     perplexity: np.ndarray  # (J, N) per-token perplexity of the gold solution
     test_acc: np.ndarray  # (J,) mean test accuracy of the checkpoint's samples
+    # What the run was trained on (gsm8k, math, arith, ...): runs of different datasets are never
+    # fitted together (see by_dataset). None: unknown, grouped as DEFAULT_DATASET.
+    dataset: str | None = None
     lr: float | None = None
     epochs: int | None = None
     data_fraction: float | None = None
@@ -66,6 +69,23 @@ class RunDynamics:
         return mem.sum(axis=1) / np.maximum(measured.sum(axis=1), 1)
 
 
+DEFAULT_DATASET = "runs"
+
+
+def by_dataset(runs: list[RunDynamics], names: list[str] | None = None) -> dict[str, list[RunDynamics]]:
+    """Runs grouped by dataset, in order of first appearance, or only `names`, in that order: each
+    group is one fit, with a threshold of its own, so no fit ever mixes datasets."""
+    groups: dict[str, list[RunDynamics]] = {}
+    for r in runs:
+        groups.setdefault(r.dataset or DEFAULT_DATASET, []).append(r)
+    if names is None:
+        return groups
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise PremError(f"no runs of dataset {', '.join(map(repr, unknown))}; datasets here: {', '.join(groups)}")
+    return {n: groups[n] for n in names}
+
+
 def pick_run(runs: list[RunDynamics], name: str | None = None, least: bool = False) -> RunDynamics:
     """The run called `name`; by default the most memorising one (most epochs, then highest lr,
     then largest data fraction, for the most examples), or with least=True the least trained one
@@ -80,17 +100,22 @@ def pick_run(runs: list[RunDynamics], name: str | None = None, least: bool = Fal
     return max(ordered, key=lambda r: (sign * (r.epochs or 0), sign * (r.lr or 0), r.data_fraction or 0))
 
 
-def checkpoint_table(runs: list[RunDynamics], tau: float):
-    """Tidy table, one row per (run, checkpoint): the predictors and the test accuracy."""
+def checkpoint_table(runs: list[RunDynamics], tau: float | dict[str, float]):
+    """Tidy table, one row per (run, checkpoint): the predictors and the test accuracy. `tau` is one
+    threshold, or one per dataset ({dataset: tau}, as by_dataset names them)."""
     import pandas as pd
 
     rows = []
     for r in runs:
-        pre, train, mem = r.pre_mem_acc(tau), r.mean_train_acc(), r.memorized_frac(tau)
+        dataset = r.dataset or DEFAULT_DATASET
+        if isinstance(tau, dict) and dataset not in tau:
+            raise PremError(f"run {r.run}: no tau for its dataset '{dataset}' (given for {', '.join(tau)})")
+        t = float(tau[dataset]) if isinstance(tau, dict) else float(tau)
+        pre, train, mem = r.pre_mem_acc(t), r.mean_train_acc(), r.memorized_frac(t)
         for j, step in enumerate(r.steps):
             row = dict(
-                run=r.run, lr=r.lr, epochs=r.epochs, data_fraction=r.data_fraction, step=int(step),
-                checkpoint=j, final=j == len(r.steps) - 1, pre_mem_acc=float(pre[j]),
+                run=r.run, dataset=dataset, tau=t, lr=r.lr, epochs=r.epochs, data_fraction=r.data_fraction,
+                step=int(step), checkpoint=j, final=j == len(r.steps) - 1, pre_mem_acc=float(pre[j]),
                 train_acc=float(train[j]), test_acc=float(r.test_acc[j]), memorized_frac=float(mem[j]),
             )
             row.update({k: float(np.asarray(v)[j]) for k, v in r.extra.items()})

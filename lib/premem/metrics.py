@@ -88,8 +88,8 @@ def r2_identity(x, y) -> float:
     return float(1.0 - np.sum((y - x) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
-def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
-    """Fit y = slope * x + intercept by OLS (statsmodels); points with NaN in x or y are dropped."""
+def _ols(x, y):
+    """statsmodels' OLS of y on x over the points with both measured, or PremError."""
     import statsmodels.api as sm  # heavy import, kept off the package's import path
 
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
@@ -101,11 +101,17 @@ def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
         raise PremError(f"a fit needs at least 3 points with both values measured, got {x.size}")
     if np.ptp(x) == 0:
         raise PremError("predictor is constant over all points: no line can be fitted")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return sm.OLS(y, sm.add_constant(x)).fit(), x, y
+
+
+def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
+    """Fit y = slope * x + intercept by OLS (statsmodels); points with NaN in x or y are dropped."""
+    result, x, y = _ols(x, y)
     # Constant test accuracy (a few small runs that all score the same) leaves R² undefined: NaN,
     # and no numpy divide warnings, which would also land in the notebooks' checked outputs.
     undefined = np.ptp(y) == 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        result = sm.OLS(y, sm.add_constant(x)).fit()
         ci = result.conf_int(alpha)
     return Fit(
         r2=np.nan if undefined else float(result.rsquared),
@@ -116,6 +122,15 @@ def fit_predictor(x, y, alpha: float = 0.05) -> Fit:
         r2_identity=np.nan if undefined else r2_identity(x, y),
         n_points=int(x.size),
     )
+
+
+def line_band(x, y, grid, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The (1 - alpha) confidence band of the fitted OLS line (the mean of y given x) at `grid`."""
+    result, _, _ = _ols(x, y)
+    grid = np.asarray(grid, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band = result.get_prediction(np.column_stack([np.ones_like(grid), grid])).conf_int(alpha=alpha)
+    return band[:, 0], band[:, 1]
 
 
 def calibrate_tau(heldout_perplexities, quantile: float = 0.05) -> float:

@@ -44,7 +44,7 @@ def store_executed(executed: str | Path, stored: str | Path) -> None:
 
 
 # Notebooks whose data come from a params file of their own, whatever `--params` says.
-NOTEBOOK_PARAMS = {"01": "params/released_gsm8k.yaml"}
+NOTEBOOK_PARAMS = {"01": "params/released_llama3-8b.yaml"}
 DEFAULT_PARAMS = "params/tiny.yaml"
 
 

@@ -28,7 +28,8 @@ ACCURACY_LIKE = ("pre_mem_acc", "train_acc", "atc")  # on test accuracy's scale:
 
 
 def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | None = None):
-    """Each run is a line through its checkpoints; the legend carries the fit's R² and slope CI."""
+    """Each run is a line through its checkpoints; the OLS line with its 95% band, and a legend
+    carrying the fit's R² and slope CI."""
     import seaborn as sns
 
     from premem.errors import PremError
@@ -45,7 +46,7 @@ def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | No
         ax.plot(g[x].iloc[-1:], g[y].iloc[-1:], "o", ms=6, mfc="none", color=colors[run])
     if x in ACCURACY_LIKE:
         lo = float(np.nanmin([table[x].min(), table[y].min(), 0]))
-        hi = float(np.nanmax([table[x].max(), table[y].max(), 1]))
+        hi = float(np.clip(1.1 * np.nanmax([table[x].max(), table[y].max()]), 0.05, 1.0))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     else:
         lo, hi = float(table[x].min()), float(table[x].max())
@@ -57,19 +58,36 @@ def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | No
                 label=(f"OLS R²={fit.r2:.3f} (n={fit.n_points})\n"
                        f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}]"
                        + (f"\nR² vs y=x {fit.r2_identity:.3f}" if x in ACCURACY_LIKE else "")))
+        ax.fill_between(grid, *metrics.line_band(table[x], table[y], grid), color="0.4", alpha=0.15, lw=0)
+    # y spans the data, not y = x: a low-accuracy dataset (MATH: test accuracy <= 0.14) fills the
+    # panel instead of a corner of the unit square; room at the top for the legend.
+    y_lo, y_hi = float(np.nanmin([table[y].min(), 0])), float(table[y].max())
+    span = max(y_hi - y_lo, 0.05)
+    ax.set_ylim(y_lo - 0.05 * span, y_hi + 0.4 * span)
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.85, edgecolor="none")  # readable over y = x
     return ax
 
 
 def predictor_panels(table, predictors: list[str], y: str = "test_acc", title: str | None = None):
-    """One scatter panel per predictor, sharing the y axis: the claim and its contrast side by side."""
+    """One scatter panel per predictor: the claim and its contrast side by side. A table of several
+    datasets (its `dataset` column) gets a column of panels per dataset, a row per predictor, as
+    the paper's main figure; y is shared within a dataset, never across."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(predictors), figsize=(4.6 * len(predictors), 4.2), sharey=True, squeeze=False)
-    for ax, x in zip(axes[0], predictors):
-        plot_predictor(table, x, ax, y=y)
+    datasets = list(dict.fromkeys(table["dataset"])) if "dataset" in table else [None]
+    several = len(datasets) > 1
+    rows, cols = (len(predictors), len(datasets)) if several else (1, len(predictors))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), sharey="col" if several else "row",
+                             squeeze=False)
+    for j, dataset in enumerate(datasets):
+        part = table[table["dataset"] == dataset] if several else table
+        for i, x in enumerate(predictors):
+            ax = axes[i, j] if several else axes[0, i]
+            plot_predictor(part, x, ax, y=y)
+            if several:
+                ax.set_title(f"{dataset}: {part.run.nunique()} runs, tau {part.tau.iloc[0]:g}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -108,6 +126,22 @@ def plot_example_map(run: RunDynamics, tau: float, ax, n_examples: int | None = 
     ax.set_yticks([])
     ax.set_title(f"{run.run}\nbrightness: accuracy; red: memorized (loglog ppl < {tau:.2f}), blue: not", fontsize=8)
     return ax
+
+
+def example_maps(runs: list[RunDynamics], taus: dict[str, float], names: list[str] | None = None,
+                 n_examples: int | None = 200):
+    """The per-example map of each named run (default: the first run of each dataset), side by
+    side, each at its dataset's threshold."""
+    import matplotlib.pyplot as plt
+
+    from premem.dynamics import DEFAULT_DATASET, by_dataset, pick_run
+
+    chosen = [pick_run(runs, n) for n in names] if names else [g[0] for g in by_dataset(runs).values()]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 6), squeeze=False)
+    for ax, run in zip(axes[0], chosen):
+        plot_example_map(run, taus[run.dataset or DEFAULT_DATASET], ax, n_examples=n_examples)
+    fig.tight_layout()
+    return fig
 
 
 def plot_run_curves(run: RunDynamics, tau: float, ax):

@@ -55,7 +55,22 @@ def predictor_table(runs: list[RunDynamics], tau: float, atc_source: str | None 
 
 
 def compare(table: pd.DataFrame, predictors=PREDICTORS, y: str = "test_acc") -> pd.DataFrame:
-    """R² (OLS), R² of y = x for accuracy-like predictors, and Kendall's tau of each predictor."""
+    """R² (OLS), R² of y = x for accuracy-like predictors, and Kendall's tau of each predictor; one
+    block per dataset (the table's `dataset` column, as checkpoint_table writes it), never a fit
+    over a mixture. Within a block, best R² first."""
+    if "dataset" not in table:
+        return _compare(table, predictors, y)
+    blocks = []
+    for dataset, g in table.groupby("dataset", sort=False):
+        block = _compare(g, predictors, y)
+        block.insert(0, "dataset", dataset)
+        if "tau" in g:
+            block["tau"] = g.tau.iloc[0]
+        blocks.append(block)
+    return pd.concat(blocks, ignore_index=True)
+
+
+def _compare(table: pd.DataFrame, predictors, y: str) -> pd.DataFrame:
     from scipy.stats import kendalltau
 
     rows = []

@@ -16,11 +16,13 @@ writes these tables can be read by `premem fit`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from premem.config import Params
 from premem.dynamics import RunDynamics
 from premem.errors import PremError
 
@@ -36,6 +38,14 @@ SORT_KEYS = {
 def is_record_dir(path: str | Path) -> bool:
     path = Path(path)
     return (path / "config.json").is_file() and (path / "samples.parquet").is_file()
+
+
+def read_config(record_dir: str | Path) -> Params:
+    """The resolved params a record was made with."""
+    f = Path(record_dir) / "config.json"
+    if not f.is_file():
+        raise PremError(f"not a premem record folder (no config.json): {record_dir}")
+    return Params.model_validate(json.loads(f.read_text())["params"])
 
 
 def part_path(run_dir: Path, table: str, step: int) -> Path:
@@ -56,6 +66,8 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
     record_dir = Path(record_dir)
     if not is_record_dir(record_dir):
         raise PremError(f"not a premem record folder (needs config.json and samples.parquet): {record_dir}")
+    # One record, one task: one fit. Read as written, not validated: a record outlives schema changes.
+    dataset = json.loads((record_dir / "config.json").read_text()).get("params", {}).get("task")
     samples = pd.read_parquet(record_dir / "samples.parquet")
     ppl = pd.read_parquet(record_dir / "perplexity.parquet")
     runs = pd.read_parquet(record_dir / "runs.parquet").set_index("run")
@@ -84,7 +96,7 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
         extra["mean_perplexity"] = np.nanmean(p.to_numpy(float), axis=1)
         info = runs.loc[run]
         out.append(RunDynamics(
-            run=run, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
+            run=run, dataset=dataset, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
             perplexity=p.to_numpy(float), test_acc=test_correct.mean(axis=1).reindex(train.index).to_numpy(float),
             lr=float(info.lr), epochs=int(info.epochs), data_fraction=float(info.data_fraction),
             example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,

@@ -1,9 +1,13 @@
-"""Reader for the authors' released per-checkpoint arrays (GSM8k, Llama3-8B).
+"""Reader for the authors' released per-checkpoint arrays (Llama3-8B on GSM8k and MATH).
 
 Layout (see the logs' README): <root>/<run>/subsample_idxs.npy and <root>/<run>/checkpoint-<step>/
 holding train/test answer-type arrays (0 correct, 1 wrong, 2 unparseable; shape (examples, k)) and
-train_perplexities.npy. Run names such as gsm8k_orig_6epochs_half_lr2e-05_bs128 carry the training
-configuration; we parse them only because that is how the authors released them.
+train_perplexities.npy. Run names such as gsm8k_orig_6epochs_half_lr2e-05_bs128 carry the dataset
+and the training configuration; we parse them only because that is how the authors released them.
+
+One `ckpts/` folder holds both datasets side by side. Each dataset is its own fit, with its own
+memorization threshold: a run's dataset is its name's prefix (`gsm8k_`, `math_`), and runs whose
+names do not say form one group named after the folder that holds them.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from premem.dynamics import RunDynamics
+from premem.dynamics import RunDynamics, by_dataset
 from premem.errors import PremError
 
 # The authors' analysis takes the first of these sample files that exists in a checkpoint.
@@ -22,6 +26,9 @@ SAMPLE_PRIORITY = ("types5_seed2_temp0.8", "types50_seed2_temp0.8", "types5_seed
 DATA_FRACTIONS = {"full": 1.0, "half": 0.5, "quarter": 0.25}
 RUN_NAME = re.compile(r"_(?P<epochs>\d+)epochs_(?P<frac>full|half|quarter)_lr(?P<lr>[0-9.eE+-]+?)_bs\d+$")
 ENV_VAR = "PREMEM_RELEASED_LOGS"
+# The datasets the authors released, with their memorization thresholds for Llama3-8B
+# (log(log(perplexity)) < tau; the released logs' README). A new dataset is one entry here.
+AUTHORS_TAU = {"gsm8k": -2.3, "math": -1.7}
 
 
 def resolve_root(path: str | os.PathLike | None) -> Path:
@@ -43,6 +50,23 @@ def parse_run_name(name: str) -> dict:
     return dict(lr=float(m["lr"]), epochs=int(m["epochs"]), data_fraction=DATA_FRACTIONS[m["frac"]])
 
 
+def dataset_of(run_name: str, folder: str) -> str:
+    """The run name's dataset prefix, else `folder`: runs that do not say are grouped by their folder."""
+    return next((d for d in AUTHORS_TAU if run_name.startswith(f"{d}_")), folder)
+
+
+def tau_for(dataset: str, taus: dict | None = None) -> tuple[float, str]:
+    """The memorization threshold of a dataset and where it came from: `taus[dataset]`, else the
+    authors' own (Llama3-8B) value; no silent guess for a dataset they did not release."""
+    if taus and dataset in taus:
+        return float(taus[dataset]), "given"
+    if dataset in AUTHORS_TAU:
+        return AUTHORS_TAU[dataset], "the authors' threshold for Llama3-8B"
+    known = ", ".join(f"{d} {t:g}" for d, t in AUTHORS_TAU.items())
+    raise PremError(f"no memorization threshold for dataset '{dataset}' (the authors' are {known}): give one "
+                    f"(premem fit --tau {dataset}=T, or the released_taus params key)")
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     dirs = [d for d in run_dir.iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)]
     return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
@@ -62,7 +86,8 @@ def accuracy_per_example(types: np.ndarray, f: Path) -> np.ndarray:
     return (types == 0).mean(axis=1)
 
 
-def read_run(run_dir: str | os.PathLike) -> RunDynamics:
+def read_run(run_dir: str | os.PathLike, group: str | None = None) -> RunDynamics:
+    """One run; its dataset is its name's prefix, else `group` (default: the run's own folder name)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PremError(f"run folder not found: {run_dir}")
@@ -96,18 +121,32 @@ def read_run(run_dir: str | os.PathLike) -> RunDynamics:
     # Checkpoints were saved at equal step intervals ending with the last epoch.
     epoch_of_step = None if config["epochs"] is None else np.round(steps / steps[-1] * config["epochs"]).astype(int)
     return RunDynamics(
-        run=run_dir.name, steps=steps, epoch_of_step=epoch_of_step,
-        train_acc=np.stack(train_acc), perplexity=np.stack(ppl), test_acc=np.array(test_acc),
-        example_ids=rows if rows is not None else np.arange(train_acc[0].shape[0]), **config,
+        run=run_dir.name, dataset=dataset_of(run_dir.name, group or run_dir.name), steps=steps,
+        epoch_of_step=epoch_of_step, train_acc=np.stack(train_acc), perplexity=np.stack(ppl),
+        test_acc=np.array(test_acc), example_ids=rows if rows is not None else np.arange(train_acc[0].shape[0]), **config,
     )
 
 
 def read_runs(root: str | os.PathLike | None) -> list[RunDynamics]:
-    """Every run under root (sorted by name); a root that is itself one run reads as [that run]."""
+    """Every run under root (sorted by name); a root that is itself one run reads as [that run].
+    Runs of every dataset are returned: `dynamics.by_dataset` groups them."""
     root = resolve_root(root)
     if checkpoint_dirs(root):
         return [read_run(root)]
     run_dirs = sorted(d for d in root.iterdir() if d.is_dir() and checkpoint_dirs(d))
     if not run_dirs:
         raise PremError(f"no runs (folders with checkpoint-<step> subfolders) in {root}")
-    return [read_run(d) for d in run_dirs]
+    return [read_run(d, group=root.resolve().name) for d in run_dirs]
+
+
+def read_datasets(root: str | os.PathLike | None, names: list[str] | None = None,
+                  taus: dict | None = None) -> tuple[list[RunDynamics], dict[str, float]]:
+    """The runs of every dataset under root (or of `names`, in that order), grouped by dataset, and
+    each dataset's threshold ({dataset: tau}, for dynamics.checkpoint_table)."""
+    root = resolve_root(root)
+    groups = by_dataset(read_runs(root), names)
+    unknown = sorted(set(taus or {}) - set(groups))
+    if unknown:
+        raise PremError(f"released_taus: no runs of dataset {', '.join(map(repr, unknown))} in {root}; "
+                        f"datasets: {', '.join(groups)}")
+    return [r for runs in groups.values() for r in runs], {d: tau_for(d, taus)[0] for d in groups}

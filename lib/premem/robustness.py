@@ -66,7 +66,7 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
     from premem import training
 
     record_dir = Path(record_dir)
-    cfg = sweep.read_config(record_dir)
+    cfg = record.read_config(record_dir)
     runs = record.read_runs(record_dir)
     dyn = pick_run(runs, run)
     k = k or cfg.robustness_k or cfg.k
@@ -108,7 +108,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
     record_dir = Path(record_dir)
     runs = record.read_runs(record_dir)
     run = pick_run(runs, run).run  # resolved once, so every worker samples the same run at the same tau
-    tau = metrics.chosen_tau(sweep.read_config(record_dir), runs)[0] if tau is None else tau
+    tau = metrics.chosen_tau(record.read_config(record_dir), runs)[0] if tau is None else tau
     tables = sweep.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
                                   workers)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)

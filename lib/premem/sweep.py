@@ -300,7 +300,7 @@ def quiet_libraries() -> None:
 def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
     """(train examples of `run`, test examples) as the sweep used them, from run.json's ids."""
     record_dir = Path(record_dir)
-    cfg = cfg or read_config(record_dir)
+    cfg = cfg or record.read_config(record_dir)
     info = json.loads((record_dir / "runs" / run / "run.json").read_text())
     train_all, test = load_examples(cfg)
     by_id = {ex.id: ex for ex in train_all}
@@ -318,13 +318,6 @@ def final_checkpoint(record_dir: str | Path, run: str) -> Path:
     if not ckpts:
         raise PremError(f"run {run}: no finished checkpoints under {Path(record_dir) / 'runs' / run / 'train'}")
     return Path(ckpts[-1]["path"])
-
-
-def read_config(record_dir: str | Path) -> Params:
-    f = Path(record_dir) / "config.json"
-    if not f.is_file():
-        raise PremError(f"not a premem record folder (no config.json): {record_dir}")
-    return Params.model_validate(json.loads(f.read_text())["params"])
 
 
 def versions() -> dict:
