@@ -61,11 +61,11 @@ def qlora(tmp: Path) -> dict:
     train, test, held = sweep.load_examples(cfg, heldout=True)
     spec = sweep.RunSpec("qlora", 1e-3, 2, 1.0, 0)
     t0 = time.perf_counter()
-    sweep.prepare_record_dir(cfg, tmp / "rec", force=False)
+    record.create(tmp / "rec", cfg)
     sweep.train_and_record(cfg, spec, train, test, tmp / "rec", str(base), held)
-    sweep.finish(tmp / "rec", [spec])
+    record.finish(tmp / "rec")
     dyn = record.read_runs(tmp / "rec")[0]
-    lm, _ = training.load_checkpoint(sweep.final_checkpoint(tmp / "rec", "qlora"), base=str(base))
+    lm, _ = training.load_checkpoint(record.final_checkpoint(tmp / "rec", "qlora"), base=str(base))
     return dict(seconds=round(time.perf_counter() - t0, 1), checkpoints=len(dyn.perplexity),
                 perplexity_first=float(np.nanmean(dyn.perplexity[0])),
                 perplexity_last=float(np.nanmean(dyn.perplexity[-1])), train_acc_last=float(dyn.train_acc[-1].mean()),

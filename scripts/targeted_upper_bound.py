@@ -21,7 +21,7 @@ import tempfile
 import pandas as pd
 import torch
 
-from premem import config, curation, grading, model, sweep, tasks
+from premem import config, curation, grading, model, recorder, sweep, tasks
 
 
 def held_back(ex, seen: int) -> list[str]:
@@ -57,7 +57,7 @@ def main():
     spec = sweep.RunSpec(args.kind, cfg.curation_lr, args.epochs, 1.0, args.seed)
     with tempfile.TemporaryDirectory() as out:  # trained as a curation round is
         sweep.finetune_on(cfg, lm, tok, data, out, spec, args.epochs, args.epochs)
-    answers = sweep.sample_answers(cfg, lm, base, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],
+    answers = recorder.sample_answers(cfg, lm, base, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],
                                    cfg.k_test, seed=args.seed)
     rows = [dict(held_back=min(2, len(held_back(ex, seen))), phrasing="+".join(held_back(ex, seen)) or "-",
                  correct=g.correct)

@@ -149,7 +149,7 @@ def test_forgetting_events_by_hand():
 
 
 def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path, monkeypatch):
-    from premem import model as model_lib, sweep
+    from premem import model as model_lib, record, recorder
 
     cfg = load_params(SMOKE, k_test=2)
     assert curation.chain_of(curation.run_name("low_train_acc", 2, 11)) == ("low_train_acc", 2, 11)
@@ -159,7 +159,7 @@ def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path,
         curation._write_examples(tmp_path / "collected" / f"{name}.jsonl", exs)
     right = {ex.question for ex in pool[::2]}  # the judge gets pool[0], [2], [4], ... right, the others wrong
     judges = []
-    monkeypatch.setattr(sweep, "final_checkpoint", lambda folder, run: run)
+    monkeypatch.setattr(record, "final_checkpoint", lambda folder, run: run)
     monkeypatch.setattr(model_lib, "load_base", lambda run, **kw: (run, None))
     monkeypatch.setattr(tasks, "format_prompt",
                         lambda ex, t: ex.question if ex.question in right else "wrong:" + ex.question)
@@ -169,7 +169,7 @@ def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path,
         judges.append(lm)
         gold = {ex.question: ex.answer for ex in pool}
         return [[f"{tasks.MARKER} {-1 if p.startswith('wrong:') else gold[p]}"] * k for p in prompts]
-    monkeypatch.setattr(sweep, "sample_answers", fake_sample)
+    monkeypatch.setattr(recorder, "sample_answers", fake_sample)
     got = curation.collected_accuracy(cfg, tmp_path, progress=False).set_index(["strategy", "round"])
     # pool[0..2]: right, wrong, right; pool[3..4]: wrong, right; pool[5..8]: wrong, right, wrong, right
     assert got.accuracy.to_dict() == {("iid", 1): 0.5, ("premem", 1): 2 / 3, ("premem", 2): 0.5}

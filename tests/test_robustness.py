@@ -78,7 +78,7 @@ def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monk
     calls, graded = [], []
     monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
     real_grade_many = grading.grade_many
-    monkeypatch.setattr(grading, "grade_many", lambda c, g: graded.extend(c) or real_grade_many(c, g))
+    monkeypatch.setattr(grading, "grade_many", lambda c, g, checker: graded.extend(c) or real_grade_many(c, g, checker))
     table = robustness.robustness_table(out, run, perturbation="first", k=3, seed=101, progress=False)
     assert list(table.columns) == robustness.COLUMNS and len(table) == len(examples)
     assert table.example_id.tolist() == [ex.id for ex in examples]

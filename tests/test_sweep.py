@@ -58,7 +58,7 @@ def test_tables_have_the_documented_columns_and_sizes(smoke_record):
            for r in runs[runs.lr == cfg.lrs[0]].itertuples()}
     assert ids[0.5] < ids[1.0] and len(ids[0.5]) == cfg.n_train // 2
     config = json.loads((out / "config.json").read_text())
-    assert config["hash"] == cfg.hash() and "torch" in config["versions"]
+    assert config["hash"] == cfg.hash() and "torch" in config["provenance"][0]["versions"]
 
 
 def test_record_reads_into_dynamics(smoke_record):

@@ -3,6 +3,8 @@
 premem pretrain     pretrain (or find) the embedded base model; --ship copies it into models/
 premem sweep        finetune over a params grid, recording samples and perplexities per checkpoint
 premem fit PATH     relate pre-memorization accuracy to test accuracy over a folder of runs, per dataset
+premem record DIR   record the checkpoint-* folders any trainer saved in DIR (your own run, your own data)
+premem examples PATH  one row per training example: pre-mem accuracy, when it was first memorised, ...
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
 premem ledger       the claims ledger (figures/claims.md) from the notebooks' saved results
 """
@@ -26,17 +28,26 @@ def load_runs(path: str | Path):
     return record.read_runs(path) if record.is_record_dir(path) else released.read_runs(path)
 
 
-def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], everywhere: float | None) -> dict:
+def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], everywhere: float | None,
+                 rule: str | None = None, quantile: float | None = None) -> dict:
     """{dataset: (tau, how it was chosen)} for every group, all resolved before any fit: a
-    `--tau NAME=T`, else `--tau T`, else a premem record's own params (its tau or tau rule), else
-    the authors' threshold for the datasets they released; any other dataset is an error."""
+    `--tau NAME=T`, else `--tau T`, else `--tau-rule heldout` (calibrated on the held-out examples
+    the record holds), else a premem record's own params (its tau or tau rule), else the authors'
+    threshold for the datasets they released; any other dataset is an error."""
     from premem import metrics, record, released
+    from premem.config import load_params
 
     unknown = set(by_name) - set(groups)
     if unknown:
         raise PremError(f"--tau for dataset {', '.join(map(repr, sorted(unknown)))}, which is not in {path}; "
                         f"datasets here: {', '.join(groups)}")
     own = record.read_config(path) if record.is_record_dir(path) else None
+    if rule is not None or quantile is not None:
+        effective = rule or (own.tau_rule if own else "fixed")
+        if quantile is not None and effective != "heldout":
+            raise PremError("--tau-quantile sets the heldout rule's quantile: pass --tau-rule heldout too")
+        keys = dict(tau_rule=effective) | ({} if quantile is None else dict(tau_quantile=quantile))
+        own = load_params({**(own.model_dump() if own else {}), **keys})  # validated: a bad quantile is named
     out = {}
     for name, runs in groups.items():
         if name in by_name or everywhere is not None:
@@ -77,12 +88,13 @@ def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
 
 
 def fit_datasets(path: str | Path, taus: dict[str, float] | None = None, tau: float | None = None,
-                 datasets: list[str] | None = None) -> list[dict]:
+                 datasets: list[str] | None = None, rule: str | None = None,
+                 quantile: float | None = None) -> list[dict]:
     """`premem fit`: one summary per dataset in the folder (or only `datasets`), each at its own tau."""
     from premem.dynamics import by_dataset
 
     groups = by_dataset(load_runs(path), datasets)
-    chosen = dataset_taus(path, groups, taus or {}, tau)
+    chosen = dataset_taus(path, groups, taus or {}, tau, rule, quantile)
     return [fit_summary(runs, *chosen[name]) for name, runs in groups.items()]
 
 
@@ -100,13 +112,20 @@ def print_fit(summary: dict) -> None:
     print(f"{s['dataset']}: test ~ train accuracy: R² {s['train_acc_r2']:.3f}")
 
 
-def cmd_fit(args) -> int:
+def tau_flags(args) -> tuple[dict[str, float], float | None]:
+    """(--tau NAME=T by name, the one --tau T for every dataset or None)."""
     by_name = dict(t for t in args.tau if isinstance(t, tuple))
     everywhere = [t for t in args.tau if not isinstance(t, tuple)]
     if len(everywhere) > 1:
         raise PremError(f"--tau given {len(everywhere)} times without a dataset name: give one, or NAME=T each")
-    summaries = fit_datasets(args.path, by_name, everywhere[0] if everywhere else None,
-                             [args.dataset] if args.dataset else None)
+    if args.tau and args.tau_rule:
+        raise PremError("--tau and --tau-rule both given: a threshold is either fixed or calibrated")
+    return by_name, everywhere[0] if everywhere else None
+
+
+def cmd_fit(args) -> int:
+    summaries = fit_datasets(args.path, *tau_flags(args), [args.dataset] if args.dataset else None,
+                             args.tau_rule, args.tau_quantile)
     for i, summary in enumerate(summaries):
         if args.json:  # JSON Lines: one object per dataset
             print(json.dumps(summary, default=float))
@@ -129,6 +148,47 @@ def tau_arg(text: str):
     if not math.isfinite(tau):
         raise argparse.ArgumentTypeError(f"{text!r}: tau must be a finite number")
     return (name, tau) if name else tau
+
+
+def cmd_record(args) -> int:
+    from premem import recorder
+    from premem.config import load_params
+
+    cfg = recorder.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
+    # Every input is read and checked before any model is loaded.
+    splits = {s: recorder.load_own_examples(cfg, cfg.data_files.get(s), s) for s in ("train", "test", "heldout")}
+    recorder.saved_checkpoints(args.checkpoints_dir, args.checkpoints)
+    out = Path(args.out) if args.out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
+    print(recorder.record_saved(cfg, args.checkpoints_dir, out, splits["train"], splits["test"], splits["heldout"],
+                                select=args.checkpoints, base=args.base, run=args.run, fraction=args.fraction,
+                                baselines=args.baselines, progress=not args.quiet))
+    return 0
+
+
+def cmd_examples(args) -> int:
+    import pandas as pd
+
+    from premem import io, recorder
+    from premem.dynamics import by_dataset, example_table, pick_run
+
+    io.check_table_suffix(args.out)
+    if args.below is not None and Path(args.out).suffix != ".jsonl":
+        raise PremError(f"--below writes the training rows themselves: --out must end in .jsonl, got {args.out}")
+    runs = load_runs(args.path)
+    runs = [pick_run(runs, args.run)] if args.run else runs
+    groups = by_dataset(runs)
+    chosen = dataset_taus(args.path, groups, *tau_flags(args), args.tau_rule, args.tau_quantile)
+    table = pd.concat([example_table(r, chosen[d][0]) for d, g in groups.items() for r in g], ignore_index=True)
+    if args.below is None:
+        io.write_table(args.out, table)
+        print(f"{args.out}: {len(table)} examples of {len(runs)} runs")
+        return 0
+    if len(runs) != 1:
+        raise PremError(f"--below picks the examples of one run; {len(runs)} runs here: choose one with --run")
+    picked = table.loc[table.pre_mem_acc <= args.below, "example_id"].astype(str).tolist()
+    n = recorder.write_training_rows(args.path, picked, args.out)
+    print(f"{args.out}: {n} of {len(table)} training examples with pre-memorization accuracy <= {args.below:g}")
+    return 0
 
 
 def cmd_pretrain(args) -> int:
@@ -174,6 +234,16 @@ def cmd_ledger(args) -> int:
     return 0
 
 
+def tau_options(p) -> None:
+    p.add_argument("--tau", type=tau_arg, action="append", default=[], metavar="[NAME=]T",
+                   help="memorization threshold on log(log(perplexity)): T for every dataset, NAME=T for one "
+                        "(repeatable); default: a record's own params, else the authors' (gsm8k -2.3, math -1.7)")
+    p.add_argument("--tau-rule", choices=["fixed", "heldout"], help="heldout: calibrate tau on the record's held-out "
+                   "examples (no test labels) whatever its params say")
+    p.add_argument("--tau-quantile", type=float, help="the held-out quantile the heldout rule takes (default: the "
+                   "record's tau_quantile, 0.05)")
+
+
 class Parser(argparse.ArgumentParser):
     """Bad flags get the one-line `premem: error: ...` of every other bad input (argparse would
     print the usage first), with exit 2."""
@@ -188,12 +258,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit test accuracy on pre-memorization accuracy over a folder of runs")
     p.add_argument("path", help="folder of runs: premem sweep output or the authors' released ckpts/")
-    p.add_argument("--tau", type=tau_arg, action="append", default=[], metavar="[NAME=]T",
-                   help="memorization threshold on log(log(perplexity)): T for every dataset, NAME=T for one "
-                        "(repeatable); default: a record's own params, else the authors' (gsm8k -2.3, math -1.7)")
     p.add_argument("--dataset", metavar="NAME", help="fit only this dataset (run-name prefix, e.g. gsm8k or math)")
+    tau_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per dataset, a line each")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("record", help="record the checkpoint-* folders any trainer saved (your own run)")
+    p.add_argument("checkpoints_dir", help="the trainer's output_dir, holding checkpoint-<step> folders")
+    p.add_argument("--data", required=True, help="the training data, JSON Lines (fields: the params' task_options)")
+    p.add_argument("--test", help="test data (JSON Lines): test accuracy at every checkpoint")
+    p.add_argument("--heldout", help="training-distribution data never trained on (JSON Lines): calibrates tau")
+    p.add_argument("--params", required=True, help="params YAML: the recording keys (k, templates, task_options...)")
+    p.add_argument("--out", help="record folder (default <out_dir>/<name>-<config hash>); another run adds to it")
+    p.add_argument("--checkpoints", default="all", help="all (default), steps 100,200, or a step range 100-300")
+    p.add_argument("--base", help="the model training started from: adapters go on it (default: their "
+                                  "adapter_config's base), full models get param_distance from it")
+    p.add_argument("--run", help="the run's name in the record (default: the checkpoints folder's name)")
+    p.add_argument("--fraction", type=float, default=1.0, help="record a seeded random fraction of the training examples")
+    p.add_argument("--baselines", action="store_true", help="also the baseline predictors param_distance and "
+                                                            "grad_variance (a backward pass per minibatch)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_record)
+    p = sub.add_parser("examples", help="one row per training example: pre-mem accuracy, first memorised, ...")
+    p.add_argument("path", help="a record folder (or the authors' released ckpts/ or one run of it)")
+    p.add_argument("--out", required=True, help="the table: .parquet, .csv or .jsonl")
+    p.add_argument("--run", help="only this run")
+    tau_options(p)
+    p.add_argument("--below", type=float, metavar="T", help="write instead the training rows (JSON Lines, your own "
+                   "data's lines as they are) whose final pre-memorization accuracy is <= T: what Algorithm 1 "
+                   "collects more of")
+    p.set_defaults(func=cmd_examples)
     p = sub.add_parser("pretrain", help="pretrain the embedded base model of a params file (cached)")
     p.add_argument("--params", required=True, help="params YAML file with base_model: embedded")
     p.add_argument("--ship", action="store_true", help="copy it into models/, which the repository carries")

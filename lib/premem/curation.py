@@ -250,7 +250,7 @@ def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example],
     from premem import model as model_lib, training
 
     if spec.epochs == IFD_EPOCHS:
-        return training.load_checkpoint(sweep.final_checkpoint(out, spec.run))
+        return training.load_checkpoint(record.final_checkpoint(out, spec.run))
     lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization)
     ckpts = sweep.finetune_on(cfg, lm, tok, train, out / "ifd" / spec.run, spec, IFD_EPOCHS, IFD_EPOCHS)
@@ -317,7 +317,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     cfg = curation_params(cfg)
     originals, test, held = sweep.load_examples(cfg, heldout=True)
     source = source_for(cfg)
-    sweep.prepare_record_dir(cfg, out, force, extra_keys=CURATION_KEYS)
+    record.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
     base = sweep.base_model_path(cfg, progress=progress)
     lr, epochs = cfg.curation_lr, cfg.curation_epochs
     plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
@@ -326,8 +326,6 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
         return sweep.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
 
-    every = sorted({spec_of(s, r, seed) for s in plan for r in range(len(plan[s]) + 1)
-                    for seed in cfg.curation_seeds}, key=lambda sp: sp.run)
     n_rounds, rows = max(len(b) for b in plan.values()), []
     for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
@@ -336,8 +334,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
                       if not reads_history(plan, s, r, cfg.curation_top_fraction)}
         sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True,
                        final_only=final_only)
-        # read_runs needs every run that has parts listed: on a rerun, later rounds' runs too.
-        sweep.finish(out, [sp for sp in every if (out / "runs" / sp.run / "run.json").exists()])
+        record.finish(out)  # every run started so far: on a rerun, later rounds' runs too
         dyns = {d.run: d for d in record.read_runs(out)}
         for s, seed in chains:
             spec = spec_of(s, r, seed)
@@ -382,11 +379,12 @@ def base_test_acc(folder: str | Path) -> float:
 def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:
     """Per example, the fraction of k_test sampled answers that are right, sampled as a run's final
     checkpoint is (cfg.data_seed): the base model's test accuracy and `collected_accuracy` use it."""
-    from premem import grading
+    from premem import grading, recorder
 
     prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
-    answers = sweep.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
-    return np.asarray([np.mean([g.correct for g in grading.grade_many(a, ex.answer)])
+    answers = recorder.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
+    checker = tasks.answer_checker(cfg)
+    return np.asarray([np.mean([g.correct for g in grading.grade_many(a, ex.answer, checker)])
                        for ex, a in zip(examples, answers)], dtype=float)
 
 
@@ -449,7 +447,7 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
             by_judge.setdefault(run_name(s, r - 1, seed), []).append((key, _read_examples(f)))
     rows = done.to_dict("records")
     for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
-        ckpt = sweep.final_checkpoint(folder, judge)
+        ckpt = record.final_checkpoint(folder, judge)
         lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
         acc = iter(example_accuracy(cfg, lm, ckpt, tok, [ex for _, exs in items for ex in exs]))
         for (s, r, seed), exs in items:

@@ -121,3 +121,21 @@ def checkpoint_table(runs: list[RunDynamics], tau: float | dict[str, float]):
             row.update({k: float(np.asarray(v)[j]) for k, v in r.extra.items()})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def example_table(run: RunDynamics, tau: float):
+    """One row per training example of a run, at its last checkpoint: pre-memorization and train
+    accuracy, the gold solution's perplexity, and the epoch and step it was first memorised
+    (log(log(perplexity)) < tau; NaN when never). What a user curates data from."""
+    import pandas as pd
+
+    measured = ~np.isnan(run.perplexity)
+    mem = metrics.memorized(run.perplexity, tau) & measured
+    first = np.where(mem.any(axis=0), mem.argmax(axis=0), -1)
+    epochs = run.epoch_of_step if run.epoch_of_step is not None else np.full(len(run.steps), np.nan)
+    return pd.DataFrame(dict(
+        run=run.run, dataset=run.dataset or DEFAULT_DATASET, example_id=run.example_ids,
+        pre_mem_acc=metrics.pre_mem_acc(run.train_acc, run.perplexity, tau)[-1], train_acc=run.train_acc[-1],
+        perplexity=run.perplexity[-1],
+        first_memorized_epoch=np.where(first >= 0, np.asarray(epochs, dtype=float)[first], np.nan),
+        first_memorized_step=np.where(first >= 0, run.steps[first].astype(float), np.nan), tau=float(tau)))

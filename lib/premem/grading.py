@@ -101,24 +101,85 @@ def _lenient(answer: str, gold: str) -> bool:
     return bool(verify(gold_p, ans_p, timeout_seconds=5 if on_main else None))
 
 
-def grade(completion: str, gold: str) -> Grade:
-    """Grade one completion against a gold answer (already the bare answer, e.g. "42" or "\\frac{1}{2}")."""
-    answer = extract_answer(completion)
-    if answer is None:
-        return Grade(answer=None, parse_ok=False, correct_strict=False, correct=False)
-    strict = answer == normalize_answer(gold)
-    if strict:
-        return Grade(answer=answer, parse_ok=True, correct_strict=True, correct=True)
+def _extracting(extract, lenient: bool = True):
+    """A checker that extracts the answer with `extract`, compares it to the gold answer strictly
+    (normalised strings) and, if `lenient`, with math-verify."""
+    def check(completion: str, gold: str) -> Grade:
+        answer = extract(completion)
+        if answer is None:
+            return Grade(answer=None, parse_ok=False, correct_strict=False, correct=False)
+        strict = answer == normalize_answer(gold)
+        if strict or not lenient:
+            return Grade(answer=answer, parse_ok=True, correct_strict=strict, correct=strict)
+        try:
+            ok = _lenient(answer, normalize_answer(gold))
+        except Exception:  # math-verify/sympy failure on odd text: the strict judgement stands
+            ok = strict
+        return Grade(answer=answer, parse_ok=True, correct_strict=strict, correct=ok)
+
+    return check
+
+
+def boxed_answer(text: str) -> str | None:
+    """The normalised contents of the last \\boxed{...}; None when there is none."""
+    answer = extract_boxed(text)
+    return normalize_answer(answer) or None if answer is not None else None
+
+
+def _math_verify_whole(completion: str, gold: str) -> Grade:
+    """math-verify finds the answer in the whole completion itself (its last boxed or final expression)."""
+    from math_verify import parse
+
+    on_main = threading.current_thread() is threading.main_thread()
     try:
-        lenient = _lenient(answer, normalize_answer(gold))
-    except Exception:  # math-verify/sympy failure on odd text: the strict judgement stands
-        lenient = strict
-    return Grade(answer=answer, parse_ok=True, correct_strict=strict, correct=lenient)
+        found = parse(completion, parsing_timeout=5 if on_main else None)
+    except Exception:
+        found = []
+    if len(found) < 2:
+        return Grade(answer=None, parse_ok=False, correct_strict=False, correct=False)
+    answer = normalize_answer(str(found[1]))
+    strict = answer == normalize_answer(gold)
+    try:
+        ok = strict or _lenient(answer, normalize_answer(gold))
+    except Exception:
+        ok = strict
+    return Grade(answer=answer, parse_ok=True, correct_strict=strict, correct=ok)
 
 
-def grade_many(completions: Sequence[str], gold: str | Sequence[str]) -> list[Grade]:
+def _exact(completion: str, gold: str) -> Grade:
+    answer = completion.strip()
+    ok = answer == gold.strip()
+    return Grade(answer=answer or None, parse_ok=bool(answer), correct_strict=ok, correct=ok)
+
+
+# How a completion is judged right, per dataset (a task's `checker` option). A new checker is one
+# entry here. `correct` is what accuracies read; `correct_strict` is the exact-string judgement.
+CHECKERS = {
+    "marker": _extracting(extract_answer),  # the text after "####", strict beside math-verify (GSM8k style)
+    "strict": _extracting(extract_answer, lenient=False),  # the text after "####", exact match only
+    "boxed": _extracting(boxed_answer),  # the last \\boxed{...} (MATH style), strict beside math-verify
+    "math_verify": _math_verify_whole,  # math-verify's own extraction from the whole completion
+    "exact": _exact,  # the whole completion, stripped, equals the gold string
+}
+# Checkers that can also read the gold answer off a solution, when the data has no answer field.
+ANSWER_IN_SOLUTION = {"marker": extract_answer, "strict": extract_answer, "boxed": boxed_answer}
+
+
+def check_checker(name: str) -> str:
+    if name not in CHECKERS:
+        raise PremError(f"unknown answer checker {name!r}; known: {', '.join(CHECKERS)}")
+    return name
+
+
+def grade(completion: str, gold: str, checker: str = "marker") -> Grade:
+    """Grade one completion against a gold answer (already the bare answer, e.g. "42" or "\\frac{1}{2}")."""
+    return CHECKERS[check_checker(checker)](completion, gold)
+
+
+def grade_many(completions: Sequence[str], gold: str | Sequence[str], checker: str = "marker") -> list[Grade]:
     """`grade` over many completions; `gold` is one answer for all or one per completion."""
     golds = [gold] * len(completions) if isinstance(gold, str) else list(gold)
     if len(golds) != len(completions):
         raise PremError(f"grade_many: {len(completions)} completions but {len(golds)} gold answers")
-    return [grade(c, g) for c, g in zip(completions, golds)]
+    check = CHECKERS[check_checker(checker)]
+    return [check(c, g) for c, g in zip(completions, golds)]

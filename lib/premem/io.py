@@ -41,6 +41,31 @@ def write_parquet(path: str | os.PathLike, df) -> Path:
     return Path(path)
 
 
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+
+
+def check_table_suffix(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        from premem.errors import PremError
+
+        raise PremError(f"{path}: a table is written as {', '.join(TABLE_SUFFIXES)}; got '{path.suffix or 'no suffix'}'")
+    return path
+
+
+def write_table(path: str | os.PathLike, df) -> Path:
+    """A tidy table as parquet, CSV or JSON Lines, by the path's suffix, atomically."""
+    path = check_table_suffix(path)
+    if path.suffix == ".parquet":
+        return write_parquet(path, df)
+    with atomic_target(path) as tmp:
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", lines=True)
+    return path
+
+
 def save_result(cfg, notebook: str, table_name: str, df) -> Path:
     """A notebook's tidy table as <out_dir>/results/<notebook>/<params name>/<table>.parquet, with the
     config that produced it beside it."""

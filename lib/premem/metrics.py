@@ -56,6 +56,21 @@ def dataset_mean(per_example) -> np.ndarray:
         return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
+def mean_interval(values, population: int | None = None, level: float = 0.95) -> tuple[float, float]:
+    """The `level` t interval of the mean of `values` (NaN skipped) as an estimate of the mean over a
+    population of `population` items they were drawn from without replacement (finite population
+    correction; None: an unlimited population). A census (all items) has no width."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size < 2:
+        return (np.nan, np.nan)
+    correction = 1.0 if population is None else max(population - x.size, 0) / max(population - 1, 1)
+    half = t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size) * np.sqrt(correction)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
 @dataclass(frozen=True)
 class Fit:
     """Ordinary least squares of y (test accuracy) on x (a predictor), with 95% intervals."""

@@ -1,32 +1,87 @@
-"""The dynamics record premem writes: one folder per sweep, tidy parquet tables, and their config.
+"""The dynamics record: premem's one format for training dynamics.
 
-    <record>/config.json               resolved params, their hash, library versions
-    <record>/samples.parquet           run, step, epoch, split, example_id, sample_idx, correct,
-                                       correct_strict, parse_ok, answer
-    <record>/perplexity.parquet        run, step, epoch, example_id, trained, nll, n_tokens, perplexity
-                                       (trained False: held-out training examples, for tau calibration)
-    <record>/checkpoints.parquet       run, step, epoch, and per-checkpoint predictors
-                                       (param_distance, grad_variance)
-    <record>/runs.parquet              run, lr, epochs, data_fraction, seed, n_train
-    <record>/runs/<run>/...            per-run work: trainer checkpoints and per-checkpoint parts
+premem's sweep writes it, `premem record` writes it from any trainer's saved checkpoints,
+`PreMemCallback` writes it during training; every metric, notebook and the claims ledger read it.
+This module owns the format: the schema below writes, validates on read, and renders the README's
+table, so the three writers cannot drift apart.
 
-The top-level tables are concatenations of per-checkpoint parts, each written atomically when that
-checkpoint is recorded, so a killed sweep loses at most the checkpoint in progress. Any trainer that
-writes these tables can be read by `premem fit`.
+    <record>/config.json                 resolved params, their hash, and provenance: the versions
+                                         and time of every session that wrote to the record
+    <record>/samples.parquet ...         the tables of SCHEMA, concatenations of the parts
+    <record>/runs/<run>/run.json         the run: lr, epochs, data_fraction, seed, n_train, example_ids
+    <record>/runs/<run>/parts/<table>-<step>.parquet   one per recorded checkpoint, written atomically
+    <record>/runs/<run>/done.json        the run is finished (its recorded steps)
+    <record>/runs/<run>/train/           the trainer's checkpoints, when premem trained the run
+
+A killed writer loses at most the checkpoint in progress; `finish` rebuilds the top-level tables
+from the parts, identically on every rerun.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from premem import io
 from premem.config import Params
 from premem.dynamics import RunDynamics
 from premem.errors import PremError
 
-TABLES = ("samples", "perplexity", "checkpoints")
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # str | int | number (int or float, NaN allowed) | bool
+    meaning: str
+    required: bool = True
+
+
+SCHEMA: dict[str, tuple[Column, ...]] = {
+    "runs": (
+        Column("run", "str", "run name"),
+        Column("lr", "number", "peak learning rate (NaN: not known)"),
+        Column("epochs", "number", "epochs trained (NaN: not known)"),
+        Column("data_fraction", "number", "fraction of the training set the run trained on"),
+        Column("seed", "int", "training seed"),
+        Column("n_train", "int", "training examples the run trained on"),
+    ),
+    "samples": (
+        Column("run", "str", "run name"),
+        Column("step", "int", "optimiser step of the checkpoint"),
+        Column("epoch", "number", "epoch of the checkpoint"),
+        Column("split", "str", "`train` or `test`"),
+        Column("example_id", "str", "example id (the data's own, else its line or index)"),
+        Column("sample_idx", "int", "which of the k samples"),
+        Column("correct", "bool", "right by the task's answer checker (math-verify, gold first, by default)"),
+        Column("correct_strict", "bool", "right by exact match of the normalised answer (`#### N`)"),
+        Column("parse_ok", "bool", "an answer could be extracted"),
+        Column("answer", "str", "the extracted answer (null: none)"),
+    ),
+    "perplexity": (
+        Column("run", "str", "run name"),
+        Column("step", "int", "optimiser step of the checkpoint"),
+        Column("epoch", "number", "epoch of the checkpoint"),
+        Column("example_id", "str", "example id"),
+        Column("trained", "bool", "a training example (false: held out, for tau calibration)"),
+        Column("nll", "number", "NLL of the gold target, summed over its tokens"),
+        Column("n_tokens", "int", "target tokens (eos included)"),
+        Column("perplexity", "number", "exp(nll / n_tokens)"),
+    ),
+    "checkpoints": (
+        Column("run", "str", "run name"),
+        Column("step", "int", "optimiser step of the checkpoint"),
+        Column("epoch", "number", "epoch of the checkpoint"),
+        Column("param_distance", "number", "‖θ−θ₀‖² from the weights training started at (NaN: not known)",
+               required=False),
+        Column("grad_variance", "number", "variance of minibatch gradients of the training loss", required=False),
+    ),
+}
+TABLES = ("samples", "perplexity", "checkpoints")  # written per checkpoint; runs.parquet per record
 SORT_KEYS = {
     "samples": ["run", "step", "split", "example_id", "sample_idx"],
     "perplexity": ["run", "step", "example_id"],
@@ -35,9 +90,197 @@ SORT_KEYS = {
 }
 
 
+# ---- writing --------------------------------------------------------------------------------------
+
+def versions() -> dict:
+    """Versions of the packages that shape a record; None for one not installed (premem itself
+    when run from a source tree on PYTHONPATH, as on a bare GPU machine)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def get(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    names = ["premem", "torch", "transformers", "trl", "peft", "numpy", "pandas"]
+    return dict(python=platform.python_version(), **{n: get(n) for n in names})
+
+
+def create(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tuple[str, ...] = (),
+           command: str = "") -> Path:
+    """Create a record folder for `cfg`, or resume one made with the same config hash; another
+    config's record is refused unless `force` starts it afresh. Each call appends its versions and
+    time to the record's provenance, so a record keeps what produced every part of it."""
+    out = Path(out)
+    config_file = out / "config.json"
+    new = cfg.hash(*extra_keys)
+    old = read_json(config_file) if config_file.exists() else None
+    if old is not None and old.get("hash") != new and not force:
+        raise PremError(f"{out} holds a record of another config (hash {old.get('hash')}, now {new}): "
+                        "choose another --out or pass --force")
+    if force and out.exists():
+        if not (config_file.is_file() and old and "hash" in old and "params" in old) and any(out.iterdir()):
+            contents = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+            raise PremError(f"--force would delete {out} ({contents}), which is not a premem record: "
+                            "choose another --out")
+        shutil.rmtree(out)
+        old = None
+    out.mkdir(parents=True, exist_ok=True)
+    history = (old or {}).get("provenance", [])
+    history.append(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command, versions=versions()))
+    io.write_json(config_file, dict(hash=new, params=cfg.model_dump(mode="json"), provenance=history))
+    return out
+
+
+def run_dir(record_dir: str | Path, run: str) -> Path:
+    return Path(record_dir) / "runs" / run
+
+
+def start_run(record_dir: str | Path, run: str, *, lr, epochs, data_fraction, seed: int, example_ids) -> Path:
+    """Write (or check, on resume) a run's run.json; returns its folder."""
+    folder = run_dir(record_dir, run)
+    if epochs is not None and float(epochs).is_integer():
+        epochs = int(epochs)  # TrainingArguments holds 3.0; the sweep and trainer_state.json say 3
+    info = dict(run=run, lr=lr, epochs=epochs, data_fraction=data_fraction, seed=int(seed),
+                n_train=len(example_ids), example_ids=list(example_ids))
+    f = folder / "run.json"
+    if f.exists():
+        before = read_json(f)
+        if before.get("example_ids") != info["example_ids"]:
+            raise PremError(f"{f}: run {run} was recorded on other training examples; record it into another --out")
+    io.write_json(f, info)
+    return folder
+
+
+def run_info(record_dir: str | Path, run: str) -> dict:
+    return read_json(run_dir(record_dir, run) / "run.json")
+
+
+def part_path(folder: Path, table: str, step: int) -> Path:
+    return Path(folder) / "parts" / f"{table}-{step:08d}.parquet"
+
+
+def part_done(folder: Path, step: int) -> bool:
+    return all(part_path(folder, t, step).exists() for t in TABLES)
+
+
+def write_part(folder: Path, table: str, step: int, df: pd.DataFrame) -> Path:
+    """One checkpoint's rows of a table, checked against the schema, written atomically."""
+    check(df, table, f"{table} part of checkpoint {step} in {folder}")
+    return io.write_parquet(part_path(folder, table, step), df)
+
+
+def finish_run(folder: Path, steps: list[int]) -> None:
+    io.write_json(Path(folder) / "done.json", dict(checkpoints=[int(s) for s in steps]))
+
+
+def is_done(folder: Path) -> bool:
+    return (Path(folder) / "done.json").exists()
+
+
+def final_checkpoint(record_dir: str | Path, run: str) -> Path:
+    """The last checkpoint folder of a run premem trained (its weights are always kept)."""
+    from premem.training import finished_checkpoints
+
+    train = run_dir(record_dir, run) / "train"
+    ckpts = finished_checkpoints(train)
+    if not ckpts:
+        raise PremError(f"run {run}: no finished checkpoints under {train}")
+    return Path(ckpts[-1]["path"])
+
+
+def concat_parts(record_dir: Path, table: str, run: str = "*") -> pd.DataFrame:
+    """All per-checkpoint parts of a table (of one run, or all), in a fixed order so reruns give
+    identical files."""
+    parts = sorted((Path(record_dir) / "runs").glob(f"{run}/parts/{table}-*.parquet"))
+    if not parts:
+        raise PremError(f"no recorded {table} parts under {Path(record_dir) / 'runs' / run}")
+    df = pd.concat([read_table(p, table) for p in parts], ignore_index=True)
+    return df.sort_values(SORT_KEYS[table], kind="stable").reset_index(drop=True)
+
+
+def runs_table(record_dir: Path) -> pd.DataFrame:
+    """runs.parquet's rows, from every run.json under the record."""
+    rows = []
+    for f in sorted((Path(record_dir) / "runs").glob("*/run.json")):
+        info = read_json(f)
+        rows.append({c.name: info.get(c.name) for c in SCHEMA["runs"]})
+    if not rows:
+        raise PremError(f"no runs (runs/<run>/run.json) in {record_dir}")
+    return _numbers(pd.DataFrame(rows)).sort_values("run").reset_index(drop=True)
+
+
+def _numbers(runs: pd.DataFrame) -> pd.DataFrame:
+    """lr, epochs and data_fraction as numbers: NaN where a run's trainer did not say (None)."""
+    for c in ("lr", "epochs", "data_fraction"):
+        if runs[c].isna().any() or runs[c].dtype == object:
+            runs[c] = runs[c].astype(float)
+    return runs
+
+
+def finish(record_dir: str | Path) -> Path:
+    """Concatenate every run's parts into the top-level tables (identical on every rerun)."""
+    record_dir = Path(record_dir)
+    for table in TABLES:
+        io.write_parquet(record_dir / f"{table}.parquet", concat_parts(record_dir, table))
+    io.write_parquet(record_dir / "runs.parquet", runs_table(record_dir))
+    return record_dir
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def read_json(f: Path) -> dict:
+    try:
+        data = json.loads(Path(f).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise PremError(f"{f}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise PremError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise PremError(f"{f}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+_KIND_CHECKS = {
+    "str": lambda s: pd.api.types.is_string_dtype(s) or (pd.api.types.is_object_dtype(s) and s.map(
+        lambda v: v is None or isinstance(v, str)).all()) or s.isna().all(),
+    "int": pd.api.types.is_integer_dtype,
+    "number": lambda s: pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s),
+    "bool": pd.api.types.is_bool_dtype,
+}
+
+
+def check(df: pd.DataFrame, table: str, where) -> pd.DataFrame:
+    """The table's columns and kinds as SCHEMA says, or one error naming `where` and the column."""
+    missing = [c.name for c in SCHEMA[table] if c.required and c.name not in df.columns]
+    if missing:
+        raise PremError(f"{where}: missing columns {missing} of the {table} table (the record format is in "
+                        "premem.record.SCHEMA)")
+    for c in SCHEMA[table]:
+        if c.name in df.columns and len(df) and not _KIND_CHECKS[c.kind](df[c.name]):
+            raise PremError(f"{where}: column '{c.name}' holds {df[c.name].dtype}, expected {c.kind}")
+    return df
+
+
+def read_table(f: Path, table: str) -> pd.DataFrame:
+    """A parquet table of the record, validated; missing, truncated or foreign files are one error."""
+    if not f.is_file():
+        raise PremError(f"{f}: missing (a record holds {', '.join(t + '.parquet' for t in SCHEMA)})")
+    try:
+        df = pd.read_parquet(f)
+    except Exception as e:  # pyarrow raises several types for damaged files; all mean the same here
+        raise PremError(f"{f}: not a readable parquet table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return check(df, table, f)
+
+
 def is_record_dir(path: str | Path) -> bool:
+    """A folder holding a record, or what is left of one: its config.json, a table, or a run.json
+    (`read_runs` then says what is missing, rather than another reader failing on it)."""
     path = Path(path)
-    return (path / "config.json").is_file() and (path / "samples.parquet").is_file()
+    return ((path / "config.json").is_file() or any((path / f"{t}.parquet").exists() for t in SCHEMA)
+            or any((path / "runs").glob("*/run.json")))
 
 
 def read_config(record_dir: str | Path) -> Params:
@@ -45,38 +288,56 @@ def read_config(record_dir: str | Path) -> Params:
     f = Path(record_dir) / "config.json"
     if not f.is_file():
         raise PremError(f"not a premem record folder (no config.json): {record_dir}")
-    return Params.model_validate(json.loads(f.read_text())["params"])
-
-
-def part_path(run_dir: Path, table: str, step: int) -> Path:
-    return run_dir / "parts" / f"{table}-{step:08d}.parquet"
-
-
-def concat_parts(record_dir: Path, table: str) -> pd.DataFrame:
-    """All per-checkpoint parts of a table, in a fixed order so reruns give identical files."""
-    parts = sorted((record_dir / "runs").glob(f"*/parts/{table}-*.parquet"))
-    if not parts:
-        raise PremError(f"no recorded {table} parts under {record_dir / 'runs'}")
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    return df.sort_values(SORT_KEYS[table], kind="stable").reset_index(drop=True)
+    data = read_json(f)
+    if "params" not in data:
+        raise PremError(f"{f}: no 'params' entry; not a premem record's config")
+    try:
+        return Params.model_validate(data["params"])
+    except Exception as e:
+        raise PremError(f"{f}: params do not validate ({str(e).splitlines()[0]})") from None
 
 
 def read_runs(record_dir: str | Path) -> list[RunDynamics]:
-    """Every run in a record folder, as RunDynamics (train accuracy and perplexity per checkpoint)."""
+    """Every run in a record folder, as RunDynamics (train accuracy and perplexity per checkpoint).
+    A record still being written (no top-level tables yet) is read from its parts as they stand."""
     record_dir = Path(record_dir)
-    if not is_record_dir(record_dir):
-        raise PremError(f"not a premem record folder (needs config.json and samples.parquet): {record_dir}")
+    if not (record_dir / "config.json").is_file():
+        raise PremError(f"not a premem record folder (no config.json): {record_dir}")
+    return dynamics(*_tables(record_dir), _dataset(record_dir))
+
+
+def read_run_parts(record_dir: str | Path, run: str) -> RunDynamics:
+    """One run from its parts alone, e.g. while it is being recorded."""
+    record_dir = Path(record_dir)
+    return dynamics(*_tables(record_dir, run), _dataset(record_dir))[0]
+
+
+def _dataset(record_dir: Path) -> str | None:
     # One record, one task: one fit. Read as written, not validated: a record outlives schema changes.
-    dataset = json.loads((record_dir / "config.json").read_text()).get("params", {}).get("task")
-    samples = pd.read_parquet(record_dir / "samples.parquet")
-    ppl = pd.read_parquet(record_dir / "perplexity.parquet")
-    runs = pd.read_parquet(record_dir / "runs.parquet").set_index("run")
-    stats_file = record_dir / "checkpoints.parquet"
-    stats = pd.read_parquet(stats_file) if stats_file.exists() else None
-    if "trained" not in ppl.columns:  # records written before held-out scoring
-        ppl = ppl.assign(trained=True)
+    return read_json(record_dir / "config.json").get("params", {}).get("task")
+
+
+def _tables(record_dir: Path, run: str | None = None):
+    """(samples, perplexity, runs, checkpoints): the finished tables, or the parts (of `run`)."""
+    if run is None and (record_dir / "samples.parquet").exists():
+        tables = [read_table(record_dir / f"{t}.parquet", t) for t in ("samples", "perplexity", "runs")]
+        stats_file = record_dir / "checkpoints.parquet"
+        return (*tables, read_table(stats_file, "checkpoints") if stats_file.exists() else None)
+    runs = runs_table(record_dir)
+    if run is not None:
+        runs = runs[runs.run == run]
+    return (concat_parts(record_dir, "samples", run or "*"), concat_parts(record_dir, "perplexity", run or "*"),
+            runs, concat_parts(record_dir, "checkpoints", run or "*"))
+
+
+def dynamics(samples: pd.DataFrame, ppl: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame | None,
+             dataset: str | None) -> list[RunDynamics]:
+    """RunDynamics of every run in the tables."""
+    runs = runs.set_index("run")
     out = []
     for run, s in samples.groupby("run", sort=True):
+        if run not in runs.index:
+            raise PremError(f"run {run} has samples but no row in runs.parquet")
         train = s[s.split == "train"].pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
         test_s = s[s.split == "test"]
         test_correct = test_s.pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
@@ -98,13 +359,17 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
         out.append(RunDynamics(
             run=run, dataset=dataset, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
             perplexity=p.to_numpy(float), test_acc=test_correct.mean(axis=1).reindex(train.index).to_numpy(float),
-            lr=float(info.lr), epochs=int(info.epochs), data_fraction=float(info.data_fraction),
+            lr=_maybe(float, info.lr), epochs=_maybe(int, info.epochs), data_fraction=_maybe(float, info.data_fraction),
             example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,
             heldout_perplexity=None if held is None else held.to_numpy(float),
             test_correct=test_correct.reindex(train.index).to_numpy(float),
             test_confidence=majority_share(test_s).reindex(index=train.index, columns=test_correct.columns).to_numpy(float),
         ))
     return out
+
+
+def _maybe(kind, value):
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else kind(value)
 
 
 def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
@@ -115,3 +380,13 @@ def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
     top = counts.groupby(["step", "example_id"]).max()
     total = counts.groupby(["step", "example_id"]).sum()
     return (top / total).unstack("example_id")
+
+
+def schema_markdown() -> str:
+    """The README's table of the record format, from SCHEMA."""
+    lines = ["| table | column | kind | meaning |", "|---|---|---|---|"]
+    for table, columns in SCHEMA.items():
+        for i, c in enumerate(columns):
+            optional = "" if c.required else " (optional)"
+            lines.append(f"| {f'`{table}.parquet`' if i == 0 else ''} | `{c.name}` | {c.kind} | {c.meaning}{optional} |")
+    return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import grading, io, metrics, record, sweep, tasks
+from premem import grading, io, metrics, record, recorder, sweep, tasks
 from premem.dynamics import RunDynamics, pick_run
 from premem.errors import PremError
 
@@ -79,16 +79,16 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
         return pd.read_parquet(cached)
     examples, _ = sweep.run_examples(record_dir, run, cfg)
     acc = recorded_accuracy(dyn, tau).set_index("example_id")
-    ckpt = sweep.final_checkpoint(record_dir, run)
+    ckpt = record.final_checkpoint(record_dir, run)
     step = json.loads((ckpt / training.MARKER).read_text())["step"]
     if step != acc.step.iloc[0]:  # weights and record must be the same checkpoint
         raise PremError(f"run {run}: final checkpoint is step {step} but the record ends at step {acc.step.iloc[0]}")
     prompts, forced, golds = perturbed_queries(examples, perturbation, cfg.prompt_template, seed)
     lm, tok = training.load_checkpoint(ckpt)
-    completions = sweep.sample_answers(cfg, lm, ckpt, tok, prompts, k, seed, progress)
+    completions = recorder.sample_answers(cfg, lm, ckpt, tok, prompts, k, seed, progress)
     rows = []
     for ex, outs, pre, gold in zip(examples, completions, forced, golds):
-        grades = grading.grade_many([pre + c for c in outs], gold)
+        grades = grading.grade_many([pre + c for c in outs], gold, tasks.answer_checker(cfg))
         rows.append(dict(run=run, example_id=ex.id, perturbation=perturbation,
                          robustness=float(np.mean([g.correct for g in grades])),
                          pre_mem_acc=float(acc.pre_mem_acc[ex.id]), train_acc=float(acc.train_acc[ex.id]), k=k))

@@ -1,32 +1,27 @@
 """The sweep: finetune under a grid of configurations and record every checkpoint.
 
 For each run (lr x epochs x data fraction x seed): finetune from the base model, saving a checkpoint
-per epoch; at each checkpoint sample k answers for every training and test query, grade them, and
-compute the perplexity of every training target. Everything is cached: trainer checkpoints resume,
-each recorded checkpoint is a set of parquet parts written atomically, and a finished run is marked
-done, so a killed sweep rerun recomputes nothing that finished and yields identical tables.
+per epoch; at each checkpoint the recorder (premem.recorder) samples k answers for every training
+and test query, grades them, and computes the perplexity of every training target, into a record
+(premem.record). Everything is cached: trainer checkpoints resume, each recorded checkpoint is a
+set of parquet parts written atomically, and a finished run is marked done, so a killed sweep
+rerun recomputes nothing that finished and yields identical tables.
 """
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import platform
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from premem import io, record
+from premem import record
 from premem.config import Params
 from premem.errors import PremError
 
 
 SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
-GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-variance predictor
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -109,60 +104,6 @@ def save_every(cfg: Params, epochs: int) -> int:
     return max(cfg.save_every_epochs, -(-epochs // cfg.max_checkpoints))
 
 
-def part_done(run_dir: Path, step: int) -> bool:
-    return all(record.part_path(run_dir, t, step).exists() for t in record.TABLES)
-
-
-def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
-                   progress: bool = False) -> list[list[str]]:
-    """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
-    `checkpoint` folder (or hub id); the transformers backend samples the loaded `lm`."""
-    from premem import sampling
-
-    return sampling.sample(
-        str(checkpoint) if cfg.backend == "vllm" else lm, tok, prompts, k=k, temperature=cfg.temperature,
-        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
-        batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
-
-
-def record_checkpoint(cfg: Params, spec: RunSpec, run_dir: Path, step: int, epoch: int, lm, tok,
-                      train, test, init_state, heldout=()) -> None:
-    """Samples, grades and perplexities at one checkpoint, written as parquet parts: `train` (the
-    examples recorded) sampled and scored, `test` sampled (empty: none), `heldout` scored."""
-    from premem import grading, perplexity, tasks, training
-
-    if part_done(run_dir, step):
-        return
-    seed = cfg.data_seed * 1_000_003 + spec.seed * 10_007 + step  # independent of what ran before
-    rows = []
-    for split, examples, k in (("train", train, cfg.k), ("test", test, cfg.k_test or cfg.k)):
-        prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
-        # The checkpoint folder the trainer has just written, for vLLM.
-        completions = sample_answers(cfg, lm, run_dir / "train" / f"checkpoint-{step}", tok, prompts, k, seed)
-        for ex, outs in zip(examples, completions):
-            for j, g in enumerate(grading.grade_many(outs, ex.answer)):
-                rows.append(dict(run=spec.run, step=step, epoch=epoch, split=split, example_id=ex.id,
-                                 sample_idx=j, correct=g.correct, correct_strict=g.correct_strict,
-                                 parse_ok=g.parse_ok, answer=g.answer))
-    scored = list(train) + list(heldout)
-    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in scored]
-    targets = [tasks.format_target(ex, cfg.target_template) for ex in scored]
-    nll, n_tokens = perplexity.target_nll(lm, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
-                                          progress=False)
-    ppl = pd.DataFrame(dict(run=spec.run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
-                            trained=[i < len(train) for i in range(len(scored))],
-                            nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
-    prompts, targets = prompts[:len(train)], targets[:len(train)]
-    stats = pd.DataFrame([dict(
-        run=spec.run, step=step, epoch=epoch, param_distance=training.param_distance(lm, init_state),
-        grad_variance=training.gradient_variance(lm, tok, prompts, targets, batch_size=cfg.batch_size,
-                                                 n_batches=GRAD_VARIANCE_BATCHES, seed=seed),
-    )])
-    io.write_parquet(record.part_path(run_dir, "perplexity", step), ppl)
-    io.write_parquet(record.part_path(run_dir, "checkpoints", step), stats)
-    io.write_parquet(record.part_path(run_dir, "samples", step), pd.DataFrame(rows))
-
-
 def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: int, save_every_epochs: int,
                 on_checkpoint=None) -> list[dict]:
     """`training.finetune` on examples, with the params' prompt format and optimiser keys; the
@@ -191,36 +132,37 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     final_only saves and records the last checkpoint alone (no resume point inside the run): for
     runs whose dynamics nobody reads, only their final accuracies. Returns the run folder.
     """
-    from premem import model as model_lib, training
+    from premem import model as model_lib, recorder, training
 
-    run_dir = Path(record_dir) / "runs" / spec.run
-    if (run_dir / "done.json").exists():
+    run_dir = record.run_dir(record_dir, spec.run)
+    if record.is_done(run_dir):
         return run_dir
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
-    io.write_json(run_dir / "run.json", dict(asdict(spec), n_train=len(train), example_ids=[ex.id for ex in train]))
+    record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
+                     seed=spec.seed, example_ids=[ex.id for ex in train])
     lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization)
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     init_state = training.snapshot(lm)
-
-    recorded = train if recorded is None else recorded
+    measure = recorder.Recorder(cfg, train if recorded is None else recorded, test, heldout)
 
     def on_checkpoint(step, epoch, model):
-        sampled = test if epoch == spec.epochs or not test_final_only else []
-        record_checkpoint(cfg, spec, run_dir, step, epoch, model, tok, recorded, sampled, init_state, heldout)
+        measure.record(run_dir, spec.run, spec.seed, step, epoch, model, tok, init_state=init_state,
+                       checkpoint=run_dir / "train" / f"checkpoint-{step}",  # the folder just written, for vLLM
+                       sample_test=epoch == spec.epochs or not test_final_only)
 
     every = spec.epochs if final_only else save_every(cfg, spec.epochs)
     ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every, on_checkpoint)
-    missing = [c["step"] for c in ckpts if not part_done(run_dir, c["step"])]
+    missing = [c["step"] for c in ckpts if not record.part_done(run_dir, c["step"])]
     if missing:
         raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
     if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
         for c in ckpts[:-1]:
             for name in WEIGHT_FILES:
                 (Path(c["path"]) / name).unlink(missing_ok=True)
-    io.write_json(run_dir / "done.json", dict(checkpoints=[int(c["step"]) for c in ckpts]))
+    record.finish_run(run_dir, [c["step"] for c in ckpts])
     return run_dir
 
 
@@ -271,7 +213,7 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
     (map_one_thread)."""
-    todo = {s: t for s, t in jobs.items() if not (Path(record_dir) / "runs" / s.run / "done.json").exists()}
+    todo = {s: t for s, t in jobs.items() if not record.is_done(record.run_dir(record_dir, s.run))}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
     args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
@@ -301,53 +243,13 @@ def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
     """(train examples of `run`, test examples) as the sweep used them, from run.json's ids."""
     record_dir = Path(record_dir)
     cfg = cfg or record.read_config(record_dir)
-    info = json.loads((record_dir / "runs" / run / "run.json").read_text())
+    info = record.run_info(record_dir, run)
     train_all, test = load_examples(cfg)
     by_id = {ex.id: ex for ex in train_all}
     missing = [i for i in info["example_ids"] if i not in by_id]
     if missing:
         raise PremError(f"run {run}: training examples {missing[:3]} are not in task '{cfg.task}' as configured")
     return [by_id[i] for i in info["example_ids"]], test
-
-
-def final_checkpoint(record_dir: str | Path, run: str) -> Path:
-    """The last checkpoint folder of a finished run (its weights are always kept)."""
-    from premem.training import finished_checkpoints
-
-    ckpts = finished_checkpoints(Path(record_dir) / "runs" / run / "train")
-    if not ckpts:
-        raise PremError(f"run {run}: no finished checkpoints under {Path(record_dir) / 'runs' / run / 'train'}")
-    return Path(ckpts[-1]["path"])
-
-
-def versions() -> dict:
-    """Versions of the packages that shape a record; None for one not installed (premem itself
-    when run from a source tree on PYTHONPATH, as on a bare GPU machine)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def get(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    names = ["premem", "torch", "transformers", "trl", "peft", "numpy", "pandas"]
-    return dict(python=platform.python_version(), **{n: get(n) for n in names})
-
-
-def prepare_record_dir(cfg: Params, out: Path, force: bool, extra_keys: tuple[str, ...] = ()) -> None:
-    """A record folder belongs to one config: refuse to mix, unless --force starts it afresh."""
-    config_file = out / "config.json"
-    new = cfg.hash(*extra_keys)
-    if config_file.exists():
-        old = json.loads(config_file.read_text()).get("hash")
-        if old != new and not force:
-            raise PremError(f"{out} holds a record of another config (hash {old}, now {new}): "
-                            "choose another --out or pass --force")
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_json(config_file, dict(hash=new, params=cfg.model_dump(mode="json"), versions=versions()))
 
 
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
@@ -357,12 +259,12 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
-    prepare_record_dir(cfg, out, force)
+    record.create(out, cfg, force=force, command="premem sweep")
     base = base_model_path(cfg, progress=progress)
     bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
     run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
     bar.close()
-    finish(out, specs)
+    record.finish(out)
     return out
 
 
@@ -371,12 +273,3 @@ def _spawn_context():
     import multiprocessing
 
     return multiprocessing.get_context("spawn")
-
-
-def finish(out: Path, specs: list[RunSpec]) -> None:
-    """Concatenate per-checkpoint parts into the top-level tables (identical on every rerun)."""
-    runs = pd.DataFrame([asdict(s) | {"n_train": json.loads((out / "runs" / s.run / "run.json").read_text())["n_train"]}
-                         for s in specs]).sort_values("run").reset_index(drop=True)
-    for table in record.TABLES:
-        io.write_parquet(out / f"{table}.parquet", record.concat_parts(out, table))
-    io.write_parquet(out / "runs.parquet", runs)

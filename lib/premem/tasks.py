@@ -5,6 +5,8 @@ Tasks (`load_task(name, split, n, seed, **options)`):
   scratch; splits "pretrain", "train", "test".
 - "gsm_symbolic": GSM8k-style templates from reasoning_gym; splits "pretrain", "train", "test".
 - "gsm8k", "math": the hub datasets at a pinned revision, or local JSON/JSONL/parquet/CSV files.
+- "jsonl": a user's own data, one JSON object per line, fields named by task_options (question,
+  solution, answer, id) and judged by the `checker` option (premem.grading.CHECKERS).
 
 Splits never share a question: procedural tasks assign each generated question to a split by a hash
 of its text (so disjointness holds across seeds too), and a single local file set is split the same
@@ -360,9 +362,79 @@ def _math(split: str, n: int, seed: int, data_files=None, cache_dir=None, test_f
     return out
 
 
+# ---------------------------------------------------------------- jsonl: a user's own data
+# The jsonl task's options: the user's column names, and how answers are judged.
+JSONL_OPTIONS = ("question", "solution", "answer", "id", "checker")
+
+
+def read_jsonl(path, split: str, question: str = "question", solution: str = "solution", answer: str = "answer",
+               id: str | None = None, checker: str = "marker") -> list[Example]:
+    """Every row of a JSON Lines file, in file order, as an Example. Field names are the user's
+    (`id` None: the line number); a row without `answer` takes the gold answer the checker reads
+    off its solution. A bad row is an error naming file:line and the field."""
+    from premem.grading import ANSWER_IN_SOLUTION, check_checker
+
+    path = Path(path)
+    if not path.is_file():
+        raise PremError(f"data file not found: {path}")
+    check_checker(checker)
+    out, lines = [], {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PremError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise PremError(f"{where}: expected a JSON object, got {type(row).__name__}")
+
+        def text(key, role):
+            value = row.get(key)
+            if not isinstance(value, str) or not value.strip():
+                got = "missing" if key not in row else f"{type(value).__name__} {value!r}"[:60]
+                raise PremError(f"{where}: field '{key}' (the {role}) must be a non-empty string, got {got}")
+            return value
+
+        q, sol = text(question, "question"), text(solution, "solution")
+        if answer in row and row[answer] is not None and str(row[answer]).strip():
+            gold = str(row[answer]).strip()
+        elif checker in ANSWER_IN_SOLUTION and (found := ANSWER_IN_SOLUTION[checker](sol)) is not None:
+            gold = found
+        else:
+            raise PremError(f"{where}: no field '{answer}' (the answer), and the '{checker}' checker finds no "
+                            "answer in the solution")
+        if id is not None and (id not in row or row[id] is None):
+            raise PremError(f"{where}: field '{id}' (the id) is missing")
+        ex_id = str(row[id]) if id is not None else f"{split}-{line_no}"
+        if ex_id in lines:
+            raise PremError(f"{where}: id {ex_id!r} already used on line {lines[ex_id]}")
+        lines[ex_id] = line_no
+        out.append(Example(ex_id, q, sol, gold if checker == "exact" else normalize_answer(gold),
+                           dict(task="jsonl", split=split, file=str(path), line=line_no)))
+    if not out:
+        raise PremError(f"{path}: no rows")
+    return out
+
+
+def _jsonl(split: str, n: int, seed: int, data_files=None, question: str = "question", solution: str = "solution",
+           answer: str = "answer", id: str | None = None, checker: str = "marker"):
+    if not isinstance(data_files, dict) or split not in data_files:
+        raise PremError(f"jsonl: data_files needs a '{split}' entry (a .jsonl file), got {data_files!r}")
+    rows = read_jsonl(data_files[split], split, question, solution, answer, id, checker)
+    return [ex for _, ex in _select(rows, n, seed, split, "jsonl")]
+
+
+def answer_checker(cfg) -> str:
+    """How the params' task judges an answer (premem.grading.CHECKERS): the jsonl task's `checker`
+    option, else "marker" (premem writes every other task's solutions to end in "#### <answer>")."""
+    return cfg.task_options.get("checker", "marker") if cfg.task == "jsonl" else "marker"
+
+
 # ---------------------------------------------------------------- registry and perturbations
 TASKS: dict[str, Callable[..., list[Example]]] = {"arith": _arith, "gsm_symbolic": _gsm_symbolic,
-                                                  "gsm8k": _gsm8k, "math": _math}
+                                                  "gsm8k": _gsm8k, "math": _math, "jsonl": _jsonl}
 SPLITS = {"arith": tuple(PROCEDURAL_BUCKETS), "gsm_symbolic": tuple(PROCEDURAL_BUCKETS)}
 
 

@@ -130,6 +130,22 @@ def _plain_forward(model):
         model.forward = wrapped
 
 
+@contextlib.contextmanager
+def recording(model):
+    """Measure a model in the middle of training and leave training as it was: eval mode inside,
+    the model's own forward (not accelerate's autocast wrapper), and every RNG stream (data order,
+    dropout) restored afterwards, so a run that is recorded trains exactly as one that is not."""
+    rng = _rng_state()
+    was_training = model.training
+    model.eval()
+    try:
+        with _plain_forward(model):
+            yield model
+    finally:
+        model.train(was_training)
+        _set_rng_state(rng)
+
+
 def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
     from transformers import TrainerCallback
 
@@ -145,17 +161,10 @@ def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
             path = Path(args.output_dir) / f"checkpoint-{step}"
             losses = [h["loss"] for h in state.log_history if "loss" in h and h.get("step") == step]
             if on_checkpoint is not None:
-                # The recorder samples; keep that from shifting the training RNG streams (data
-                # order, dropout), so an interrupted-and-resumed run matches an uninterrupted one.
-                rng = _rng_state()
-                was_training = model.training
-                model.eval()
-                try:
-                    with _plain_forward(model):
-                        on_checkpoint(step, epoch, model)
-                finally:
-                    model.train(was_training)
-                    _set_rng_state(rng)
+                # The recorder samples; keep that from shifting the training RNG streams, so an
+                # interrupted-and-resumed run matches an uninterrupted one.
+                with recording(model):
+                    on_checkpoint(step, epoch, model)
             rec = {"step": step, "epoch": epoch, "loss": losses[-1] if losses else None}
             if state.is_world_process_zero:
                 (path / MARKER).write_text(json.dumps(rec, sort_keys=True) + "\n")
@@ -275,11 +284,12 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     return [c for c in finished_checkpoints(output_dir) if c["epoch"] <= epochs]
 
 
-def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None):
+def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, trainable: bool = False):
     """(model, tokenizer) from a finetune checkpoint folder: a full model, or a LoRA adapter.
 
     An adapter is put on `base` (any load_base spec), by default the base recorded in its
-    adapter_config.json (the base model's name_or_path when it was wrapped).
+    adapter_config.json (the base model's name_or_path when it was wrapped); `trainable` keeps its
+    weights trainable, as they were in training (the gradient-variance predictor needs them).
     """
     from premem.model import load_base
 
@@ -293,7 +303,7 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None):
     if not base:
         raise PremError(f"{config} names no base model; pass base= to load_checkpoint")
     model, tokenizer = load_base(base, dtype=dtype, device=device)
-    return PeftModel.from_pretrained(model, str(path)), tokenizer
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tokenizer
 
 
 # ---- baseline predictors ------------------------------------------------------------------------

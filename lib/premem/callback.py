@@ -1,0 +1,94 @@
+"""Door 2 of "bring your own run": `PreMemCallback`, a transformers TrainerCallback that records the
+dynamics of a user's own Trainer / TRL SFTTrainer run while it trains.
+
+    trainer = Trainer(model, args, train_dataset=..., ...)           # or SFTTrainer
+    trainer.add_callback(PreMemCallback(trainer, "train.jsonl", params="params/mine.yaml",
+                                        test="test.jsonl", out="runs/mine"))
+    trainer.train()
+
+At each checkpoint the Trainer saves (or every `every_epochs` epochs) it records the model into a
+premem record (premem.record), optionally on a random `fraction` of the training examples, and logs
+pre-memorization accuracy (with its 95% interval when subsampled), train accuracy and the memorised
+share through the Trainer's own loggers (`report_to`: tensorboard, wandb, ...), as `premem/...`.
+The record is finished (its tables written) when training ends; `premem fit` and the notebooks read
+it. Recording leaves training untouched: the RNG streams are restored after each recording, so a
+run with the callback trains exactly as one without. Under several processes rank 0 records.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from premem import record
+from premem.config import Params, load_params
+from premem.errors import PremError
+
+
+class PreMemCallback(TrainerCallback):
+    def __init__(self, trainer, data, *, params: str | Path | dict | Params, test=None, heldout=None,
+                 out: str | Path | None = None, run: str | None = None, every_epochs: int | None = None,
+                 fraction: float = 1.0, tau: float | None = None, baselines: bool = False):
+        """`data`, `test`, `heldout`: the training data the Trainer sees, test data and held-out
+        training-distribution data (tau calibration), each a JSONL file read as the params'
+        jsonl task (task_options name the fields) or a list of premem.tasks.Example. `params`: the
+        recording keys (k, temperature, max_new_tokens, prompt_template, target_template, stop, ...);
+        `out`: the record folder (default <out_dir>/<name>-<hash>); `run`: the run's name (default
+        the Trainer's output_dir name); `tau`: the threshold logged (default the params' rule);
+        `baselines`: also record claim 2's predictors (param_distance, which keeps a CPU copy of the
+        starting weights, and grad_variance, a backward pass per minibatch)."""
+        from premem import recorder
+
+        self.trainer = trainer
+        self.cfg = recorder.with_own_data(params if isinstance(params, Params) else load_params(params),
+                                          data, test, heldout)
+        if every_epochs is not None and every_epochs < 1:
+            raise PremError(f"every_epochs must be >= 1 or None, got {every_epochs}")
+        train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
+                                else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
+        self.train_ids = [ex.id for ex in train]
+        self.recorder = recorder.Recorder(self.cfg, recorder.subsample(train, fraction, self.cfg.data_seed),
+                                          test, heldout, baselines=baselines)
+        self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
+        self.run = run or Path(trainer.args.output_dir).resolve().name
+        self.every_epochs, self.tau = every_epochs, tau
+        self.init_state, self.folder, self.steps = None, None, []
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from premem import training
+
+        if not state.is_world_process_zero:
+            return
+        record.create(self.out, self.cfg, command=f"PreMemCallback {args.output_dir}")
+        self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=args.num_train_epochs,
+                                       data_fraction=1.0, seed=args.seed, example_ids=self.train_ids)
+        if self.recorder.baselines:  # theta0 of param_distance: the weights training starts at
+            self.init_state = training.snapshot(model)
+
+    def on_save(self, args, state, control, **kw):
+        if self.every_epochs is None:
+            self._record(args, state, Path(args.output_dir) / f"checkpoint-{state.global_step}", **kw)
+
+    def on_epoch_end(self, args, state, control, **kw):
+        if self.every_epochs is not None and round(state.epoch) % self.every_epochs == 0:
+            self._record(args, state, None, **kw)
+
+    def on_train_end(self, args, state, control, **kw):
+        if state.is_world_process_zero and self.steps:
+            record.finish_run(self.folder, sorted(set(self.steps)))
+            record.finish(self.out)
+
+    def _record(self, args, state, checkpoint, model=None, processing_class=None, **kw):
+        from premem import recorder, training
+
+        if not state.is_world_process_zero:
+            return
+        tok = processing_class if processing_class is not None else kw.get("tokenizer")
+        if tok is None:
+            raise PremError("PreMemCallback needs the Trainer's tokenizer: pass processing_class= to the Trainer")
+        step, epoch = state.global_step, round(float(state.epoch), 4)
+        with training.recording(model):
+            self.recorder.record(self.folder, self.run, args.seed, step, epoch, model, tok,
+                                 init_state=self.init_state, checkpoint=checkpoint)
+        self.steps.append(step)
+        self.trainer.log(recorder.run_summary(self.cfg, self.out, self.run, self.tau))

@@ -1,0 +1,293 @@
+"""What premem measures at a checkpoint, and `premem record` over any trainer's saved checkpoints.
+
+At a checkpoint the recorder samples k answers to every recorded training question and (unless
+told not to) every test question, grades them with the task's answer checker, computes the
+perplexity of every recorded gold training solution and of the held-out ones (tau calibration),
+and the baseline predictors (distance from the weights training started at, gradient variance).
+The sweep, `premem record` and `PreMemCallback` all measure through `Recorder.record`, so for the
+same weights and seeds they write the same parts of the same record (premem.record).
+
+`record_saved` is door 1 of "bring your own run": it scores each `checkpoint-<step>` folder a
+trainer saved (HF Trainer, TRL, a full model or a peft/LoRA adapter over a base), one at a time,
+resumable per checkpoint.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from premem import record
+from premem.config import Params
+from premem.errors import PremError
+
+GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-variance predictor
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
+                   progress: bool = False) -> list[list[str]]:
+    """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
+    `checkpoint` folder (or hub id); the transformers backend samples the loaded `lm`."""
+    from premem import sampling
+
+    return sampling.sample(
+        str(checkpoint) if cfg.backend == "vllm" else lm, tok, prompts, k=k, temperature=cfg.temperature,
+        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
+        batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
+
+
+def checkpoint_seed(cfg: Params, run_seed: int, step: int) -> int:
+    """The sampling seed of a checkpoint: independent of what was recorded before it."""
+    return cfg.data_seed * 1_000_003 + run_seed * 10_007 + step
+
+
+def subsample(examples: list, fraction: float, seed: int = 0) -> list:
+    """A seeded random `fraction` of the examples (at least one), in their own order."""
+    if not 0 < fraction <= 1:
+        raise PremError(f"fraction of training examples to record must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(examples)
+    m = max(1, int(round(fraction * len(examples))))
+    keep = np.sort(np.random.default_rng([seed, 12345]).choice(len(examples), m, replace=False))
+    return [examples[i] for i in keep]
+
+
+class Recorder:
+    """The measurement at one checkpoint for one run's example sets (premem.tasks.Example lists):
+    `train` (the training examples recorded), `test` (sampled for test accuracy; may be empty) and
+    `heldout` (training-distribution examples the run never saw: scored, for tau calibration);
+    `baselines`: also the predictors of claim 2 (param_distance, grad_variance), else NaN."""
+
+    def __init__(self, cfg: Params, train, test=(), heldout=(), baselines: bool = True):
+        from premem import tasks
+
+        if not train:
+            raise PremError("no training examples to record")
+        self.cfg, self.train, self.test, self.heldout = cfg, list(train), list(test), list(heldout)
+        # The baseline predictors cost a backward pass per minibatch and two float32 copies of the
+        # trainable weights (gradient variance), and a copy of the starting weights (distance).
+        self.baselines = baselines
+        self.checker = tasks.answer_checker(cfg)
+        self.prompts = {s: [tasks.format_prompt(ex, cfg.prompt_template) for ex in getattr(self, s)]
+                        for s in ("train", "test", "heldout")}
+        self.targets = {s: [tasks.format_target(ex, cfg.target_template) for ex in getattr(self, s)]
+                        for s in ("train", "heldout")}
+
+    def record(self, folder: Path, run: str, run_seed: int, step: int, epoch, model, tok, *,
+               init_state=None, checkpoint=None, sample_test: bool = True) -> bool:
+        """Write the checkpoint's parts into the run's folder; False when they were there already.
+        `init_state` (training.snapshot of the starting weights) gives param_distance, else NaN;
+        `checkpoint` is the saved folder, for vLLM."""
+        from premem import grading, perplexity, training
+
+        if record.part_done(folder, step):
+            return False
+        cfg, seed = self.cfg, checkpoint_seed(self.cfg, run_seed, step)
+        rows = []
+        for split, k in (("train", cfg.k), ("test", cfg.k_test or cfg.k)):
+            examples = getattr(self, split) if split == "train" or sample_test else []
+            completions = sample_answers(cfg, model, checkpoint, tok, self.prompts[split][:len(examples)], k, seed)
+            for ex, outs in zip(examples, completions):
+                for j, g in enumerate(grading.grade_many(outs, ex.answer, self.checker)):
+                    rows.append(dict(run=run, step=step, epoch=epoch, split=split, example_id=ex.id, sample_idx=j,
+                                     correct=g.correct, correct_strict=g.correct_strict, parse_ok=g.parse_ok,
+                                     answer=g.answer))
+        scored = self.train + self.heldout
+        nll, n_tokens = perplexity.target_nll(model, tok, self.prompts["train"] + self.prompts["heldout"],
+                                              self.targets["train"] + self.targets["heldout"],
+                                              batch_size=cfg.perplexity_batch_size, progress=False)
+        ppl = pd.DataFrame(dict(run=run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
+                                trained=[i < len(self.train) for i in range(len(scored))],
+                                nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
+        distance = variance = np.nan
+        if self.baselines:
+            if init_state is not None:
+                distance = training.param_distance(model, init_state)
+            variance = training.gradient_variance(model, tok, self.prompts["train"], self.targets["train"],
+                                                  batch_size=cfg.batch_size, n_batches=GRAD_VARIANCE_BATCHES,
+                                                  seed=seed)
+        stats = pd.DataFrame([dict(run=run, step=step, epoch=epoch, param_distance=distance, grad_variance=variance)])
+        # samples last: part_done needs all three, so a kill in between redoes the checkpoint.
+        record.write_part(folder, "perplexity", step, ppl)
+        record.write_part(folder, "checkpoints", step, stats)
+        record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
+        return True
+
+
+# ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------
+
+def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
+    """The `checkpoint-<step>` folders a trainer saved, by step, that `select` names ("all", a list
+    "100,200", or an inclusive step range "100-300"): dicts of step, epoch, path and kind (model
+    or adapter). Each is checked before anything is recorded."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PremError(f"checkpoints folder not found: {folder}")
+    found = sorted((int(d.name.split("-")[1]), d) for d in folder.iterdir()
+                   if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name))
+    if not found:
+        raise PremError(f"no checkpoint-<step> folders in {folder}")
+    steps = [s for s, _ in found]
+    chosen = _select(steps, select)
+    out = []
+    for step, path in found:
+        if step not in chosen:
+            continue
+        if (path / "adapter_config.json").is_file() and any((path / f).is_file() for f in ADAPTER_FILES):
+            kind = "adapter"
+        elif (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES):
+            kind = "model"
+        else:
+            raise PremError(f"{path}: neither a model (config.json and weights) nor a LoRA adapter "
+                            "(adapter_config.json and adapter weights)")
+        state = path / "trainer_state.json"
+        epoch = round(float(record.read_json(state).get("epoch") or np.nan), 4) if state.is_file() else np.nan
+        out.append(dict(step=step, epoch=epoch, path=path, kind=kind))
+    return out
+
+
+def _select(steps: list[int], select: str) -> set[int]:
+    text = str(select).strip()
+    if text == "all":
+        return set(steps)
+    try:
+        if re.fullmatch(r"\d+\s*-\s*\d+", text):
+            lo, hi = (int(x) for x in text.split("-"))
+            chosen = {s for s in steps if lo <= s <= hi}
+        else:
+            chosen = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise PremError(f"--checkpoints: {select!r} is not 'all', a list of steps (100,200) or a range (100-300)") \
+            from None
+    missing = sorted(chosen - set(steps))
+    if missing or not chosen:
+        raise PremError(f"--checkpoints {select}: no checkpoint at step {missing or '(none chosen)'}; "
+                        f"saved steps: {', '.join(map(str, steps))}")
+    return chosen
+
+
+def training_arguments(checkpoint: Path) -> dict:
+    """lr, epochs and seed of the run that saved `checkpoint`, from the Trainer's training_args.bin
+    (HF Trainer and TRL save it in every checkpoint); NaN / 0 where it is absent."""
+    import torch
+
+    f = checkpoint / "training_args.bin"
+    state = checkpoint / "trainer_state.json"
+    epochs = record.read_json(state).get("num_train_epochs") if state.is_file() else None
+    if not f.is_file():
+        return dict(lr=np.nan, epochs=np.nan if epochs is None else epochs, seed=0)
+    try:  # a pickle of TrainingArguments: the user's own file, from their own trainer
+        args = torch.load(f, weights_only=False)
+    except Exception as e:
+        raise PremError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
+    return dict(lr=float(args.learning_rate), epochs=epochs if epochs is not None else args.num_train_epochs,
+                seed=int(args.seed))
+
+
+def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, train, test=(), heldout=(), *,
+                 select: str = "all", base: str | None = None, run: str | None = None, fraction: float = 1.0,
+                 baselines: bool = False, progress: bool = True) -> Path:
+    """Record every selected checkpoint of one training run into the record `out` (created, or
+    resumed: checkpoints already recorded are skipped), then finish its tables. `base` is the model
+    training started from: adapters are put on it (default: their adapter_config's base), and full
+    models get param_distance from it (default: NaN)."""
+    from tqdm.auto import tqdm
+
+    from premem import training
+
+    ckpts = saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
+    run = run or Path(checkpoints_dir).resolve().name
+    recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
+    meta = training_arguments(ckpts[-1]["path"])
+    out = record.create(out, cfg, command=f"premem record {checkpoints_dir}")
+    folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
+                              seed=meta["seed"], example_ids=[ex.id for ex in train])
+    init_state = None
+    if baselines and base is not None and any(c["kind"] == "model" for c in ckpts):
+        init_model, _ = training.load_checkpoint(base)
+        init_state = training.snapshot(init_model)
+        del init_model
+    for c in tqdm(ckpts, desc=f"record {run}", unit="checkpoint", disable=not progress):
+        if record.part_done(folder, c["step"]):
+            continue
+        model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
+                                              trainable=True, dtype=cfg.dtype)
+        recorder.record(folder, run, meta["seed"], c["step"], c["epoch"], model, tok,
+                        init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
+    record.finish_run(folder, [c["step"] for c in ckpts])
+    return record.finish(out)
+
+
+def with_own_data(cfg: Params, train=None, test=None, heldout=None) -> Params:
+    """The params of a record of a user's own data files: the jsonl task over them, at absolute
+    paths (the record's hash then does not depend on where it ran, and `premem examples --below`
+    finds the rows again). Arguments that are not paths (lists of Examples) are left out."""
+    files = {split: str(Path(f).resolve()) for split, f in (("train", train), ("test", test), ("heldout", heldout))
+             if isinstance(f, (str, Path))}
+    for f in files.values():
+        if not Path(f).is_file():
+            raise PremError(f"data file not found: {f}")
+    return cfg.model_copy(update=dict(task="jsonl", data_files=files)) if files else cfg
+
+
+def load_own_examples(cfg: Params, path: str | Path | None, split: str) -> list:
+    """Every example of a user's data file (the jsonl task with cfg.task_options), or [] for None."""
+    from premem import tasks
+
+    if path is None:
+        return []
+    unknown = sorted(set(cfg.task_options) - set(tasks.JSONL_OPTIONS))
+    if unknown:
+        raise PremError(f"task_options: unknown keys {unknown} for your own data (the jsonl task); "
+                        f"known: {', '.join(tasks.JSONL_OPTIONS)}")
+    return tasks.read_jsonl(path, split, **cfg.task_options)
+
+
+def run_summary(cfg: Params, record_dir: Path, run: str, tau: float | None = None) -> dict:
+    """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
+    checkpoint, with the 95% interval of the pre-mem estimate over the recorded examples (finite
+    population correction when they are a subsample of the training set)."""
+    from premem import metrics
+
+    dyn = record.read_run_parts(record_dir, run)
+    tau = metrics.chosen_tau(cfg, [dyn])[0] if tau is None else tau
+    per_example = metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, tau)[-1]
+    lo, hi = metrics.mean_interval(per_example, population=record.run_info(record_dir, run)["n_train"])
+    out = {"premem/pre_mem_acc": float(np.nanmean(per_example)), "premem/pre_mem_acc_lo": lo,
+           "premem/pre_mem_acc_hi": hi, "premem/train_acc": float(dyn.mean_train_acc()[-1]),
+           "premem/memorized_frac": float(dyn.memorized_frac(tau)[-1]), "premem/tau": float(tau),
+           "premem/n_recorded": int(np.sum(~np.isnan(per_example)))}
+    if not np.isnan(dyn.test_acc[-1]):
+        out["premem/test_acc"] = float(dyn.test_acc[-1])
+    return out
+
+
+def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path) -> int:
+    """The training rows with these ids as JSON Lines: for the jsonl task, the user's own lines as
+    they are; for premem's tasks, {id, question, solution, answer}. Returns how many."""
+    import json
+
+    from premem import io, sweep
+
+    record_dir = Path(record_dir)
+    if not record.is_record_dir(record_dir):
+        raise PremError(f"{record_dir}: --below needs a premem record (the released logs hold no training rows)")
+    cfg = record.read_config(record_dir)
+    wanted = set(ids)
+    if cfg.task == "jsonl":
+        path = Path(cfg.data_files["train"])
+        examples = load_own_examples(cfg, path, "train")
+        lines = path.read_text().splitlines()
+        rows = [lines[ex.meta["line"] - 1] for ex in examples if ex.id in wanted]
+    else:
+        runs = sorted(p.name for p in (record_dir / "runs").iterdir() if (p / "run.json").is_file())
+        examples = {ex.id: ex for run in runs for ex in sweep.run_examples(record_dir, run, cfg)[0]}
+        rows = [json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer))
+                for i, ex in examples.items() if i in wanted]
+    io.write_text(out, "".join(r + "\n" for r in rows))
+    return len(rows)

@@ -1,0 +1,369 @@
+"""Bring your own run: a user's own data (jsonl task), their own Trainer with PreMemCallback, TRL's
+SFTTrainer, `premem record` on the checkpoints any trainer saved (full models and LoRA adapters),
+`premem examples`, and records that are damaged or were never premem's.
+
+The model is the shipped CPU base (~1M parameters, pretrained on arith) finetuned by the plain
+transformers Trainer on 12 arith problems written as a user's JSON Lines with their own column names.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from premem import metrics, record, recorder, tasks, training
+from premem.cli import main
+from premem.errors import PremError
+from tiny_lm import single_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = next((ROOT / "models").iterdir())  # the shipped CPU default's base
+FIELDS = dict(question="problem", solution="reasoning", answer="final", id="uid")
+TABLES = ("samples", "perplexity", "checkpoints", "runs")
+
+
+def write_jsonl(path, examples, prefix):
+    rows = [json.dumps({"uid": f"{prefix}{i}", "problem": ex.question, "reasoning": ex.solution,
+                        "final": ex.answer, "extra": i}) for i, ex in enumerate(examples)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """A user's files: train/test/held-out JSON Lines in their own columns, and a params file."""
+    tmp = tmp_path_factory.mktemp("user")
+    pool = tasks.load_task("arith", "train", 16, seed=3)
+    files = dict(train=write_jsonl(tmp / "train.jsonl", pool[:12], "q"),
+                 test=write_jsonl(tmp / "test.jsonl", tasks.load_task("arith", "test", 8, seed=3), "t"),
+                 heldout=write_jsonl(tmp / "held.jsonl", pool[12:], "h"))
+    # The README's template with the user's column names, and smoke-sized decoding.
+    template = yaml.safe_load((ROOT / "params" / "own_data.yaml").read_text())
+    params = tmp / "mine.yaml"
+    params.write_text(yaml.safe_dump(template | dict(name="mine", task_options=dict(FIELDS, checker="marker"), k=2,
+                                                     k_test=2, max_new_tokens=96, batch_size=4, tau=-1.5,
+                                                     out_dir=str(tmp / "runs"))))
+    return dict(tmp=tmp, params=params, **files)
+
+
+class Logs:
+    """A stand-in for a reporting integration (tensorboard, wandb): it keeps what on_log receives."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Keep(TrainerCallback):
+            def __init__(self):
+                self.logs = []
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                self.logs.append(dict(logs or {}))
+
+        return Keep()
+
+
+def train_hf(out_dir, user, *, callback: dict | None = None, lora: bool = False, epochs: int = 3):
+    """The user's own script: the plain transformers Trainer on their data, optionally with
+    PreMemCallback (keyword arguments `callback`); returns (trainer, logs)."""
+    from transformers import Trainer, TrainingArguments
+
+    from premem import PreMemCallback, model as model_lib
+
+    torch.manual_seed(0)
+    lm, tok = model_lib.load_base(str(BASE))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"))
+    rows = [json.loads(line) for line in Path(user["train"]).read_text().splitlines()]
+    features = training.build_features(tok, [r["problem"] + "\nAnswer:" for r in rows],
+                                       [" " + r["reasoning"] + "\nDone." for r in rows])
+    args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=4,
+                             learning_rate=3e-3, save_strategy="epoch", logging_strategy="epoch", report_to="none",
+                             seed=7, use_cpu=True, disable_tqdm=True, warmup_steps=0)
+    trainer = Trainer(model=lm, args=args, train_dataset=training._ListDataset(features),
+                      data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok)
+    logs = Logs()
+    trainer.add_callback(logs)
+    if callback is not None:
+        trainer.add_callback(PreMemCallback(trainer, user["train"], params=user["params"], test=user["test"],
+                                            heldout=user["heldout"], **callback))
+    with torch.random.fork_rng(), single_thread():
+        trainer.train()
+    return trainer, logs
+
+
+@pytest.fixture(scope="module")
+def hf_run(user):
+    """A full-finetuning run with the callback, recording every save into its own record."""
+    out = user["tmp"] / "hf"
+    trainer, logs = train_hf(out, user, callback=dict(out=user["tmp"] / "rec_cb"))
+    return dict(out=out, record=user["tmp"] / "rec_cb", logs=logs.logs, trainer=trainer)
+
+
+def tables(folder):
+    return {t: pd.read_parquet(Path(folder) / f"{t}.parquet") for t in TABLES}
+
+
+def test_callback_records_every_save_and_logs_through_the_trainer(hf_run, user):
+    rec = tables(hf_run["record"])
+    runs = rec["runs"].set_index("run")
+    assert list(runs.index) == ["hf"]  # named by the Trainer's output_dir
+    assert runs.loc["hf", ["lr", "epochs", "seed", "n_train"]].tolist() == [3e-3, 3, 7, 12]
+    steps = sorted(rec["samples"].step.unique())
+    assert steps == [3, 6, 9]  # the Trainer's saves: 12 examples / batch 4 = 3 steps per epoch
+    assert sorted(p.name for p in hf_run["out"].iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    s = rec["samples"]
+    # k = 2 answers per training and test question at each checkpoint, under the user's own ids.
+    assert (s[s.split == "train"].groupby("step").size() == 12 * 2).all()
+    assert (s[s.split == "test"].groupby("step").size() == 8 * 2).all()
+    assert set(s[s.split == "train"].example_id) == {f"q{i}" for i in range(12)}
+    p = rec["perplexity"]
+    assert set(p[~p.trained].example_id) == {f"h{i}" for i in range(4)}
+    # Logged through the Trainer's loggers at every save, with the interval of the estimate.
+    logged = [entry for entry in hf_run["logs"] if "premem/pre_mem_acc" in entry]
+    assert len(logged) == 3
+    dyn = record.read_runs(hf_run["record"])[0]
+    want = metrics.dataset_mean(metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, -1.5))
+    np.testing.assert_allclose([e["premem/pre_mem_acc"] for e in logged], want)
+    np.testing.assert_allclose([e["premem/train_acc"] for e in logged], dyn.mean_train_acc())
+    np.testing.assert_allclose([e["premem/test_acc"] for e in logged], dyn.test_acc)
+    # Every training example recorded: a census, so the interval has no width.
+    assert all(e["premem/pre_mem_acc_lo"] == pytest.approx(e["premem/pre_mem_acc"]) for e in logged)
+    assert {e["premem/n_recorded"] for e in logged} == {12}
+
+
+def test_recording_leaves_training_as_it_was(hf_run, user):
+    """The callback samples between optimiser steps; the RNG streams are restored, so the weights
+    equal a run without it."""
+    from safetensors.torch import load_file
+
+    train_hf(user["tmp"] / "plain", user)
+    a = load_file(hf_run["out"] / "checkpoint-9" / "model.safetensors")
+    b = load_file(user["tmp"] / "plain" / "checkpoint-9" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_premem_record_on_saved_checkpoints_equals_the_callback(hf_run, user, capsys):
+    out = user["tmp"] / "rec_cli"
+    argv = ["record", str(hf_run["out"]), "--data", str(user["train"]), "--test", str(user["test"]),
+            "--heldout", str(user["heldout"]), "--params", str(user["params"]), "--out", str(out), "--quiet"]
+    with single_thread():
+        assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    got, want = tables(out), tables(hf_run["record"])
+    for t in TABLES:
+        pd.testing.assert_frame_equal(got[t], want[t], check_exact=True, obj=t)
+    # Resumable per checkpoint: a rerun records nothing; a deleted checkpoint's parts are redone.
+    parts = sorted((out / "runs" / "hf" / "parts").iterdir())
+    before = {p: p.stat().st_mtime_ns for p in parts}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in parts} == before
+    for p in parts:
+        if "-00000006" in p.name:
+            p.unlink()
+    with single_thread():
+        assert main(argv[:-1] + ["--checkpoints", "6", "--quiet"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), want["samples"])
+    # The fit and the threshold rules read it like any record.
+    capsys.readouterr()
+    assert main(["fit", str(out), "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert (fit["dataset"], fit["tau"], fit["n_points"]) == ("jsonl", -1.5, 3)
+    assert main(["fit", str(out), "--json", "--tau-rule", "heldout", "--tau-quantile", "0.5"]) == 0
+    held = record.read_runs(out)[0].heldout_perplexity
+    assert json.loads(capsys.readouterr().out)["tau"] == pytest.approx(metrics.calibrate_tau([held], 0.5))
+
+
+def test_callback_on_a_subsample_reports_its_interval(user):
+    trainer, logs = train_hf(user["tmp"] / "sub", user, epochs=2,
+                             callback=dict(out=user["tmp"] / "rec_sub", fraction=0.5, every_epochs=1))
+    logged = [e for e in logs.logs if "premem/pre_mem_acc" in e]
+    assert len(logged) == 2 and {e["premem/n_recorded"] for e in logged} == {6}
+    dyn = record.read_runs(user["tmp"] / "rec_sub")[0]
+    assert dyn.n_examples == 6 and record.run_info(user["tmp"] / "rec_sub", "sub")["n_train"] == 12
+    per_example = metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, -1.5)[-1]
+    # The t interval of 6 of 12 examples, with the finite population correction sqrt((12-6)/(12-1)).
+    half = 2.5706 * per_example.std(ddof=1) / np.sqrt(6) * np.sqrt(6 / 11)
+    assert logged[-1]["premem/pre_mem_acc_lo"] == pytest.approx(per_example.mean() - half, abs=1e-3)
+    assert logged[-1]["premem/pre_mem_acc_hi"] == pytest.approx(per_example.mean() + half, abs=1e-3)
+
+
+def test_trl_sft_trainer_with_the_callback(user):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from premem import PreMemCallback, model as model_lib
+
+    lm, tok = model_lib.load_base(str(BASE))
+    rows = [json.loads(line) for line in Path(user["train"]).read_text().splitlines()]
+    data = Dataset.from_list([dict(prompt=r["problem"] + "\nAnswer:", completion=" " + r["reasoning"] + "\nDone.")
+                              for r in rows])
+    args = SFTConfig(output_dir=str(user["tmp"] / "sft"), num_train_epochs=3, per_device_train_batch_size=4,
+                     learning_rate=3e-3, save_strategy="epoch", logging_strategy="epoch", report_to="none", seed=7,
+                     use_cpu=True, disable_tqdm=True, max_length=512)
+    trainer = SFTTrainer(model=lm, args=args, train_dataset=data, processing_class=tok)
+    trainer.add_callback(PreMemCallback(trainer, user["train"], params=user["params"], test=user["test"],
+                                        out=user["tmp"] / "rec_sft"))
+    with single_thread():
+        trainer.train()
+    rec = tables(user["tmp"] / "rec_sft")
+    assert sorted(rec["samples"].step.unique()) == [3, 6, 9]
+    assert rec["runs"].run.tolist() == ["sft"] and rec["runs"].n_train.tolist() == [12]
+    assert (rec["perplexity"].groupby("step").size() == 12).all()  # no held-out file given
+    assert any("premem/pre_mem_acc" in h for h in trainer.state.log_history)
+
+
+def test_lora_run_recorded_from_its_adapters(user):
+    """LoRA adapters saved by the Trainer: `premem record` puts each on the base its
+    adapter_config names and gives the callback's tables, gradient variance included."""
+    out = user["tmp"] / "lora"
+    train_hf(out, user, lora=True, epochs=2, callback=dict(out=user["tmp"] / "rec_lora_cb", baselines=True))
+    assert (out / "checkpoint-6" / "adapter_config.json").is_file()
+    with single_thread():
+        assert main(["record", str(out), "--data", str(user["train"]), "--test", str(user["test"]),
+                     "--heldout", str(user["heldout"]), "--params", str(user["params"]),
+                     "--out", str(user["tmp"] / "rec_lora"), "--baselines", "--quiet"]) == 0
+    got, want = tables(user["tmp"] / "rec_lora"), tables(user["tmp"] / "rec_lora_cb")
+    for t in ("samples", "perplexity"):
+        pd.testing.assert_frame_equal(got[t], want[t], check_exact=True, obj=t)
+    np.testing.assert_allclose(got["checkpoints"].grad_variance, want["checkpoints"].grad_variance, rtol=1e-6)
+    assert want["checkpoints"].param_distance.gt(0).all()  # the callback saw the adapters' starting weights
+    assert got["checkpoints"].param_distance.isna().all()  # premem record did not: NaN, not a guess
+
+
+def test_premem_examples_and_the_rows_algorithm_1_would_collect(hf_run, user, capsys):
+    table_file = user["tmp"] / "examples.csv"
+    assert main(["examples", str(hf_run["record"]), "--out", str(table_file)]) == 0
+    table = pd.read_csv(table_file)
+    assert len(table) == 12 and set(table.example_id) == {f"q{i}" for i in range(12)}
+    assert list(table.columns) == ["run", "dataset", "example_id", "pre_mem_acc", "train_acc", "perplexity",
+                                   "first_memorized_epoch", "first_memorized_step", "tau"]
+    dyn = record.read_runs(hf_run["record"])[0]
+    mem = metrics.memorized(dyn.perplexity, -1.5)
+    for row in table.itertuples():
+        col = list(dyn.example_ids).index(row.example_id)
+        hits = np.flatnonzero(mem[:, col])
+        assert (np.isnan(row.first_memorized_step) if not hits.size else row.first_memorized_step == dyn.steps[hits[0]])
+    below = user["tmp"] / "collect.jsonl"
+    threshold = float(np.median(table.pre_mem_acc))
+    assert main(["examples", str(hf_run["record"]), "--out", str(below), "--below", str(threshold)]) == 0
+    picked = {r for r in table.example_id[table.pre_mem_acc <= threshold]}
+    lines = below.read_text().splitlines()
+    own = {json.loads(line)["uid"]: line for line in Path(user["train"]).read_text().splitlines()}
+    assert {json.loads(line)["uid"] for line in lines} == picked and all(own[json.loads(x)["uid"]] == x for x in lines)
+    for fmt in ("parquet", "jsonl"):
+        assert main(["examples", str(hf_run["record"]), "--out", str(user["tmp"] / f"e.{fmt}")]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(user["tmp"] / "e.parquet"), table, check_dtype=False)
+    assert len(pd.read_json(user["tmp"] / "e.jsonl", lines=True)) == 12
+
+
+# ---- bad input: one line naming the file, key or value --------------------------------------------
+
+@pytest.mark.parametrize("line, words", [
+    ("{not json", ["not valid JSON"]),
+    ("[1, 2]", ["expected a JSON object"]),
+    ('{"uid": "x", "reasoning": "#### 3", "final": "3"}', ["field 'problem'", "question", "missing"]),
+    ('{"uid": "x", "problem": "q", "reasoning": "", "final": "3"}', ["field 'reasoning'", "solution"]),
+    ('{"uid": "x", "problem": "q", "reasoning": "no marker here"}', ["no field 'final'", "'marker' checker"]),
+    ('{"problem": "q", "reasoning": "#### 3", "final": "3"}', ["field 'uid'", "id"]),
+    ('{"uid": "q0", "problem": "q", "reasoning": "#### 3", "final": "3"}', ["id 'q0' already used on line 1"]),
+])
+def test_bad_rows_name_file_line_and_field(user, tmp_path, line, words):
+    bad = tmp_path / "bad.jsonl"
+    first = Path(user["train"]).read_text().splitlines()[0]
+    bad.write_text(first + "\n" + line + "\n")
+    with pytest.raises(PremError) as err:
+        tasks.read_jsonl(bad, "train", **FIELDS)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}:2:") and all(w in msg for w in words), msg
+
+
+def test_jsonl_defaults_and_checkers(tmp_path):
+    f = tmp_path / "plain.jsonl"
+    f.write_text(json.dumps(dict(question="1+1?", solution="We add: \\boxed{2}")) + "\n\n" +
+                 json.dumps(dict(question="2+2?", solution="so \\boxed{4}", answer="4")) + "\n")
+    rows = tasks.read_jsonl(f, "train", checker="boxed")
+    assert [(r.id, r.answer, r.meta["line"]) for r in rows] == [("train-1", "2", 1), ("train-3", "4", 3)]
+    from premem import grading
+
+    assert [grading.grade("... \\boxed{\\frac{4}{2}}", "2", c).correct for c in ("boxed", "marker")] == [True, False]
+    assert grading.grade("x #### 2.0", "2", "strict").correct and not grading.grade("x #### 4/2", "2", "strict").correct
+    assert grading.grade("x #### 4/2", "2", "marker").correct  # math-verify: the same number
+    assert grading.grade("  Paris ", "Paris", "exact").correct and not grading.grade("Paris.", "Paris", "exact").correct
+    assert grading.grade("so it is 12 apples", "12", "math_verify").correct
+    with pytest.raises(PremError, match="unknown answer checker 'boxd'"):
+        tasks.read_jsonl(f, "train", checker="boxd")
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("no_runs_table", ["runs.parquet", "missing"]),
+    ("truncated", ["samples.parquet", "not a readable parquet table"]),
+    ("foreign", ["perplexity.parquet", "missing columns", "nll"]),
+    ("wrong_kind", ["samples.parquet", "column 'correct'", "expected bool"]),
+    ("no_config", ["no config.json"]),
+    ("bad_config", ["config.json", "not valid JSON"]),
+])
+def test_damaged_records_are_one_line(hf_run, tmp_path, capsys, damage, words):
+    folder = tmp_path / "rec"
+    shutil.copytree(hf_run["record"], folder)
+    if damage == "no_runs_table":
+        (folder / "runs.parquet").unlink()
+    elif damage == "truncated":
+        data = (folder / "samples.parquet").read_bytes()
+        (folder / "samples.parquet").write_bytes(data[: len(data) // 2])
+    elif damage == "foreign":
+        pd.read_parquet(folder / "perplexity.parquet").rename(columns={"nll": "loss"}).to_parquet(
+            folder / "perplexity.parquet")
+    elif damage == "wrong_kind":
+        s = pd.read_parquet(folder / "samples.parquet")
+        s.assign(correct=s.correct.map({True: "yes", False: "no"})).to_parquet(folder / "samples.parquet")
+    elif damage == "no_config":
+        (folder / "config.json").unlink()
+    else:
+        (folder / "config.json").write_text('{"hash": "abc", ')
+    assert main(["fit", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("premem: error:") and "\n" not in err and all(w in err for w in words), err
+
+
+def test_saved_checkpoint_folders_are_checked_before_any_work(hf_run, tmp_path):
+    assert [c["step"] for c in recorder.saved_checkpoints(hf_run["out"], "4-9")] == [6, 9]
+    assert [c["kind"] for c in recorder.saved_checkpoints(hf_run["out"], "3,9")] == ["model", "model"]
+    with pytest.raises(PremError, match="no checkpoint at step \\[5\\]; saved steps: 3, 6, 9"):
+        recorder.saved_checkpoints(hf_run["out"], "3,5")
+    with pytest.raises(PremError, match="not 'all', a list of steps"):
+        recorder.saved_checkpoints(hf_run["out"], "three")
+    odd = tmp_path / "odd" / "checkpoint-1"
+    odd.mkdir(parents=True)
+    (odd / "notes.txt").write_text("not a model")
+    with pytest.raises(PremError, match="checkpoint-1: neither a model .* nor a LoRA adapter"):
+        recorder.saved_checkpoints(odd.parent)
+    with pytest.raises(PremError, match="no checkpoint-<step> folders"):
+        recorder.saved_checkpoints(tmp_path)
+
+
+def test_force_deletes_only_a_record(tmp_path):
+    from premem.config import load_params
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("years of work")
+    with pytest.raises(PremError, match="--force would delete .*notes \\(thesis.tex\\), which is not a premem record"):
+        record.create(notes, load_params(), force=True)
+    assert (notes / "thesis.tex").read_text() == "years of work"
+    rec = record.create(tmp_path / "rec", load_params(), command="first")
+    record.create(rec, load_params(), command="again")
+    provenance = record.read_json(rec / "config.json")["provenance"]
+    assert [p["command"] for p in provenance] == ["first", "again"] and "torch" in provenance[0]["versions"]
+    record.create(rec, load_params(dict(k=7)), force=True)
+    assert len(record.read_json(rec / "config.json")["provenance"]) == 1
+
+
+def test_readme_documents_the_record_schema():
+    assert record.schema_markdown() in (ROOT / "README.md").read_text()
