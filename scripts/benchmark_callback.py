@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def user_files(cfg, folder: Path) -> dict:
-    """params/tiny.yaml's train and test examples as a user's JSON Lines."""
+    """params/tiny.yaml's train, test and held-out examples as a user's JSON Lines."""
     from premem import sweep
 
-    train, test = sweep.load_examples(cfg)
+    train, test, heldout = sweep.load_examples(cfg, heldout=True)
     files = {}
-    for split, examples in (("train", train), ("test", test)):
+    for split, examples in (("train", train), ("test", test), ("heldout", heldout)):
         files[split] = folder / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(dict(question=ex.question, solution=ex.solution, answer=ex.answer,
                                                         id=ex.id)) + "\n" for ex in examples))
@@ -47,7 +47,7 @@ def train_once(cfg, base: str, files: dict, out: Path, *, lr: float, epochs: int
     features = training.build_features(tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
                                        [tasks.format_target(ex, cfg.target_template) for ex in train])
     args = TrainingArguments(output_dir=str(out / "train"), num_train_epochs=epochs, learning_rate=lr,
-                             per_device_train_batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio,
+                             per_device_train_batch_size=cfg.batch_size, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio
                              save_strategy="epoch", save_only_model=True, logging_strategy="epoch", report_to="none",
                              seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=lm, args=args, train_dataset=training._ListDataset(features),
@@ -61,7 +61,8 @@ def train_once(cfg, base: str, files: dict, out: Path, *, lr: float, epochs: int
 
     trainer.add_callback(Keep())
     if callback is not None:
-        trainer.add_callback(PreMemCallback(trainer, files["train"], params=cfg, out=out / "record", **callback))
+        trainer.add_callback(PreMemCallback(trainer, files["train"], params=cfg, heldout=files["heldout"],
+                                            out=out / "record", **callback))
     t0 = time.perf_counter()
     trainer.train()
     return dict(seconds=time.perf_counter() - t0, logged=logged)
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    p.add_argument("--every", type=int, nargs="+", default=[1], help="record every n epochs (each fraction at each)")
     p.add_argument("--test", action="store_true", help="the callback also samples the test set at every epoch")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmark-callback"))
     a = p.parse_args(argv)
@@ -85,34 +87,38 @@ def main(argv=None) -> int:
     cfg = default.model_copy(update=dict(task="jsonl", task_options=dict(id="id")))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, by_fraction = [], {}
+    rows, by_fraction = [], {}  # (fraction, every) -> what the callback logged
     with tempfile.TemporaryDirectory() as tmp:
         files = user_files(default, Path(tmp))
         plain = train_once(cfg, base, files, Path(tmp) / "none", lr=a.lr, epochs=a.epochs, callback=None)
         rows.append(dict(callback="none", fraction=None, seconds=round(plain["seconds"], 1), overhead=0.0))
         for f in a.fractions:
-            test = dict(test=files["test"]) if a.test else {}
-            got = train_once(cfg, base, files, Path(tmp) / f"f{f}", lr=a.lr, epochs=a.epochs,
-                             callback=dict(fraction=f, every_epochs=1, **test))
-            by_fraction[f] = pd.DataFrame(got["logged"])
-            rows.append(dict(callback="every epoch" + (" + test" if a.test else ""), fraction=f,
-                             seconds=round(got["seconds"], 1),
-                             overhead=round(got["seconds"] / plain["seconds"] - 1, 3)))
+            for every in a.every:
+                test = dict(test=files["test"]) if a.test else {}
+                got = train_once(cfg, base, files, Path(tmp) / f"f{f}-e{every}", lr=a.lr, epochs=a.epochs,
+                                 callback=dict(fraction=f, every_epochs=every, **test))
+                by_fraction[(f, every)] = pd.DataFrame(got["logged"])
+                rows.append(dict(callback=f"every {every} epochs" + (" + test" if a.test else ""), fraction=f,
+                                 seconds=round(got["seconds"], 1),
+                                 overhead=round(got["seconds"] / plain["seconds"] - 1, 3)))
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     checks = []
-    if 1.0 in by_fraction:
-        full = by_fraction[1.0].set_index("step")["premem/pre_mem_acc"]
-        for f, logs in by_fraction.items():
-            if f == 1.0:
-                continue
-            logs = logs.set_index("step")
-            inside = (logs["premem/pre_mem_acc_lo"] <= full) & (full <= logs["premem/pre_mem_acc_hi"])
-            checks.append(dict(fraction=f, checkpoints=len(logs), full_inside_interval=int(inside.sum()),
-                               max_abs_error=round(float((logs["premem/pre_mem_acc"] - full).abs().max()), 3),
-                               mean_interval_width=round(float((logs["premem/pre_mem_acc_hi"]
-                                                                - logs["premem/pre_mem_acc_lo"]).mean()), 3)))
-        print(pd.DataFrame(checks).to_string(index=False))
+    for (f, every), logs in by_fraction.items():
+        logs.assign(fraction=f, every=every).to_parquet(out / f"logged-f{f}-e{every}.parquet")
+        # What a subsample estimates: the full set recorded at the same checkpoints (pre-mem accuracy
+        # depends on which checkpoints are recorded: memorisation is only seen where one is).
+        if f == 1.0 or (1.0, every) not in by_fraction:
+            continue
+        ref = by_fraction[(1.0, every)].set_index("step")["premem/pre_mem_acc"]
+        logs = logs.set_index("step")
+        ref = ref.reindex(logs.index)
+        inside = (logs["premem/pre_mem_acc_lo"] <= ref) & (ref <= logs["premem/pre_mem_acc_hi"])
+        checks.append(dict(fraction=f, every=every, checkpoints=len(logs), full_inside_interval=int(inside.sum()),
+                           max_abs_error=round(float((logs["premem/pre_mem_acc"] - ref).abs().max()), 3),
+                           mean_interval_width=round(float((logs["premem/pre_mem_acc_hi"]
+                                                            - logs["premem/pre_mem_acc_lo"]).mean()), 3)))
+    print(pd.DataFrame(checks).to_string(index=False))
     (out / "benchmark.json").write_text(json.dumps(dict(
         params=a.params, lr=a.lr, epochs=a.epochs, test=a.test, times=rows, estimates=checks,
         machine=dict(threads=1, python=sys.version.split()[0], torch=torch.__version__)), indent=1) + "\n")

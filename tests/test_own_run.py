@@ -180,6 +180,26 @@ def test_premem_record_on_saved_checkpoints_equals_the_callback(hf_run, user, ca
     assert json.loads(capsys.readouterr().out)["tau"] == pytest.approx(metrics.calibrate_tau([held], 0.5))
 
 
+def test_notebook_reads_a_record_of_your_own_runs(hf_run, user):
+    """`papermill notebooks/03_premem_predicts_test.ipynb out.ipynb -p record_dir runs/mine`: claim 1's
+    notebook on runs premem did not train (recorded by premem record), figures into the record."""
+    import papermill
+
+    out = user["tmp"] / "rec_three"
+    for epochs in (1, 2):
+        train_hf(user["tmp"] / f"ep{epochs}", user, epochs=epochs)
+    with single_thread():
+        for run in (hf_run["out"], user["tmp"] / "ep1", user["tmp"] / "ep2"):
+            assert main(["record", str(run), "--data", str(user["train"]), "--test", str(user["test"]),
+                         "--params", str(user["params"]), "--out", str(out), "--quiet"]) == 0
+    assert sorted(record.read_runs(out), key=lambda r: r.run)[0].run == "ep1"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "03_premem_predicts_test.ipynb"), str(user["tmp"] / "nb.ipynb"),
+                               parameters=dict(record_dir=str(out)), cwd=str(ROOT / "notebooks"), progress_bar=False)
+    assert (out / "figures" / "03_premem_vs_test.png").is_file()
+    fits = pd.read_parquet(Path(user["tmp"]) / "runs" / "results" / "03_premem_predicts_test" / "mine" / "fits.parquet")
+    assert fits.n_points.max() == 3 + 1 + 2 and set(fits.dataset) == {"jsonl"}
+
+
 def test_callback_on_a_subsample_reports_its_interval(user):
     trainer, logs = train_hf(user["tmp"] / "sub", user, epochs=2,
                              callback=dict(out=user["tmp"] / "rec_sub", fraction=0.5, every_epochs=1))

@@ -34,14 +34,16 @@ class PreMemCallback(TrainerCallback):
         jsonl task (task_options name the fields) or a list of premem.tasks.Example. `params`: the
         recording keys (k, temperature, max_new_tokens, prompt_template, target_template, stop, ...);
         `out`: the record folder (default <out_dir>/<name>-<hash>); `run`: the run's name (default
-        the Trainer's output_dir name); `tau`: the threshold logged (default the params' rule);
+        the Trainer's output_dir name); `tau`: a fixed threshold, in place of the params' rule;
         `baselines`: also record claim 2's predictors (param_distance, which keeps a CPU copy of the
         starting weights, and grad_variance, a backward pass per minibatch)."""
         from premem import recorder
 
         self.trainer = trainer
-        self.cfg = recorder.with_own_data(params if isinstance(params, Params) else load_params(params),
-                                          data, test, heldout)
+        cfg = params if isinstance(params, Params) else load_params(params)
+        if tau is not None:
+            cfg = load_params({**cfg.model_dump(), "tau": tau, "tau_rule": "fixed"})
+        self.cfg = recorder.with_own_data(cfg, data, test, heldout)
         if every_epochs is not None and every_epochs < 1:
             raise PremError(f"every_epochs must be >= 1 or None, got {every_epochs}")
         train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
@@ -51,7 +53,7 @@ class PreMemCallback(TrainerCallback):
                                           test, heldout, baselines=baselines)
         self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
         self.run = run or Path(trainer.args.output_dir).resolve().name
-        self.every_epochs, self.tau = every_epochs, tau
+        self.every_epochs = every_epochs
         self.init_state, self.folder, self.steps = None, None, []
 
     def on_train_begin(self, args, state, control, model=None, **kw):
@@ -91,4 +93,4 @@ class PreMemCallback(TrainerCallback):
             self.recorder.record(self.folder, self.run, args.seed, step, epoch, model, tok,
                                  init_state=self.init_state, checkpoint=checkpoint)
         self.steps.append(step)
-        self.trainer.log(recorder.run_summary(self.cfg, self.out, self.run, self.tau))
+        self.trainer.log(recorder.run_summary(self.cfg, self.out, self.run))

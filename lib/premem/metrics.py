@@ -155,10 +155,11 @@ def calibrate_tau(heldout_perplexities, quantile: float = 0.05) -> float:
     log(log(perplexity)) shows what generalisation alone achieves. tau is its `quantile` pooled over
     every checkpoint given: an example scoring below it is better fitted than almost any unseen one.
     """
-    values = np.concatenate([loglog_perplexity(p).ravel() for p in heldout_perplexities])
+    values = np.concatenate([loglog_perplexity(p).ravel() for p in heldout_perplexities] or [np.array([])])
     values = values[~np.isnan(values)]
     if values.size == 0:
-        raise PremError("no held-out perplexities to calibrate tau on (set n_heldout > 0 and rerun the sweep)")
+        raise PremError("no held-out perplexities to calibrate tau on: record held-out examples (n_heldout > 0 "
+                        "for a sweep, --heldout for premem record, heldout= for PreMemCallback) or fix tau")
     return float(np.quantile(values, quantile))
 
 

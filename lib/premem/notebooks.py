@@ -43,6 +43,33 @@ def store_executed(executed: str | Path, stored: str | Path) -> None:
     write_text(stored, nbformat.writes(nb) + "\n")
 
 
+def open_record(namespace: dict):
+    """The setup of notebooks 02-05: (cfg, record_dir, runs, tau, how, figures folder).
+
+    By default the notebook's params are swept (cached: at once when already swept) and figures go
+    to their figures_dir. With `record_dir` set (`papermill -p record_dir runs/mine`) it reads that
+    record instead, whatever wrote it (premem record, PreMemCallback, a sweep), with the params the
+    record was made with, and draws into <record_dir>/figures, never over the project's figures.
+    """
+    from premem import metrics, record, sweep
+    from premem.config import from_notebook, project_root
+
+    given = namespace.get("record_dir")
+    if given:
+        record_dir = Path(given) if Path(given).is_absolute() else project_root() / given
+        cfg = record.read_config(record_dir)
+        figures = record_dir / "figures"
+    else:
+        cfg = from_notebook(namespace)
+        record_dir = sweep.sweep(cfg)
+        figures = cfg.path("figures_dir")
+    runs = record.read_runs(record_dir)
+    tau, how = metrics.chosen_tau(cfg, runs)
+    print(f"{cfg.name}: {len(runs)} runs from {record_dir}")
+    print(how)
+    return cfg, record_dir, runs, tau, how, figures
+
+
 # Notebooks whose data come from a params file of their own, whatever `--params` says.
 NOTEBOOK_PARAMS = {"01": "params/released_llama3-8b.yaml"}
 DEFAULT_PARAMS = "params/tiny.yaml"

@@ -129,6 +129,8 @@ def create(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tup
         old = None
     out.mkdir(parents=True, exist_ok=True)
     history = (old or {}).get("provenance", [])
+    if old and not history and "versions" in old:  # a record from before provenance was kept
+        history = [dict(time=None, command="(first writer)", versions=old["versions"])]
     history.append(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command, versions=versions()))
     io.write_json(config_file, dict(hash=new, params=cfg.model_dump(mode="json"), provenance=history))
     return out

@@ -68,6 +68,9 @@ class Recorder:
 
         if not train:
             raise PremError("no training examples to record")
+        if cfg.tau_rule == "heldout" and not heldout:
+            raise PremError("tau_rule heldout calibrates tau on held-out examples, and none are given: pass them "
+                            "(premem record --heldout, PreMemCallback heldout=) or set tau_rule: fixed")
         self.cfg, self.train, self.test, self.heldout = cfg, list(train), list(test), list(heldout)
         # The baseline predictors cost a backward pass per minibatch and two float32 copies of the
         # trainable weights (gradient variance), and a copy of the starting weights (distance).
@@ -173,14 +176,14 @@ def _select(steps: list[int], select: str) -> set[int]:
 
 def training_arguments(checkpoint: Path) -> dict:
     """lr, epochs and seed of the run that saved `checkpoint`, from the Trainer's training_args.bin
-    (HF Trainer and TRL save it in every checkpoint); NaN / 0 where it is absent."""
+    (HF Trainer and TRL save it in every checkpoint); None (seed 0) where it is absent."""
     import torch
 
     f = checkpoint / "training_args.bin"
     state = checkpoint / "trainer_state.json"
     epochs = record.read_json(state).get("num_train_epochs") if state.is_file() else None
     if not f.is_file():
-        return dict(lr=np.nan, epochs=np.nan if epochs is None else epochs, seed=0)
+        return dict(lr=None, epochs=epochs, seed=0)
     try:  # a pickle of TrainingArguments: the user's own file, from their own trainer
         args = torch.load(f, weights_only=False)
     except Exception as e:
@@ -248,14 +251,14 @@ def load_own_examples(cfg: Params, path: str | Path | None, split: str) -> list:
     return tasks.read_jsonl(path, split, **cfg.task_options)
 
 
-def run_summary(cfg: Params, record_dir: Path, run: str, tau: float | None = None) -> dict:
+def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
     """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
     checkpoint, with the 95% interval of the pre-mem estimate over the recorded examples (finite
     population correction when they are a subsample of the training set)."""
     from premem import metrics
 
     dyn = record.read_run_parts(record_dir, run)
-    tau = metrics.chosen_tau(cfg, [dyn])[0] if tau is None else tau
+    tau = metrics.chosen_tau(cfg, [dyn])[0]
     per_example = metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, tau)[-1]
     lo, hi = metrics.mean_interval(per_example, population=record.run_info(record_dir, run)["n_train"])
     out = {"premem/pre_mem_acc": float(np.nanmean(per_example)), "premem/pre_mem_acc_lo": lo,
