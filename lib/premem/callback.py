@@ -16,6 +16,7 @@ run with the callback trains exactly as one without. Under several processes ran
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -54,14 +55,16 @@ class PreMemCallback(TrainerCallback):
         self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
         self.run = run or Path(trainer.args.output_dir).resolve().name
         self.every_epochs = every_epochs
-        self.init_state, self.folder, self.steps = None, None, []
+        self.init_state, self.folder, self.steps, self.lock = None, None, [], contextlib.ExitStack()
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         from premem import training
 
         if not state.is_world_process_zero:
             return
-        record.create(self.out, self.cfg, command=f"PreMemCallback {args.output_dir}")
+        command = f"PreMemCallback {args.output_dir}"
+        self.lock.enter_context(record.locked(self.out, command))  # held until training ends (or the process)
+        record.create(self.out, self.cfg, command=command)
         self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=args.num_train_epochs,
                                        data_fraction=1.0, seed=args.seed, example_ids=self.train_ids)
         if self.recorder.baselines:  # theta0 of param_distance: the weights training starts at
@@ -79,6 +82,7 @@ class PreMemCallback(TrainerCallback):
         if state.is_world_process_zero and self.steps:
             record.finish_run(self.folder, sorted(set(self.steps)))
             record.finish(self.out)
+        self.lock.close()
 
     def _record(self, args, state, checkpoint, model=None, processing_class=None, **kw):
         from premem import recorder, training

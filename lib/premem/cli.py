@@ -62,6 +62,8 @@ def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], ever
 def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
     """The `premem fit --json` object of one dataset: the fit over every checkpoint of every run,
     and the runs. Runs of several datasets are refused: fit each group of `dynamics.by_dataset`."""
+    import pandas as pd
+
     from premem import metrics
     from premem.dynamics import checkpoint_table
 
@@ -69,6 +71,9 @@ def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
     datasets = list(dict.fromkeys(table.dataset))
     if len(datasets) > 1:
         raise PremError(f"runs of {len(datasets)} datasets ({', '.join(datasets)}) in one fit: fit each on its own")
+    if table.pre_mem_acc.nunique() == 1 and table.memorized_frac.min() == 1:
+        raise PremError(f"{datasets[0]}: at tau {tau:g} every example is memorized at every checkpoint, so "
+                        "pre-memorization accuracy is 0 throughout: tau is too high for these runs")
     pre = metrics.fit_predictor(table.pre_mem_acc, table.test_acc)
     train = metrics.fit_predictor(table.train_acc, table.test_acc)
     out = dict(
@@ -80,8 +85,10 @@ def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
     for run, g in table.groupby("run", sort=False):
         first = g.iloc[0]
         out["runs"].append(dict(
-            run=run, lr=first.lr, epochs=None if first.epochs is None else int(first.epochs),
-            data_fraction=first.data_fraction,
+            # None, not NaN, where a run's name did not say: NaN is not JSON.
+            run=run, lr=None if pd.isna(first.lr) else float(first.lr),
+            epochs=None if pd.isna(first.epochs) else int(first.epochs),
+            data_fraction=None if pd.isna(first.data_fraction) else float(first.data_fraction),
             checkpoints=g[["step", "pre_mem_acc", "train_acc", "test_acc", "memorized_frac"]].to_dict("records"),
         ))
     return out
@@ -309,11 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import errno
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except PremError as e:
         print(f"premem: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only or full disk is the machine's state, not a bug: say where
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"premem: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
 
 

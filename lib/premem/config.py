@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import string
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from premem.errors import PremError
 
@@ -58,10 +60,10 @@ class Params(BaseModel):
     lora: Optional[dict] = None  # LoRA adapter: {r, alpha, dropout, target_modules}; None = full finetuning
 
     # Finetuning grid: every combination of these is one run.
-    lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
-    epochs: list[int] = Field(default_factory=lambda: [3, 10, 30])
-    data_fractions: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3], min_length=1)
+    epochs: list[int] = Field(default_factory=lambda: [3, 10, 30], min_length=1)
+    data_fractions: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])  # [] in curation's params: its seeds are its own
     batch_size: int = Field(32, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -144,6 +146,46 @@ class Params(BaseModel):
     cache_dir: str = ".cache/premem"
     figures_dir: str = "figures"
 
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, v):
+        if any(not lr > 0 for lr in v):  # also NaN
+            raise ValueError(f"learning rates must be > 0, got {v}")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, v):
+        if any(e < 1 for e in v):
+            raise ValueError(f"epochs must be >= 1, got {v}")
+        return v
+
+    @field_validator("data_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"data fractions must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("tau", "temperature", "embedded_lr")
+    @classmethod
+    def _finite(cls, v):
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
+    @field_validator("prompt_template", "target_template")
+    @classmethod
+    def _template(cls, v, info):
+        field = {"prompt_template": "question", "target_template": "solution"}[info.field_name]
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as e:  # an unmatched brace
+            raise ValueError(f"{e} in {v!r}") from None
+        if names != {field}:
+            raise ValueError(f"must hold {{{field}}} and no other field, got {sorted(names) or 'none'} in {v!r}")
+        return v
+
     def path(self, key: str) -> Path | None:
         value = getattr(self, key)
         if value is None:
@@ -201,7 +243,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
         else:
-            parts.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"key '{key}': {msg}" + ("" if "got" in msg else f" (got {e.get('input')!r})"))
     return f"{source}: " + "; ".join(parts)
 
 
@@ -216,9 +259,14 @@ def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
         if not path.is_file():
             raise PremError(f"params file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise PremError(f"{path}: not valid YAML ({e})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise PremError(f"{path}: not valid YAML{where} ({what})") from None
+        if data is None:  # the schema's defaults are not any run's settings: an empty file is a mistake
+            raise PremError(f"{path}: empty; a params file names its keys (params/tiny.yaml is the CPU default)")
         if not isinstance(data, dict):
             raise PremError(f"{path}: must be a mapping of keys to values")
         name = str(path)

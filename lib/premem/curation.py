@@ -309,15 +309,22 @@ def chain_of(name: str) -> tuple[str, int, int]:
 
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
-    from tqdm.auto import tqdm
-
     check_strategies(cfg.curation_strategies)
     sweep.quiet_libraries()
     out = Path(out) if out else folder_of(cfg)
     cfg = curation_params(cfg)
-    originals, test, held = sweep.load_examples(cfg, heldout=True)
+    originals, test, held = sweep.load_examples(cfg, heldout=True)  # bad input fails before the folder is made
     source = source_for(cfg)
-    record.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
+    record.check_target(out, cfg, force=force, extra_keys=CURATION_KEYS)
+    with record.locked(out, "premem curate"):
+        record.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
+        _curate(cfg, out, originals, test, held, source, progress)
+    return out
+
+
+def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
     base = sweep.base_model_path(cfg, progress=progress)
     lr, epochs = cfg.curation_lr, cfg.curation_epochs
     plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
@@ -354,7 +361,6 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     if "iid" in plan:
         io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
     _record_base(cfg, out, base, test)
-    return out
 
 
 def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> bool:

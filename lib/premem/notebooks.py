@@ -98,14 +98,16 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
         if unknown:
             raise PremError(f"--only: no notebook numbered {', '.join(sorted(unknown))} in {root / 'notebooks'}")
         books = [b for b in books if b.name[:2] in only]
+    # Every params file is validated before any notebook runs (a bad --params fails at once).
+    files = {b: root / NOTEBOOK_PARAMS.get(b.name[:2], params or DEFAULT_PARAMS) for b in books}
+    configs = {b: load_params(f) for b, f in files.items()}
     out_dir = root / "runs" / "reproduce"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     bar = tqdm(books, desc="reproduce", unit="notebook", disable=not progress)
     for book in bar:
         bar.set_postfix_str(book.name)
-        params_file = root / NOTEBOOK_PARAMS.get(book.name[:2], params or DEFAULT_PARAMS)
-        cfg = load_params(params_file)  # validate before spending any time
+        params_file, cfg = files[book], configs[book]
         start = time.time()
         # A notebook whose parameters cell names params_file gets the file (no warnings about keys
         # its cell lacks); notebook 01's flat parameters get the file's keys.

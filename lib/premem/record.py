@@ -18,8 +18,11 @@ from the parts, identically on every rerun.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +111,27 @@ def versions() -> dict:
     return dict(python=platform.python_version(), **{n: get(n) for n in names})
 
 
+def check_target(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tuple[str, ...] = ()) -> dict | None:
+    """Whether `create` may write into `out`, checked without writing anything: a record of another
+    config is refused unless `force`, and `force` never deletes a folder that is not a record.
+    Returns the existing config.json, if any."""
+    out = Path(out)
+    config_file = out / "config.json"
+    old = read_json(config_file) if config_file.exists() else None
+    new = cfg.hash(*extra_keys)
+    if old is not None and old.get("hash") != new and not force:
+        raise PremError(f"{out} holds a record of another config (hash {old.get('hash')}, now {new}): "
+                        "choose another --out or pass --force")
+    if force and out.exists():
+        if not out.is_dir():
+            raise PremError(f"--out {out} is a file, not a folder")
+        contents = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        if contents and not (old and "hash" in old and "params" in old):
+            raise PremError(f"--force would delete {out} ({', '.join(contents[:5])}), which is not a premem "
+                            "record: choose another --out")
+    return old
+
+
 def create(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tuple[str, ...] = (),
            command: str = "") -> Path:
     """Create a record folder for `cfg`, or resume one made with the same config hash; another
@@ -116,16 +140,11 @@ def create(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tup
     out = Path(out)
     config_file = out / "config.json"
     new = cfg.hash(*extra_keys)
-    old = read_json(config_file) if config_file.exists() else None
-    if old is not None and old.get("hash") != new and not force:
-        raise PremError(f"{out} holds a record of another config (hash {old.get('hash')}, now {new}): "
-                        "choose another --out or pass --force")
+    old = check_target(out, cfg, force=force, extra_keys=extra_keys)
     if force and out.exists():
-        if not (config_file.is_file() and old and "hash" in old and "params" in old) and any(out.iterdir()):
-            contents = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-            raise PremError(f"--force would delete {out} ({contents}), which is not a premem record: "
-                            "choose another --out")
-        shutil.rmtree(out)
+        # The lock stays: whoever holds it holds this folder.
+        for p in sorted(p for p in out.iterdir() if p.name != LOCK):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         old = None
     out.mkdir(parents=True, exist_ok=True)
     history = (old or {}).get("provenance", [])
@@ -134,6 +153,35 @@ def create(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tup
     history.append(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command, versions=versions()))
     io.write_json(config_file, dict(hash=new, params=cfg.model_dump(mode="json"), provenance=history))
     return out
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(record_dir: str | Path, command: str = ""):
+    """Hold the record folder's lock while writing: a second writer of the same folder (another
+    sweep, premem record, a callback) says who holds it and waits, then finds done work done."""
+    import fcntl
+
+    record_dir = Path(record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    with open(record_dir / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"premem: {record_dir} is being written by {holder}; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({command or 'premem'}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.flush()
+        try:
+            yield record_dir
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_dir(record_dir: str | Path, run: str) -> Path:
@@ -165,7 +213,25 @@ def part_path(folder: Path, table: str, step: int) -> Path:
 
 
 def part_done(folder: Path, step: int) -> bool:
-    return all(part_path(folder, t, step).exists() for t in TABLES)
+    """A checkpoint's parts are all there and readable (a damaged one counts as not recorded, so it
+    is recorded again: parts are written atomically, so damage came from outside)."""
+    import pyarrow.parquet as pq
+
+    for table in TABLES:
+        f = part_path(folder, table, step)
+        try:
+            names = pq.read_schema(f).names  # the footer alone: cheap
+        except Exception:  # missing, truncated, not parquet
+            return False
+        if any(c.required and c.name not in names for c in SCHEMA[table]):
+            return False
+    return True
+
+
+def lost_steps(folder: Path) -> list[int]:
+    """The checkpoints a finished run recorded (done.json) whose parts are now missing or damaged."""
+    f = Path(folder) / "done.json"
+    return [s for s in read_json(f).get("checkpoints", []) if not part_done(folder, s)] if f.is_file() else []
 
 
 def write_part(folder: Path, table: str, step: int, df: pd.DataFrame) -> Path:
@@ -179,7 +245,13 @@ def finish_run(folder: Path, steps: list[int]) -> None:
 
 
 def is_done(folder: Path) -> bool:
-    return (Path(folder) / "done.json").exists()
+    """The run finished, and everything it recorded is still there."""
+    return (Path(folder) / "done.json").exists() and not lost_steps(folder)
+
+
+def reopen_run(folder: Path) -> None:
+    """A finished run that lost parts is unfinished again, so its writer records them anew."""
+    (Path(folder) / "done.json").unlink(missing_ok=True)
 
 
 def final_checkpoint(record_dir: str | Path, run: str) -> Path:

@@ -199,19 +199,27 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     resumed: checkpoints already recorded are skipped), then finish its tables. `base` is the model
     training started from: adapters are put on it (default: their adapter_config's base), and full
     models get param_distance from it (default: NaN)."""
-    from tqdm.auto import tqdm
-
-    from premem import training
-
     ckpts = saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
     run = run or Path(checkpoints_dir).resolve().name
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
     meta = training_arguments(ckpts[-1]["path"])
-    out = record.create(out, cfg, command=f"premem record {checkpoints_dir}")
+    record.check_target(out, cfg)
+    with record.locked(out, f"premem record {checkpoints_dir}"):
+        record.create(out, cfg, command=f"premem record {checkpoints_dir}")
+        _record_checkpoints(recorder, ckpts, Path(out), run, meta, [ex.id for ex in train], base, progress)
+    return Path(out)
+
+
+def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained_ids: list,
+                        base: str | None, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from premem import training
+
     folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
-                              seed=meta["seed"], example_ids=[ex.id for ex in train])
+                              seed=meta["seed"], example_ids=trained_ids)
     init_state = None
-    if baselines and base is not None and any(c["kind"] == "model" for c in ckpts):
+    if recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts):
         init_model, _ = training.load_checkpoint(base)
         init_state = training.snapshot(init_model)
         del init_model
@@ -219,11 +227,11 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
         if record.part_done(folder, c["step"]):
             continue
         model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
-                                              trainable=True, dtype=cfg.dtype)
+                                              trainable=True, dtype=recorder.cfg.dtype)
         recorder.record(folder, run, meta["seed"], c["step"], c["epoch"], model, tok,
                         init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
     record.finish_run(folder, [c["step"] for c in ckpts])
-    return record.finish(out)
+    record.finish(out)
 
 
 def with_own_data(cfg: Params, train=None, test=None, heldout=None) -> Params:

@@ -80,9 +80,21 @@ def answer_file(ckpt: Path, split: str) -> Path:
     raise PremError(f"no {split} sample file ({', '.join(SAMPLE_PRIORITY)}) in {ckpt}")
 
 
+def load_array(f: Path) -> np.ndarray:
+    """A released .npy array, or one error naming the file (truncated, not an array, pickled)."""
+    try:
+        return np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise PremError(f"{f}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+
+
 def accuracy_per_example(types: np.ndarray, f: Path) -> np.ndarray:
     if types.ndim != 2:
         raise PremError(f"{f}: answer types must be (examples, k), got shape {types.shape}")
+    # 0 correct, 1 wrong, 2 unparseable; min/max, not unique: these arrays are read by the thousand.
+    if not np.issubdtype(types.dtype, np.integer) or types.size and (types.min() < 0 or types.max() > 2):
+        odd = np.unique(types[(types != 0) & (types != 1) & (types != 2)])[:5].tolist()
+        raise PremError(f"{f}: answer types must be 0 (correct), 1 (wrong) or 2 (unparseable), got {odd}")
     return (types == 0).mean(axis=1)
 
 
@@ -95,21 +107,24 @@ def read_run(run_dir: str | os.PathLike, group: str | None = None) -> RunDynamic
     if not ckpts:
         raise PremError(f"no checkpoint-<step> folders in {run_dir}")
     idx_file = run_dir / "subsample_idxs.npy"
-    rows = np.load(idx_file) if idx_file.exists() else None
+    rows = load_array(idx_file) if idx_file.exists() else None
     train_acc, ppl, test_acc = [], [], []
     for ckpt in ckpts:
         f = answer_file(ckpt, "train")
-        a = accuracy_per_example(np.load(f), f)
+        a = accuracy_per_example(load_array(f), f)
         pf = ckpt / "train_perplexities.npy"
         if not pf.exists():
             raise PremError(f"no train_perplexities.npy in {ckpt}")
-        p = np.load(pf).astype(float)
+        p = load_array(pf).astype(float)
         if p.shape != a.shape:
             raise PremError(f"{pf}: perplexity shape {p.shape} does not match answers {f.name} shape {a.shape[:1]}")
         if not np.all(np.isfinite(p)):
             raise PremError(f"{pf}: {int(np.sum(~np.isfinite(p)))} non-finite perplexities")
+        if np.any(p < 1):  # exp(mean NLL) with NLL >= 0: below 1 is not a per-token perplexity
+            raise PremError(f"{pf}: {int(np.sum(p < 1))} perplexities below 1 (smallest {p.min():.4g}); "
+                            "per-token perplexity is exp(mean NLL) >= 1")
         tf = answer_file(ckpt, "test")
-        test_acc.append(accuracy_per_example(np.load(tf), tf).mean())
+        test_acc.append(accuracy_per_example(load_array(tf), tf).mean())
         if rows is not None:
             if rows.max(initial=-1) >= a.shape[0]:
                 raise PremError(f"{idx_file}: index {rows.max()} out of range for {a.shape[0]} examples")

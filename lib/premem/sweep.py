@@ -10,6 +10,7 @@ rerun recomputes nothing that finished and yields identical tables.
 from __future__ import annotations
 
 import itertools
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class RunSpec:
 
 
 def grid(cfg: Params) -> list[RunSpec]:
+    if not cfg.seeds:
+        raise PremError("seeds: the grid is empty; give at least one seed")
     specs = []
     for lr, epochs, frac, seed in itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds):
         if not 0 < frac <= 1:
@@ -139,6 +142,12 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         return run_dir
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
+    record.reopen_run(run_dir)
+    if any(not record.part_done(run_dir, c["step"]) for c in training.finished_checkpoints(run_dir / "train")):
+        # Parts of finished checkpoints were deleted or damaged from outside. Training is
+        # deterministic: train the run again from its start (premem's own checkpoints go) and record
+        # only what was lost; the tables then equal an uninterrupted sweep's.
+        shutil.rmtree(run_dir / "train")
     record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
                      seed=spec.seed, example_ids=[ex.id for ex in train])
     lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
@@ -259,12 +268,14 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
-    record.create(out, cfg, force=force, command="premem sweep")
-    base = base_model_path(cfg, progress=progress)
-    bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
-    run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
-    bar.close()
-    record.finish(out)
+    record.check_target(out, cfg, force=force)  # and so does a folder that is not this config's record
+    with record.locked(out, "premem sweep"):
+        record.create(out, cfg, force=force, command="premem sweep")
+        base = base_model_path(cfg, progress=progress)
+        bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
+        run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
+        bar.close()
+        record.finish(out)
     return out
 
 
