@@ -196,7 +196,7 @@ def test_notebook_reads_a_record_of_your_own_runs(hf_run, user):
     papermill.execute_notebook(str(ROOT / "notebooks" / "03_premem_predicts_test.ipynb"), str(user["tmp"] / "nb.ipynb"),
                                parameters=dict(record_dir=str(out)), cwd=str(ROOT / "notebooks"), progress_bar=False)
     assert (out / "figures" / "03_premem_vs_test.png").is_file()
-    fits = pd.read_parquet(Path(user["tmp"]) / "runs" / "results" / "03_premem_predicts_test" / "mine" / "fits.parquet")
+    fits = pd.read_parquet(out / "results" / "03_premem_predicts_test" / "mine" / "fits.parquet")
     assert fits.n_points.max() == 3 + 1 + 2 and set(fits.dataset) == {"jsonl"}
 
 
@@ -387,3 +387,44 @@ def test_force_deletes_only_a_record(tmp_path):
 
 def test_readme_documents_the_record_schema():
     assert record.schema_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_another_run_of_the_same_name_is_refused_not_merged(hf_run, user, tmp_path, capsys):
+    rec = tmp_path / "rec"
+    shutil.copytree(hf_run["record"], rec)
+    elsewhere = tmp_path / "elsewhere" / "hf"  # another experiment's output_dir, the same basename
+    shutil.copytree(hf_run["out"], elsewhere)
+    before = {p: p.read_bytes() for p in rec.rglob("*") if p.is_file() and p.name != ".lock"}
+    code = main(["record", str(elsewhere), "--data", str(user["train"]), "--test", str(user["test"]),
+                 "--heldout", str(user["heldout"]), "--params", str(user["params"]), "--out", str(rec), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "run hf holds checkpoints from elsewhere" in err and "--run" in err, err
+    after = {p: p.read_bytes() for p in rec.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert {p: b for p, b in after.items() if p.name != "config.json"} == \
+        {p: b for p, b in before.items() if p.name != "config.json"}
+    for bad in ("exp/1", "..", "lr[2e-5]"):
+        with pytest.raises(PremError, match="cannot name a folder of the record"):
+            record.check_run_name(bad)
+
+
+def test_parts_recorded_after_the_tables_are_read(hf_run, tmp_path):
+    """Tables that do not hold every part (a finish killed, a writer stopped before it) are not
+    taken for the record: it is read from its parts."""
+    rec = tmp_path / "rec"
+    shutil.copytree(hf_run["record"], rec)
+    folder = rec / "runs" / "hf"
+    for table in record.TABLES:
+        part = pd.read_parquet(record.part_path(folder, table, 9))
+        record.write_part(folder, table, 12, part.assign(step=12))
+    assert list(record.read_runs(rec)[0].steps) == [3, 6, 9, 12]
+    record.finish(rec)
+    assert list(record.read_runs(rec)[0].steps) == [3, 6, 9, 12]
+    assert sorted(pd.read_parquet(rec / "samples.parquet").step.unique()) == [3, 6, 9, 12]
+
+
+def test_tau_rules_on_the_released_logs(released_root):
+    from premem.cli import fit_datasets
+
+    assert [f["tau"] for f in fit_datasets(released_root, rule="fixed")] == [-2.3, -1.7]
+    with pytest.raises(PremError, match="no held-out examples"):
+        fit_datasets(released_root, rule="heldout")

@@ -12,7 +12,9 @@ pre-memorization accuracy (with its 95% interval when subsampled), train accurac
 share through the Trainer's own loggers (`report_to`: tensorboard, wandb, ...), as `premem/...`.
 The record is finished (its tables written) when training ends; `premem fit` and the notebooks read
 it. Recording leaves training untouched: the RNG streams are restored after each recording, so a
-run with the callback trains exactly as one without. Under several processes rank 0 records.
+run with the callback trains exactly as one without. Under DDP rank 0 records (the others go on);
+under FSDP the model is sharded and a forward on one rank would wait for the others: record the
+saved checkpoints with `premem record` instead.
 """
 from __future__ import annotations
 
@@ -47,15 +49,22 @@ class PreMemCallback(TrainerCallback):
         self.cfg = recorder.with_own_data(cfg, data, test, heldout)
         if every_epochs is not None and every_epochs < 1:
             raise PremError(f"every_epochs must be >= 1 or None, got {every_epochs}")
+        if every_epochs is None and str(getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)) == "no":
+            raise PremError("the Trainer saves no checkpoints (save_strategy 'no'): PreMemCallback records at "
+                            "each save; set save_strategy, or every_epochs=n")
+        if every_epochs is not None and cfg.backend == "vllm":
+            raise PremError("backend vllm samples from a saved checkpoint folder: with every_epochs nothing is "
+                            "saved where it records; record at the Trainer's saves (every_epochs=None)")
         train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
                                 else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
         self.train_ids = [ex.id for ex in train]
         self.recorder = recorder.Recorder(self.cfg, recorder.subsample(train, fraction, self.cfg.data_seed),
                                           test, heldout, baselines=baselines)
         self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
-        self.run = run or Path(trainer.args.output_dir).resolve().name
+        self.run = record.check_run_name(run or Path(trainer.args.output_dir).resolve().name)
+        self.recording = dict(fraction=float(fraction), baselines=bool(baselines))
         self.every_epochs = every_epochs
-        self.init_state, self.folder, self.steps, self.lock = None, None, [], contextlib.ExitStack()
+        self.init_state, self.folder, self.lock = None, None, contextlib.ExitStack()
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         from premem import training
@@ -65,9 +74,13 @@ class PreMemCallback(TrainerCallback):
         command = f"PreMemCallback {args.output_dir}"
         self.lock.enter_context(record.locked(self.out, command))  # held until training ends (or the process)
         record.create(self.out, self.cfg, command=command)
-        self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=args.num_train_epochs,
-                                       data_fraction=1.0, seed=args.seed, example_ids=self.train_ids)
-        if self.recorder.baselines:  # theta0 of param_distance: the weights training starts at
+        # state.num_train_epochs is what the Trainer saves in trainer_state.json (premem record reads it).
+        self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=state.num_train_epochs,
+                                       data_fraction=1.0, seed=args.seed, example_ids=self.train_ids,
+                                       source=str(Path(args.output_dir).resolve()), recording=self.recording)
+        if state.global_step > 0:  # resumed from a checkpoint: its weights, not the starting ones, are loaded
+            self._resumed(args, state)
+        elif self.recorder.baselines:  # theta0 of param_distance: the weights training starts at
             self.init_state = training.snapshot(model)
 
     def on_save(self, args, state, control, **kw):
@@ -79,10 +92,29 @@ class PreMemCallback(TrainerCallback):
             self._record(args, state, None, **kw)
 
     def on_train_end(self, args, state, control, **kw):
-        if state.is_world_process_zero and self.steps:
-            record.finish_run(self.folder, sorted(set(self.steps)))
-            record.finish(self.out)
+        if state.is_world_process_zero and self.folder is not None:
+            recorded = sorted({int(p.stem.split("-")[1]) for p in (self.folder / "parts").glob("samples-*.parquet")})
+            if recorded:  # this session's and an earlier one's (a resumed run)
+                record.finish_run(self.folder, recorded)
+                record.finish(self.out)
         self.lock.close()
+
+    def _resumed(self, args, state) -> None:
+        """A resumed run: say what the callback cannot know (the starting weights, for
+        param_distance, which is then NaN) and which saved checkpoints a kill left unrecorded."""
+        import re
+        import sys
+
+        saved = sorted(int(d.name.split("-")[1]) for d in Path(args.output_dir).glob("checkpoint-*")
+                       if re.fullmatch(r"checkpoint-\d+", d.name))
+        lost = [s for s in saved if s <= state.global_step and not record.part_done(self.folder, s)]
+        if lost:
+            print(f"premem: checkpoints {lost} of {args.output_dir} were saved but not recorded (the run was "
+                  f"stopped while recording); record them with `premem record {args.output_dir} --checkpoints "
+                  f"{','.join(map(str, lost))} --out {self.out} ...`", file=sys.stderr)
+        if self.recorder.baselines:
+            print("premem: resumed run: the weights it started from are not known here, so param_distance "
+                  "is NaN from now on", file=sys.stderr)
 
     def _record(self, args, state, checkpoint, model=None, processing_class=None, **kw):
         from premem import recorder, training
@@ -96,5 +128,4 @@ class PreMemCallback(TrainerCallback):
         with training.recording(model):
             self.recorder.record(self.folder, self.run, args.seed, step, epoch, model, tok,
                                  init_state=self.init_state, checkpoint=checkpoint)
-        self.steps.append(step)
         self.trainer.log(recorder.run_summary(self.cfg, self.out, self.run))

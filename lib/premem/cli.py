@@ -42,12 +42,15 @@ def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], ever
         raise PremError(f"--tau for dataset {', '.join(map(repr, sorted(unknown)))}, which is not in {path}; "
                         f"datasets here: {', '.join(groups)}")
     own = record.read_config(path) if record.is_record_dir(path) else None
-    if rule is not None or quantile is not None:
-        effective = rule or (own.tau_rule if own else "fixed")
+    if own is None and (rule == "heldout" or quantile is not None):
+        raise PremError(f"{path}: the released logs hold no held-out examples to calibrate tau on; "
+                        "--tau-rule heldout needs a premem record with them")
+    if own is not None and (rule is not None or quantile is not None):
+        effective = rule or own.tau_rule
         if quantile is not None and effective != "heldout":
             raise PremError("--tau-quantile sets the heldout rule's quantile: pass --tau-rule heldout too")
         keys = dict(tau_rule=effective) | ({} if quantile is None else dict(tau_quantile=quantile))
-        own = load_params({**(own.model_dump() if own else {}), **keys})  # validated: a bad quantile is named
+        own = load_params({**own.model_dump(), **keys})  # validated: a bad quantile is named
     out = {}
     for name, runs in groups.items():
         if name in by_name or everywhere is not None:

@@ -49,7 +49,7 @@ def open_record(namespace: dict):
     By default the notebook's params are swept (cached: at once when already swept) and figures go
     to their figures_dir. With `record_dir` set (`papermill -p record_dir runs/mine`) it reads that
     record instead, whatever wrote it (premem record, PreMemCallback, a sweep), with the params the
-    record was made with, and draws into <record_dir>/figures, never over the project's figures.
+    record was made with, and saves its results and figures into <record_dir>/results and /figures.
     """
     from premem import metrics, record, sweep
     from premem.config import from_notebook, project_root
@@ -57,8 +57,10 @@ def open_record(namespace: dict):
     given = namespace.get("record_dir")
     if given:
         record_dir = Path(given) if Path(given).is_absolute() else project_root() / given
-        cfg = record.read_config(record_dir)
-        figures = record_dir / "figures"
+        # Results and figures go into the record: never over the project's, which the ledger reads.
+        cfg = record.read_config(record_dir).model_copy(
+            update=dict(out_dir=str(record_dir), figures_dir=str(record_dir / "figures")))
+        figures = cfg.path("figures_dir")
     else:
         cfg = from_notebook(namespace)
         record_dir = sweep.sweep(cfg)

@@ -188,18 +188,32 @@ def run_dir(record_dir: str | Path, run: str) -> Path:
     return Path(record_dir) / "runs" / run
 
 
-def start_run(record_dir: str | Path, run: str, *, lr, epochs, data_fraction, seed: int, example_ids) -> Path:
-    """Write (or check, on resume) a run's run.json; returns its folder."""
-    folder = run_dir(record_dir, run)
+def check_run_name(run: str) -> str:
+    """A run's name is one folder name: no path separators, globs or dots to climb out with."""
+    if not run or run in (".", "..") or run.startswith(".") or any(c in run for c in "/\\*?[]"):
+        raise PremError(f"run name {run!r} cannot name a folder of the record: use letters, digits and ._-=+ "
+                        "(--run NAME / run=)")
+    return run
+
+
+def start_run(record_dir: str | Path, run: str, *, lr, epochs, data_fraction, seed: int, example_ids,
+              source: str | None = None, recording: dict | None = None) -> Path:
+    """Write (or check, on resume) a run's run.json; returns its folder. `source` (the folder a
+    trainer saved into) and `recording` (what is recorded: fraction, baselines) tell one run from
+    another of the same name: resuming with other ones is refused, never merged."""
+    folder = run_dir(record_dir, check_run_name(run))
     if epochs is not None and float(epochs).is_integer():
         epochs = int(epochs)  # TrainingArguments holds 3.0; the sweep and trainer_state.json say 3
     info = dict(run=run, lr=lr, epochs=epochs, data_fraction=data_fraction, seed=int(seed),
-                n_train=len(example_ids), example_ids=list(example_ids))
+                n_train=len(example_ids), example_ids=list(example_ids), source=source, recording=recording)
     f = folder / "run.json"
     if f.exists():
         before = read_json(f)
-        if before.get("example_ids") != info["example_ids"]:
-            raise PremError(f"{f}: run {run} was recorded on other training examples; record it into another --out")
+        for key, what in (("example_ids", "other training examples"), ("source", "checkpoints from elsewhere"),
+                          ("recording", "other recording settings")):
+            if before.get(key) != info[key]:
+                raise PremError(f"{f}: run {run} holds {what} ({key}: {str(before.get(key))[:80]}); record this "
+                                "one under another name (--run / run=) or into another --out")
     io.write_json(f, info)
     return folder
 
@@ -294,13 +308,39 @@ def _numbers(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+MANIFEST = "tables.json"  # what the top-level tables were built from; written last by finish
+
+
+def _inputs(record_dir: Path) -> dict[str, int]:
+    """Every part and run.json of the record, with its size: what finish builds the tables from."""
+    files = list((record_dir / "runs").glob("*/parts/*.parquet")) + list((record_dir / "runs").glob("*/run.json"))
+    return {str(p.relative_to(record_dir)): p.stat().st_size for p in sorted(files)}
+
+
 def finish(record_dir: str | Path) -> Path:
-    """Concatenate every run's parts into the top-level tables (identical on every rerun)."""
+    """Concatenate every run's parts into the top-level tables (identical on every rerun), then
+    write the manifest of what they hold: tables without a matching manifest (a finish that was
+    killed, runs recorded since) are never read as the record."""
     record_dir = Path(record_dir)
+    inputs = _inputs(record_dir)
     for table in TABLES:
         io.write_parquet(record_dir / f"{table}.parquet", concat_parts(record_dir, table))
     io.write_parquet(record_dir / "runs.parquet", runs_table(record_dir))
+    io.write_json(record_dir / MANIFEST, dict(inputs=inputs))
     return record_dir
+
+
+def _finished(record_dir: Path) -> bool:
+    """Whether the top-level tables are the record: they exist and hold every part there is now."""
+    if not (record_dir / "samples.parquet").exists():
+        return False
+    manifest = record_dir / MANIFEST
+    if manifest.is_file():
+        return read_json(manifest).get("inputs") == _inputs(record_dir)
+    # No manifest: tables written by hand (no parts), or by premem before manifests were kept (then
+    # after every part: a part recorded since is newer than them).
+    parts = [p.stat().st_mtime for p in (record_dir / "runs").glob("*/parts/*.parquet")]
+    return not parts or (record_dir / "samples.parquet").stat().st_mtime >= max(parts)
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -393,7 +433,7 @@ def _dataset(record_dir: Path) -> str | None:
 
 def _tables(record_dir: Path, run: str | None = None):
     """(samples, perplexity, runs, checkpoints): the finished tables, or the parts (of `run`)."""
-    if run is None and (record_dir / "samples.parquet").exists():
+    if run is None and _finished(record_dir):
         tables = [read_table(record_dir / f"{t}.parquet", t) for t in ("samples", "perplexity", "runs")]
         stats_file = record_dir / "checkpoints.parquet"
         return (*tables, read_table(stats_file, "checkpoints") if stats_file.exists() else None)

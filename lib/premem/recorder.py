@@ -200,24 +200,26 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     training started from: adapters are put on it (default: their adapter_config's base), and full
     models get param_distance from it (default: NaN)."""
     ckpts = saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
-    run = run or Path(checkpoints_dir).resolve().name
+    run = record.check_run_name(run or Path(checkpoints_dir).resolve().name)
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
     meta = training_arguments(ckpts[-1]["path"])
     record.check_target(out, cfg)
     with record.locked(out, f"premem record {checkpoints_dir}"):
         record.create(out, cfg, command=f"premem record {checkpoints_dir}")
-        _record_checkpoints(recorder, ckpts, Path(out), run, meta, [ex.id for ex in train], base, progress)
+        _record_checkpoints(recorder, ckpts, Path(out), run, meta, [ex.id for ex in train], base, progress,
+                            source=str(Path(checkpoints_dir).resolve()), recording=dict(fraction=float(fraction),
+                                                                                       baselines=bool(baselines)))
     return Path(out)
 
 
 def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained_ids: list,
-                        base: str | None, progress: bool) -> None:
+                        base: str | None, progress: bool, source: str, recording: dict) -> None:
     from tqdm.auto import tqdm
 
     from premem import training
 
     folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
-                              seed=meta["seed"], example_ids=trained_ids)
+                              seed=meta["seed"], example_ids=trained_ids, source=source, recording=recording)
     init_state = None
     if recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts):
         init_model, _ = training.load_checkpoint(base)
@@ -291,6 +293,9 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
     cfg = record.read_config(record_dir)
     wanted = set(ids)
     if cfg.task == "jsonl":
+        if not (cfg.data_files or {}).get("train"):
+            raise PremError(f"{record_dir}: its training rows were given in memory, not as a file: --below has "
+                            "no rows to write (record with a JSON Lines file to use it)")
         path = Path(cfg.data_files["train"])
         examples = load_own_examples(cfg, path, "train")
         lines = path.read_text().splitlines()

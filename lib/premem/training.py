@@ -338,7 +338,9 @@ def gradient_variance(model, tokenizer, prompts, targets, batch_size: int, n_bat
     if n_batches < 2:
         raise PremError(f"gradient_variance needs n_batches >= 2, got {n_batches}")
     features = build_features(tokenizer, prompts, targets)
-    collate = CompletionCollator(tokenizer.pad_token_id)
+    # Padding is masked out of the loss, so any id serves; a trainer's tokenizer may have no pad token.
+    collate = CompletionCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                 else tokenizer.eos_token_id or 0)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     mean = [torch.zeros_like(p, dtype=torch.float32) for p in params]
