@@ -173,6 +173,10 @@ def test_binned_means_counts_and_wilson_intervals():
     np.testing.assert_allclose(b.loc[2, ["ci_low", "ci_high"]].astype(float), [lo, hi])
     assert (b.ci_low <= b["mean"]).all() and (b["mean"] <= b.ci_high).all()
     assert robustness.binned(hand_table(), "train_acc").n_examples.tolist() == [8]
+    # By default the bins fit the accuracies' grid: 4 samples give multiples of 0.25, each its own bin.
+    assert robustness.binned(hand_table(), "pre_mem_acc").bin.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [robustness.bin_width(np.arange(k + 1) / k) for k in (2, 4, 5, 10, 16)] == [0.5, 0.25, 0.2, 0.2, 0.25]
+    assert robustness.bin_width([0.1234, 0.5]) == 0.2  # on no grid of k <= 20
 
 
 def test_spearman():
@@ -197,6 +201,6 @@ def test_plot_robustness_draws_one_violin_per_bin():
 
     fig, ax = plt.subplots()
     robustness.plot_robustness(hand_table(), "pre_mem_acc", ax)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
-    assert ax.get_xlim() == (-0.5, 5.5)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5", "0.75", "1"]
+    assert ax.get_xlim() == (-0.5, 4.5)
     plt.close(fig)

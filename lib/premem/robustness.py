@@ -114,15 +114,29 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 
 
+def bin_width(values, target: float = 0.2) -> float:
+    """A bin width on the accuracies' own grid: accuracies of k samples are multiples of 1/k, so a
+    bin is the smallest multiple of 1/k at least `target` wide (k = 4: 0.25, k = 5 as in the paper:
+    0.2, k = 10: 0.2); `target` when the values are on no grid of k <= 20."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    for k in range(1, 21):
+        if np.allclose(v * k, np.round(v * k), atol=1e-6):
+            return float(np.ceil(target * k - 1e-9) / k)
+    return target
+
+
 def bin_of(values, width: float = 0.2) -> np.ndarray:
     """Nearest multiple of `width`: 0 and 1 are bins of their own, as in the paper's figure."""
     return np.round(np.floor(np.asarray(values, dtype=float) / width + 0.5 + 1e-9) * width, 6)
 
 
-def binned(table: pd.DataFrame, by: str = "pre_mem_acc", width: float = 0.2) -> pd.DataFrame:
-    """Mean robustness per bin of `by`, with a Wilson 95% interval over all k samples in the bin."""
+def binned(table: pd.DataFrame, by: str = "pre_mem_acc", width: float | None = None) -> pd.DataFrame:
+    """Mean robustness per bin of `by` (width: `bin_width` of its values), with a Wilson 95% interval
+    over all k samples in the bin."""
     from statsmodels.stats.proportion import proportion_confint
 
+    width = bin_width(table[by]) if width is None else width
     t = table.dropna(subset=[by, "robustness"]).assign(bin=lambda d: bin_of(d[by], width))
     t = t.assign(correct=np.round(t.robustness * t.k), samples=t.k)
     out = t.groupby("bin").agg(n_examples=("robustness", "size"), mean=("robustness", "mean"),
@@ -167,12 +181,13 @@ def spearman(table: pd.DataFrame, by: str = "pre_mem_acc", n_boot: int = 2000, s
     return Correlation(rho, float(lo), float(hi), len(t))
 
 
-def plot_robustness(table: pd.DataFrame, by: str, ax, width: float = 0.2):
+def plot_robustness(table: pd.DataFrame, by: str, ax, width: float | None = None):
     """Violins of per-example robustness per bin of `by`, with bin means and Wilson intervals."""
     import seaborn as sns
 
     from premem.plots import LABELS
 
+    width = bin_width(table[by]) if width is None else width
     t = table.assign(bin=bin_of(table[by], width)).dropna(subset=["bin", "robustness"])
     stats = binned(table, by, width)
     # Every bin from 0 to 1 gets a slot, empty or not, so panels line up with each other.
