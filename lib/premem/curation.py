@@ -334,13 +334,15 @@ def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progr
         return sweep.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
 
     n_rounds, rows = max(len(b) for b in plan.values()), []
-    for r in tqdm(range(n_rounds + 1), desc="curation rounds", disable=not progress):
+    for r in range(n_rounds + 1):
         chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
         final_only = {spec_of(s, r, seed).run for s, seed in chains
                       if not reads_history(plan, s, r, cfg.curation_top_fraction)}
-        sweep.run_jobs(cfg, jobs, test, held, out, base, recorded=originals, test_final_only=True,
+        bar = tqdm(total=len(jobs), desc=f"curation round {r} of {n_rounds}", unit="run", disable=not progress)
+        sweep.run_jobs(cfg, jobs, test, held, out, base, bar, recorded=originals, test_final_only=True,
                        final_only=final_only)
+        bar.close()
         record.finish(out)  # every run started so far: on a rerun, later rounds' runs too
         dyns = {d.run: d for d in record.read_runs(out)}
         for s, seed in chains:
@@ -359,8 +361,19 @@ def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progr
         table = pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
         io.write_parquet(out / "curation.parquet", table)
     if "iid" in plan:
-        io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
+        _write_efficiency(out, table)
     _record_base(cfg, out, base, test)
+
+
+def _write_efficiency(out: Path, table: pd.DataFrame) -> None:
+    """efficiency.parquet from the curation table; its bootstrap (tens of seconds) is redone only when
+    the table changed, which a hash of it beside the file tells."""
+    key = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).values.tobytes()).hexdigest()[:16]
+    stamp = out / "efficiency.key"
+    if (out / "efficiency.parquet").exists() and stamp.is_file() and stamp.read_text().strip() == key:
+        return
+    io.write_parquet(out / "efficiency.parquet", data_efficiency(table))
+    io.write_text(stamp, key + "\n")
 
 
 def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> bool:

@@ -81,14 +81,49 @@ def numbered_notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+# The expensive stages of the live notebooks: run as commands before them, with their progress in
+# the terminal; the notebooks then read the cached records in seconds. A new stage is one entry.
+STAGES = {"sweep": ("02", "03", "04", "05", "06"), "curate": ("07",)}
+
+
+def _stage(name: str, cfg, progress: bool):
+    if name == "sweep":
+        from premem.sweep import sweep
+
+        return sweep(cfg, progress=progress)
+    from premem.curation import curate
+
+    return curate(cfg, progress=progress)
+
+
+def _kernel_manager():
+    """Kernels over IPC sockets in a temporary folder: no TCP ports, so no "running over TCP
+    without encryption" warning for every notebook."""
+    import os
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kw):
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"premem-kernel-{uuid.uuid4().hex[:12]}"))
+            super().__init__(**kw)
+
+    return IPCKernelManager
+
+
 def reproduce(params: str | None = None, only: list[str] | None = None, progress: bool = True) -> "pd.DataFrame":
-    """Run the numbered notebooks in order with papermill; executed copies go under runs/reproduce/."""
+    """Run the live params' expensive stages (sweep, curation; cached) with their progress shown,
+    then the numbered notebooks in order with papermill (executed copies under runs/reproduce/),
+    then the ledger; returns one row per stage with its time."""
+    import sys
     import time
 
     import pandas as pd
     import papermill
     import yaml
-    from tqdm.auto import tqdm
 
     from premem.config import load_params, project_root
     from premem.errors import PremError
@@ -100,27 +135,40 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
         if unknown:
             raise PremError(f"--only: no notebook numbered {', '.join(sorted(unknown))} in {root / 'notebooks'}")
         books = [b for b in books if b.name[:2] in only]
-    # Every params file is validated before any notebook runs (a bad --params fails at once).
+    # Every params file is validated before anything runs (a bad --params fails at once).
     files = {b: root / NOTEBOOK_PARAMS.get(b.name[:2], params or DEFAULT_PARAMS) for b in books}
     configs = {b: load_params(f) for b, f in files.items()}
+    live_file = root / (params or DEFAULT_PARAMS)
+    live = load_params(live_file)
     out_dir = root / "runs" / "reproduce"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    bar = tqdm(books, desc="reproduce", unit="notebook", disable=not progress)
-    for book in bar:
-        bar.set_postfix_str(book.name)
+
+    def named(f: Path) -> str:
+        return str(f.relative_to(root) if f.is_relative_to(root) else f)  # a user's own file as given
+
+    rows, numbers = [], {b.name[:2] for b in books}
+    for stage, users in STAGES.items():
+        if numbers & set(users):
+            print(f"reproduce: {stage} {live.name} (cached parts are not redone)", file=sys.stderr, flush=True)
+            start = time.time()
+            _stage(stage, live, progress)
+            rows.append(dict(stage=stage, params=named(live_file), config_hash=live.hash(),
+                             seconds=round(time.time() - start, 1), executed=""))
+    for book in books:
         params_file, cfg = files[book], configs[book]
+        print(f"reproduce: {book.name}", file=sys.stderr, flush=True)
         start = time.time()
         # A notebook whose parameters cell names params_file gets the file (no warnings about keys
         # its cell lacks); notebook 01's flat parameters get the file's keys.
         takes_file = "params_file" in papermill.inspect_notebook(str(book))
         parameters = {"params_file": str(params_file)} if takes_file else yaml.safe_load(params_file.read_text()) or {}
-        papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
-                                   cwd=str(book.parent), progress_bar=False)
-        named = params_file.relative_to(root) if params_file.is_relative_to(root) else params_file  # a user's own file
-        rows.append(dict(notebook=book.name, params=str(named), config_hash=cfg.hash(),
+        papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters, cwd=str(book.parent),
+                                   progress_bar=False, kernel_name="python3", kernel_manager_class=_kernel_manager())
+        rows.append(dict(stage=book.name, params=named(params_file), config_hash=cfg.hash(),
                          seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
     from premem import ledger
 
     ledger.write_for(params)  # the claims ledger from what the notebooks saved
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return pd.concat([table, pd.DataFrame([dict(stage="total", seconds=round(table.seconds.sum(), 1))])],
+                     ignore_index=True).fillna("")

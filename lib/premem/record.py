@@ -322,6 +322,8 @@ def finish(record_dir: str | Path) -> Path:
     write the manifest of what they hold: tables without a matching manifest (a finish that was
     killed, runs recorded since) are never read as the record."""
     record_dir = Path(record_dir)
+    if _finished(record_dir) and (record_dir / MANIFEST).is_file():
+        return record_dir  # the tables already hold every part: nothing to write
     inputs = _inputs(record_dir)
     for table in TABLES:
         io.write_parquet(record_dir / f"{table}.parquet", concat_parts(record_dir, table))
