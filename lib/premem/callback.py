@@ -49,7 +49,8 @@ class PreMemCallback(TrainerCallback):
         self.cfg = recorder.with_own_data(cfg, data, test, heldout)
         if every_epochs is not None and every_epochs < 1:
             raise PremError(f"every_epochs must be >= 1 or None, got {every_epochs}")
-        if every_epochs is None and str(getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)) == "no":
+        strategy = trainer.args.save_strategy
+        if every_epochs is None and str(getattr(strategy, "value", strategy)) == "no":
             raise PremError("the Trainer saves no checkpoints (save_strategy 'no'): PreMemCallback records at "
                             "each save; set save_strategy, or every_epochs=n")
         if every_epochs is not None and cfg.backend == "vllm":
@@ -63,6 +64,7 @@ class PreMemCallback(TrainerCallback):
         self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
         self.run = record.check_run_name(run or Path(trainer.args.output_dir).resolve().name)
         self.recording = dict(fraction=float(fraction), baselines=bool(baselines))
+        record.check_target(self.out, self.cfg)  # another config's record fails now, not after an epoch
         self.every_epochs = every_epochs
         self.init_state, self.folder, self.lock = None, None, contextlib.ExitStack()
 

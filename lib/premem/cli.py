@@ -165,9 +165,8 @@ def cmd_record(args) -> int:
     from premem.config import load_params
 
     cfg = recorder.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
-    # Every input is read and checked before any model is loaded.
+    # Every input is read and checked before any model is loaded (record_saved checks the checkpoints).
     splits = {s: recorder.load_own_examples(cfg, cfg.data_files.get(s), s) for s in ("train", "test", "heldout")}
-    recorder.saved_checkpoints(args.checkpoints_dir, args.checkpoints)
     out = Path(args.out) if args.out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
     print(recorder.record_saved(cfg, args.checkpoints_dir, out, splits["train"], splits["test"], splits["heldout"],
                                 select=args.checkpoints, base=args.base, run=args.run, fraction=args.fraction,
