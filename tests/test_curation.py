@@ -83,6 +83,28 @@ def test_unknown_strategy_names_it_and_the_known_ones():
         curation.check_strategies(["premem", "coreset"])
 
 
+def test_a_new_rule_is_one_entry(monkeypatch):
+    """A rule registered in curation_rules.RULES is known, scored, selected and sized like the others."""
+    from premem import curation_rules
+    from premem.dynamics import RunDynamics
+
+    monkeypatch.setitem(curation_rules.RULES, "longest_question",
+                        curation_rules.Rule("top", lambda s: np.asarray([len(ex.question) for ex in s.originals],
+                                                                        dtype=float)))
+    curation.check_strategies(["premem", "longest_question"])
+    originals = tasks.load_task("arith", "train", 4, seed=0)
+    dyn = RunDynamics(run="r", steps=[1, 2], train_acc=np.full((2, 4), 0.5), perplexity=np.full((2, 4), 3.0),
+                      test_acc=[0.1, 0.2], example_ids=np.array([ex.id for ex in originals]))
+    table = curation.score_table("longest_question", dyn, originals, tau=-2.0)
+    np.testing.assert_array_equal(table.score, [len(ex.question) for ex in originals])
+    ids, fallback = curation.select(table, "longest_question", threshold=1.0, top_fraction=0.5)
+    longest = table.sort_values("score", ascending=False).example_id[:2]
+    assert sorted(ids) == sorted(longest) and not fallback
+    plan = dict(premem=[8], longest_question=[8, 8])
+    assert curation.reads_history(plan, "longest_question", 1, None)  # sized by the pre-mem rule
+    assert not curation.reads_history(plan, "longest_question", 1, 0.5)
+
+
 def test_pool_source(tmp_path):
     pool = tmp_path / "pool.jsonl"
     rows = ['{"source_id": "gsm8k-train-0", "question": "Q1?", "solution": "1 + 1 = 2\\n#### 2"}',

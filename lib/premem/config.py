@@ -98,7 +98,7 @@ class Params(BaseModel):
     # Algorithm 1: round i trains from the base model on the originals plus everything
     # collected so far, then collects curation_rounds[i] examples similar to the originals whose
     # final pre-memorization accuracy is <= curation_threshold. Other strategies spend the same
-    # budgets (premem.curation.STRATEGIES; "iid" draws its budgets from curation_iid_rounds).
+    # budgets (the rules of premem.curation_rules.RULES; "iid" draws its budgets from curation_iid_rounds).
     curation_rounds: list[int] = Field(default_factory=lambda: [128, 128])
     curation_threshold: float = Field(0.75, ge=0, le=1)
     curation_strategies: list[str] = Field(default_factory=lambda: ["premem", "iid"])

@@ -14,7 +14,9 @@ all strategies. Strategies spend the same budgets:
   it varies, else steps); low_train_acc, high_loss (final perplexity) and forgetting (Toneva et al.:
   accuracy drops between consecutive checkpoints), from the round's run.
 Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
-rule selects on the same run; ties keep the originals' order.
+rule selects on the same run; ties keep the originals' order. The rules are the entries of
+premem.curation_rules.RULES, the sources of similar examples premem.curation_sources, the measures
+(data efficiency, paired gaps, the figure) premem.curation_efficiency.
 
 Runs record what curation reads, since sampling is a large part of a run's cost
 (sweep.train_and_record's `recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a
@@ -33,167 +35,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from premem import io, metrics, record, sweep, tasks
 from premem.config import CURATION_KEYS, Params
+# The rules and the measures live in modules of their own; their names are curation's API too.
+from premem.curation_efficiency import (data_efficiency, iid_examples_needed, paired_gaps,  # noqa: F401
+                                        plot_scaling)
+from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
+from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness,  # noqa: F401
+                                   ifd_scores, n_steps, score_table, select, unconditional_prompt)
 from premem.errors import PremError
-from premem.grading import extract_answer
 from premem.tasks import Example
 
-STRATEGIES = ("premem", "iid", "ifd", "most_steps", "hardest", "low_train_acc", "high_loss", "forgetting")
 IFD_EPOCHS = 2  # Li et al.'s IFD uses a briefly finetuned ("pre-experienced") model
-EVERY_CHECKPOINT = ("premem", "forgetting")  # scores that read every checkpoint of the round's run
-
-
-class Source(Protocol):
-    """Where similar examples come from: `similar(ex, n, seed)` gives n examples like `ex`, the first
-    n of one deterministic stream per (ex, seed); `capacity(ex)` how many exist (None: unlimited)."""
-
-    def similar(self, ex: Example, n: int, seed: int) -> list[Example]: ...
-
-    def capacity(self, ex: Example) -> int | None: ...
-
-
-class ProceduralSource:
-    """arith and gsm_symbolic: same template and steps, fresh numbers and names (tasks.similar_examples)."""
-
-    def similar(self, ex, n, seed):
-        return tasks.similar_examples(ex, n, seed) if n > 0 else []
-
-    def capacity(self, ex):
-        return None
-
-
-class PoolSource:
-    """Variants written by someone else (GSM8k, MATH): a JSONL file of {source_id, question, solution},
-    source_id being the premem id of the original (e.g. "gsm8k-train-17"), the solution ending in
-    "#### <answer>"."""
-
-    def __init__(self, path: str | Path, task: str = "pool"):
-        self.path, self.variants = Path(path), {}
-        if not self.path.is_file():
-            raise PremError(f"pool_file not found: {self.path}")
-        for line_no, line in enumerate(self.path.read_text().splitlines(), start=1):
-            where = f"{self.path}:{line_no}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PremError(f"{where}: not valid JSON ({e.msg})") from None
-            bad = [k for k in ("source_id", "question", "solution")
-                   if not isinstance(row, dict) or not isinstance(row.get(k), str) or not row[k].strip()]
-            if bad:
-                raise PremError(f"{where}: needs non-empty string fields {bad}")
-            if (answer := extract_answer(row["solution"])) is None:
-                raise PremError(f"{where}: solution has no '#### <answer>' line")
-            q, sid = row["question"], row["source_id"]
-            self.variants.setdefault(sid, []).append(Example(
-                f"{task}-var-{hashlib.sha256(q.encode()).hexdigest()[:12]}", q, row["solution"], answer,
-                dict(task=task, split="train", similar_to=sid, pool_line=line_no)))
-
-    def similar(self, ex, n, seed):
-        pool = self.variants.get(ex.id, [])
-        if n > len(pool):
-            raise PremError(f"{self.path}: {len(pool)} variants of {ex.id}, asked for {n}")
-        order = random.Random(f"pool|{ex.id}|{seed}").sample(range(len(pool)), len(pool))
-        return [pool[i] for i in order[:n]]
-
-    def capacity(self, ex):
-        return len(self.variants.get(ex.id, []))
-
-
-def source_for(cfg: Params) -> Source:
-    if cfg.pool_file:
-        return PoolSource(cfg.path("pool_file"), cfg.task)
-    if cfg.task in tasks.SPLITS:
-        return ProceduralSource()
-    raise PremError(f"task '{cfg.task}' has no procedural variants: set pool_file to a JSONL of "
-                    "{source_id, question, solution} variants")
-
-
-def check_strategies(names) -> None:
-    if unknown := [s for s in names if s not in STRATEGIES]:
-        raise PremError(f"curation_strategies: unknown {unknown}; known: {list(STRATEGIES)}")
-
-
-# ---- scores and selection --------------------------------------------------------------------------
-
-def forgetting_events(train_acc) -> np.ndarray:
-    """Per example (columns), how often its accuracy fell from one measured checkpoint to the next."""
-    a = pd.DataFrame(np.asarray(train_acc, dtype=float)).ffill()  # NaN: unmeasured, compare to the last value
-    return (a.diff() < 0).sum(axis=0).to_numpy(int)
-
-
-def n_steps(ex: Example) -> int:
-    if "n_steps" in ex.meta:
-        return int(ex.meta["n_steps"])
-    body = ex.solution.split(tasks.MARKER)[0]
-    return sum(1 for line in body.splitlines() if line.strip())
-
-
-def hardness(examples: list[Example]) -> np.ndarray:
-    """meta level, else difficulty, where every example has it and it varies; else n_steps."""
-    for key in ("level", "difficulty"):
-        values = [ex.meta.get(key) for ex in examples]
-        if all(v is not None for v in values) and len(set(values)) > 1:
-            return np.asarray(values, dtype=float)
-    return np.asarray([n_steps(ex) for ex in examples], dtype=float)
-
-
-def unconditional_prompt(tokenizer) -> str:
-    """The prompt NLL(y) is conditioned on: BOS alone when the tokenizer has one, else "\\n"."""
-    bos = tokenizer.bos_token_id
-    if bos is not None:
-        if list(tokenizer("")["input_ids"]) == [bos]:
-            return ""  # the tokenizer prepends BOS itself
-        if list(tokenizer(tokenizer.bos_token, add_special_tokens=False)["input_ids"]) == [bos]:
-            return tokenizer.bos_token
-    return "\n"
-
-
-def ifd_scores(lm, tokenizer, examples, prompt_template=tasks.PROMPT_TEMPLATE,
-               target_template=tasks.TARGET_TEMPLATE, batch_size: int = 32) -> np.ndarray:
-    """log PPL(y|x) / log PPL(y) per example (the target tokens are the same, so a ratio of summed NLLs)."""
-    from premem.perplexity import target_nll
-
-    targets = [tasks.format_target(ex, target_template) for ex in examples]
-    cond, n = target_nll(lm, tokenizer, [tasks.format_prompt(ex, prompt_template) for ex in examples], targets,
-                         batch_size=batch_size, progress=False)
-    free, m = target_nll(lm, tokenizer, [unconditional_prompt(tokenizer)] * len(examples), targets,
-                         batch_size=batch_size, progress=False)
-    if not np.array_equal(n, m):  # cannot happen: targets are tokenised alone, whatever the prompt
-        raise PremError("ifd: target token counts differ between the conditional and unconditional pass")
-    return (cond / n) / (free / m)
-
-
-def select(scores: pd.DataFrame, strategy: str, threshold: float, top_fraction: float | None = None,
-           seed: int = 0) -> tuple[list[str], bool]:
-    """Selected example ids in a seeded random order, and whether the pre-mem rule selected none
-    (then all are). The order is what `allocate` deals a budget in: random, so a budget smaller than
-    the selection is spread uniformly over it (dealt neediest first, it would go to the lowest-scored
-    examples whatever the threshold).
-
-    `scores` has example_id, pre_mem_acc and score (higher: more in need) in the originals' order."""
-    check_strategies([strategy])
-    rng = np.random.default_rng(seed)
-    rule = scores[scores.pre_mem_acc <= threshold]  # NaN (unmeasured) is never <= t
-    if strategy == "iid":
-        chosen = scores
-    elif strategy == "premem":
-        chosen = rule if len(rule) else scores
-    else:
-        m = round(top_fraction * len(scores)) if top_fraction else len(rule) or len(scores)  # the rule's fallback
-        chosen = scores.sort_values("score", ascending=False, kind="stable", na_position="last")[:max(m, 1)]
-    fallback = strategy == "premem" and len(rule) == 0
-    return chosen.example_id.to_numpy()[rng.permutation(len(chosen))].tolist(), fallback
 
 
 def allocate(ids: list[str], n: int, capacity: dict | None = None) -> dict[str, int]:
@@ -229,19 +88,6 @@ def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: i
         exclude.update(e.question for e in got)
         out += got
     return out
-
-
-def score_table(strategy: str, dyn, originals: list[Example], tau: float, ifd=None) -> pd.DataFrame:
-    """Per original (in order): final pre-memorization accuracy and the strategy's score."""
-    by_col = {e: j for j, e in enumerate(dyn.example_ids)}
-    cols = [by_col[ex.id] for ex in originals]
-    acc, ppl = dyn.train_acc[:, cols], dyn.perplexity[:, cols]
-    pre = metrics.pre_mem_acc(acc, ppl, tau)[-1]
-    score = {"premem": lambda: -pre, "iid": lambda: np.zeros(len(originals)), "ifd": lambda: ifd,
-             "most_steps": lambda: np.asarray([n_steps(ex) for ex in originals], dtype=float),
-             "hardest": lambda: hardness(originals), "low_train_acc": lambda: -acc[-1],
-             "high_loss": lambda: ppl[-1], "forgetting": lambda: forgetting_events(acc).astype(float)}[strategy]()
-    return pd.DataFrame(dict(example_id=[ex.id for ex in originals], pre_mem_acc=pre, score=score))
 
 
 def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
@@ -382,7 +228,7 @@ def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> boo
     which takes as many originals as the pre-memorization rule selects on the same run. Round 0
     (shared) does when any strategy's first selection does."""
     def reads(x):
-        return x in EVERY_CHECKPOINT or (x != "iid" and top_fraction is None)
+        return RULES[x].reads_history or (RULES[x].picks == "top" and top_fraction is None)
 
     return any(reads(x) for x in plan) if r == 0 else r < len(plan[s]) and reads(s)
 
@@ -426,7 +272,7 @@ def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train,
     random order, collect; the selection is kept under <out>/selections/ (its pre_mem_acc NaN when
     `d` recorded its last checkpoint alone, history=False)."""
     ifd = None
-    if s == "ifd":
+    if RULES[s].needs_probe:
         lm, tok = ifd_model(cfg, out, spec, train, base)
         ifd = ifd_scores(lm, tok, originals, cfg.prompt_template, cfg.target_template, cfg.perplexity_batch_size)
     scores = score_table(s, d, originals, tau, ifd)
@@ -475,108 +321,3 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
                              mean_steps=float(np.mean([n_steps(ex) for ex in exs])) if exs else np.nan))
         io.write_parquet(out, pd.DataFrame(rows))
     return pd.DataFrame(rows).sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
-
-
-# ---- data efficiency and the figure -----------------------------------------------------------------
-
-def iid_examples_needed(n_examples, test_acc, target: float) -> tuple[float, str]:
-    """Examples the IID curve needs to reach `target`, by linear interpolation at its first crossing.
-
-    Flags: "interpolated"; "at_or_below_start" (target <= the curve's first point: at most that many);
-    "above_iid_max" (never reached: inf); "nan" (target unmeasured)."""
-    order = np.argsort(np.asarray(n_examples, dtype=float), kind="stable")
-    n, y = np.asarray(n_examples, dtype=float)[order], np.asarray(test_acc, dtype=float)[order]
-    if n.size == 0:
-        raise PremError("data efficiency needs an iid curve, and it is empty")
-    if np.isnan(target):
-        return np.nan, "nan"
-    if target <= y[0]:
-        return float(n[0]), "at_or_below_start"
-    for j in range(1, n.size):
-        if y[j - 1] < target <= y[j]:
-            return float(n[j - 1] + (target - y[j - 1]) / (y[j] - y[j - 1]) * (n[j] - n[j - 1])), "interpolated"
-    return np.inf, "above_iid_max"
-
-
-def _ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """data_efficiency's point estimates, curves averaged over the seeds in `table`."""
-    mean = table.groupby(["strategy", "round", "n_examples"], as_index=False).test_acc.mean()
-    iid = mean[mean.strategy == "iid"]
-    if iid.empty:
-        raise PremError("data efficiency needs the 'iid' strategy in curation_strategies")
-    curve = iid.groupby("n_examples").test_acc.mean()
-    rows = []
-    for r in mean[(mean.strategy != "iid") & (mean["round"] > 0)].itertuples():
-        need, flag = iid_examples_needed(curve.index, curve.to_numpy(), r.test_acc)
-        rows.append(dict(strategy=r.strategy, round=r.round, n_examples=r.n_examples, test_acc=r.test_acc,
-                         iid_examples=need, ratio=need / r.n_examples, flag=flag))
-    return pd.DataFrame(rows, columns=["strategy", "round", "n_examples", "test_acc", "iid_examples", "ratio", "flag"])
-
-
-def data_efficiency(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per curated (strategy, round >= 1): IID examples needed / curated examples, on curves averaged
-    over seeds; ratio_lo / ratio_hi: 95% bootstrap over seeds (a resampled set of seeds averages
-    both the curated and the IID curve, so both curves' seed noise enters; needs >= 2 seeds, else
-    NaN). inf where the IID curve never reaches the curated accuracy."""
-    point = _ratios(table)
-    seeds = np.sort(table.seed.unique())
-    point["n_seeds"] = len(seeds)
-    point["ratio_lo"] = point["ratio_hi"] = np.nan
-    if len(seeds) < 2 or point.empty:
-        return point
-    rng, by_seed = np.random.default_rng(seed), {s: table[table.seed == s] for s in seeds}
-    boot = []
-    for _ in range(n_boot):  # a resample holds repeated seeds: their runs enter the means twice
-        pick = pd.concat([by_seed[s] for s in rng.choice(seeds, size=len(seeds))], ignore_index=True)
-        boot.append(_ratios(pick).set_index(["strategy", "round"]).ratio)
-    boot = pd.concat(boot, axis=1)
-    for i, r in point.iterrows():  # inverted_cdf: no interpolation between inf values
-        b = boot.loc[(r.strategy, r["round"])].to_numpy(dtype=float)
-        b = b[~np.isnan(b)]  # a resample without the seeds that ran this strategy measures nothing
-        if b.size:
-            point.loc[i, ["ratio_lo", "ratio_hi"]] = np.quantile(b, [0.025, 0.975], method="inverted_cdf")
-    return point
-
-
-def paired_gaps(table: pd.DataFrame, reference: str = "premem") -> pd.DataFrame:
-    """Does `reference` beat each other strategy at the same budget? Per (strategy, round >= 1) run
-    by both with the same n_examples: the reference's test accuracy minus the strategy's, seed by
-    seed (a seed's chains share their originals run and training seed, so much of the seed noise
-    cancels, unlike in two separate ratio intervals), averaged (`gap`); gap_lo / gap_hi: the paired
-    t interval (95%, n_seeds - 1 degrees of freedom; NaN with one seed): with 3 seeds a bootstrap
-    over seeds would never reach past the per-seed gaps, the t interval widens as it should;
-    `wins`: seeds where the reference was more accurate. Reads accuracy, not examples: no i.i.d.
-    curve enters."""
-    from scipy import stats
-
-    key = ["round", "seed", "n_examples"]
-    ref = table[table.strategy == reference].set_index(key).test_acc
-    if ref.empty:
-        raise PremError(f"paired_gaps: no '{reference}' runs in the table")
-    rows = []
-    for (s, r), t in table[(table.strategy != reference) & (table["round"] > 0)].groupby(["strategy", "round"]):
-        d = (ref - t.set_index(key).test_acc).dropna()  # seeds (and budgets) both ran
-        if d.empty:
-            continue
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-        rows.append(dict(reference=reference, strategy=s, round=r, n_examples=int(d.index.get_level_values(2)[0]),
-                         gap=float(d.mean()), gap_lo=float(d.mean() - half), gap_hi=float(d.mean() + half),
-                         wins=int((d > 0).sum()), n_seeds=len(d)))
-    return pd.DataFrame(rows, columns=["reference", "strategy", "round", "n_examples", "gap", "gap_lo", "gap_hi",
-                                       "wins", "n_seeds"])
-
-
-def plot_scaling(table: pd.DataFrame, ax, base_acc: float | None = None):
-    """Final test accuracy against training examples, one line per strategy, seeds as error bars
-    (std); base_acc, the base model's own test accuracy, as a dotted line."""
-    if base_acc is not None:
-        ax.axhline(base_acc, color="0.5", ls=":", lw=1, label="base model, not finetuned")
-    for i, (s, t) in enumerate(table.groupby("strategy", sort=False)):
-        g = t.groupby("n_examples").test_acc
-        m, sd = g.mean(), g.std().fillna(0)
-        ax.errorbar(m.index, m.to_numpy(), yerr=sd.to_numpy(), marker="o", ms=4, capsize=3,
-                    color="k" if s == "iid" else f"C{i}", ls="--" if s == "iid" else "-", label=s)
-    ax.set_xlabel("training examples (originals + collected)")
-    ax.set_ylabel("final test accuracy")
-    ax.legend(fontsize=8, frameon=False)
-    return ax
