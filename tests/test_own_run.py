@@ -50,20 +50,18 @@ def user(tmp_path_factory):
     return dict(tmp=tmp, params=params, **files)
 
 
-class Logs:
+def logs_callback():
     """A stand-in for a reporting integration (tensorboard, wandb): it keeps what on_log receives."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class Keep(TrainerCallback):
+        def __init__(self):
+            self.logs = []
 
-        class Keep(TrainerCallback):
-            def __init__(self):
-                self.logs = []
+        def on_log(self, args, state, control, logs=None, **kw):
+            self.logs.append(dict(logs or {}))
 
-            def on_log(self, args, state, control, logs=None, **kw):
-                self.logs.append(dict(logs or {}))
-
-        return Keep()
+    return Keep()
 
 
 def train_hf(out_dir, user, *, callback: dict | None = None, lora: bool = False, epochs: int = 3):
@@ -87,7 +85,7 @@ def train_hf(out_dir, user, *, callback: dict | None = None, lora: bool = False,
                              seed=7, use_cpu=True, disable_tqdm=True, warmup_steps=0)
     trainer = Trainer(model=lm, args=args, train_dataset=training._ListDataset(features),
                       data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok)
-    logs = Logs()
+    logs = logs_callback()
     trainer.add_callback(logs)
     if callback is not None:
         trainer.add_callback(PreMemCallback(trainer, user["train"], params=user["params"], test=user["test"],

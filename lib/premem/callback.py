@@ -104,12 +104,12 @@ class PreMemCallback(TrainerCallback):
     def _resumed(self, args, state) -> None:
         """A resumed run: say what the callback cannot know (the starting weights, for
         param_distance, which is then NaN) and which saved checkpoints a kill left unrecorded."""
-        import re
         import sys
 
-        saved = sorted(int(d.name.split("-")[1]) for d in Path(args.output_dir).glob("checkpoint-*")
-                       if re.fullmatch(r"checkpoint-\d+", d.name))
-        lost = [s for s in saved if s <= state.global_step and not record.part_done(self.folder, s)]
+        from premem.recorder import checkpoint_folders
+
+        lost = [s for s, _ in checkpoint_folders(args.output_dir)
+                if s <= state.global_step and not record.part_done(self.folder, s)]
         if lost:
             print(f"premem: checkpoints {lost} of {args.output_dir} were saved but not recorded (the run was "
                   f"stopped while recording); record them with `premem record {args.output_dir} --checkpoints "

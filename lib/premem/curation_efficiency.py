@@ -76,7 +76,7 @@ def paired_gaps(table: pd.DataFrame, reference: str = "premem") -> pd.DataFrame:
     over seeds would never reach past the per-seed gaps, the t interval widens as it should;
     `wins`: seeds where the reference was more accurate. Reads accuracy, not examples: no i.i.d.
     curve enters."""
-    from scipy import stats
+    from premem.metrics import mean_interval
 
     key = ["round", "seed", "n_examples"]
     ref = table[table.strategy == reference].set_index(key).test_acc
@@ -87,9 +87,9 @@ def paired_gaps(table: pd.DataFrame, reference: str = "premem") -> pd.DataFrame:
         d = (ref - t.set_index(key).test_acc).dropna()  # seeds (and budgets) both ran
         if d.empty:
             continue
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+        lo, hi = mean_interval(d)  # the paired t interval; NaN with one seed
         rows.append(dict(reference=reference, strategy=s, round=r, n_examples=int(d.index.get_level_values(2)[0]),
-                         gap=float(d.mean()), gap_lo=float(d.mean() - half), gap_hi=float(d.mean() + half),
+                         gap=float(d.mean()), gap_lo=lo, gap_hi=hi,
                          wins=int((d > 0).sum()), n_seeds=len(d)))
     return pd.DataFrame(rows, columns=["reference", "strategy", "round", "n_examples", "gap", "gap_lo", "gap_hi",
                                        "wins", "n_seeds"])

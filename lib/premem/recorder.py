@@ -124,6 +124,12 @@ class Recorder:
 
 # ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------
 
+def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint-<step> folder a trainer saved in `folder`, by step."""
+    return sorted((int(d.name.split("-")[1]), d) for d in Path(folder).glob("checkpoint-*")
+                  if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name))
+
+
 def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
     """The `checkpoint-<step>` folders a trainer saved, by step, that `select` names ("all", a list
     "100,200", or an inclusive step range "100-300"): dicts of step, epoch, path and kind (model
@@ -131,8 +137,7 @@ def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise PremError(f"checkpoints folder not found: {folder}")
-    found = sorted((int(d.name.split("-")[1]), d) for d in folder.iterdir()
-                   if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name))
+    found = checkpoint_folders(folder)
     if not found:
         raise PremError(f"no checkpoint-<step> folders in {folder}")
     steps = [s for s, _ in found]
