@@ -17,6 +17,10 @@ os.environ.setdefault("PREMEM_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The one switch: the live notebooks run on the smoke params under nbval (minutes, not the CPU
+# default's half hour), compared with smoke's stored outputs. Set it to params/tiny.yaml to check
+# the stored outputs themselves (the cached records make that minutes too).
+os.environ.setdefault("PREMEM_NOTEBOOK_PARAMS", "params/smoke.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +31,9 @@ def released_root() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
+    from premem.notebooks import use_references
+
+    use_references(items, ROOT)
     if HAVE_RELEASED:
         return
     skip = pytest.mark.skip(reason=f"released logs not found at {RELEASED} (set PREMEM_RELEASED_LOGS)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The two commands of the README, on a fresh Debian machine with Python 3.11 (no conda needed):
+# The commands of the README, on a fresh Debian machine with Python 3.11 (no conda needed):
 #   bash run.sh reproduce   set up .venv, then regenerate every figure and table on the embedded default
 #   bash run.sh test        set up .venv, then run the unit tests and the notebooks under nbval
+#   bash run.sh lab         set up .venv, then open the notebooks in JupyterLab on .venv's python3 kernel
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -39,8 +40,18 @@ case "${1:-}" in
         shift
         exec .venv/bin/premem reproduce "$@"
         ;;
+    lab)
+        setup
+        shift
+        # Kernels inherit this environment, as under nbval (conftest.py): paths resolve against the project
+        # root, Hugging Face stays offline. PREMEM_NOTEBOOK_PARAMS is left to the caller, so notebooks run
+        # their own default. The python3 kernelspec is .venv's own (argv "python": the server's python).
+        export PREMEM_ROOT=${PREMEM_ROOT:-$(pwd)}
+        export TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
+        exec .venv/bin/jupyter lab --notebook-dir=notebooks "$@"
+        ;;
     *)
-        echo "usage: bash run.sh {reproduce|test} [extra arguments]" >&2
+        echo "usage: bash run.sh {reproduce|test|lab} [extra arguments]" >&2
         exit 2
         ;;
 esac

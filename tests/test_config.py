@@ -15,8 +15,21 @@ def test_every_params_file_validates(path):
 
 
 def test_defaults_are_the_cpu_default():
-    cfg = load_params()
-    assert cfg == Params() and cfg.base_model == "embedded" and cfg.task == "arith"
+    """The CPU default's values live in one place, the schema: params/tiny.yaml names nothing else."""
+    import yaml
+
+    tiny = Path(__file__).parents[1] / "params" / "tiny.yaml"
+    assert yaml.safe_load(tiny.read_text()) == {"name": "tiny"}
+    cfg = load_params(tiny)
+    assert cfg == Params(name="tiny") and cfg.base_model == "embedded" and cfg.task == "arith"
+    assert (cfg.embedded_tokenizer, cfg.lrs, cfg.epochs, cfg.tau_rule) == ("bpe", [1e-4, 5e-4, 2e-3], [3, 15], "heldout")
+
+
+def test_embedded_keys_shape_only_an_embedded_base():
+    hub = load_params(dict(base_model="some/hub-model"))
+    assert hub.hash() == hub.model_copy(update=dict(embedded_steps=5)).hash()
+    tiny = load_params(dict(name="tiny"))
+    assert tiny.hash() != tiny.model_copy(update=dict(embedded_steps=5)).hash()
 
 
 @pytest.mark.parametrize("text, match", [
@@ -73,3 +86,52 @@ def test_record_hash_ignores_analysis_and_path_keys():
         assert load_params({key: value}).hash() == base.hash(), key
     for key, value in dict(lrs=[1e-3], k=7, n_heldout=3, max_checkpoints=2).items():
         assert load_params({key: value}).hash() != base.hash(), key
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The Params fields a block of code reads (every instance, copies and reloads included)."""
+    seen, fields, original = set(), set(Params.model_fields), Params.__getattribute__
+
+    def spy(self, name):
+        if name in fields:
+            seen.add(name)
+        return original(self, name)
+
+    monkeypatch.setattr(Params, "__getattribute__", spy)
+    return seen
+
+
+def test_every_key_a_sweep_reads_shapes_its_hash_or_is_declared_not_to(reads, tmp_path):
+    """A key the sweep reads and the record hash leaves out would let a changed value reuse a stale
+    record: each key read must be in RECORD_KEYS or in NOT_SHAPING (which says why)."""
+    from premem import sweep
+    from premem.config import NOT_SHAPING, RECORD_KEYS
+
+    from tiny_lm import single_thread
+
+    cfg = load_params(Path(__file__).parents[1] / "params/smoke.yaml", workers=1, n_train=6, n_test=3, n_heldout=2,
+                      k=1, lrs=[1e-3], epochs=[1], data_fractions=[1.0], max_new_tokens=24,
+                      cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path))
+    reads.clear()
+    with single_thread():
+        sweep.sweep(cfg, progress=False)
+    assert reads, "the spy saw nothing"
+    assert reads - set(RECORD_KEYS) - set(NOT_SHAPING) == set()
+
+
+def test_every_key_a_curation_reads_shapes_its_hash_or_is_declared_not_to(reads, tmp_path):
+    from premem import curation
+    from premem.config import CURATION_FOLDED, CURATION_KEYS, NOT_SHAPING, RECORD_KEYS
+
+    from tiny_lm import single_thread
+
+    cfg = load_params(Path(__file__).parents[1] / "params/smoke.yaml", workers=1, n_train=6, n_test=3, n_heldout=2,
+                      k=1, epochs=[1], max_new_tokens=24, curation_rounds=[2], curation_iid_rounds=None,
+                      curation_strategies=["premem", "iid", "ifd"], cache_dir=str(tmp_path / "cache"),
+                      out_dir=str(tmp_path))
+    reads.clear()
+    with single_thread():
+        curation.curate(cfg, progress=False)
+    hashed = set(RECORD_KEYS) | set(CURATION_KEYS) | set(NOT_SHAPING) | set(CURATION_FOLDED)
+    assert reads and reads - hashed == set()

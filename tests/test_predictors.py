@@ -28,9 +28,10 @@ def test_chosen_tau_follows_the_rule():
 
     run = RunDynamics(run="r", steps=[1], train_acc=[[0.5]], perplexity=[[2.0]], test_acc=[0.5],
                       heldout_perplexity=ppl([[-1.0, 0.0, 1.0]]))
-    assert metrics.chosen_tau(load_params(dict(tau=-2.0)), [run])[0] == -2.0
+    assert metrics.chosen_tau(load_params(dict(tau=-2.0, tau_rule="fixed")), [run])[0] == -2.0
     tau, how = metrics.chosen_tau(load_params(dict(tau_rule="heldout", tau_quantile=0.5)), [run])
-    assert tau == pytest.approx(0.0) and "held-out" in how
+    assert tau == pytest.approx(0.0) and "held-out" in str(how)
+    assert (how.rule, how.quantile, how.value) == ("heldout", 0.5, tau) and how.n_values > 0
 
 
 def test_atc_threshold_matches_source_accuracy_with_ties():

@@ -6,7 +6,7 @@ premem fit PATH     relate pre-memorization accuracy to test accuracy over a fol
 premem record DIR   record the checkpoint-* folders any trainer saved in DIR (your own run, your own data)
 premem examples PATH  one row per training example: pre-mem accuracy, when it was first memorised, ...
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
-premem ledger       the claims ledger (figures/claims.md) from the notebooks' saved results
+premem ledger       the claims ledger (figures/claims.md) from the cached records
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], ever
         if name in by_name or everywhere is not None:
             out[name] = (by_name.get(name, everywhere), "given")
         elif own is not None:
-            out[name] = metrics.chosen_tau(own, runs)
+            tau, how = metrics.chosen_tau(own, runs)
+            out[name] = (tau, str(how))
         else:
             out[name] = released.tau_for(name)
     return out
@@ -230,7 +231,7 @@ def cmd_sweep(args) -> int:
 def cmd_reproduce(args) -> int:
     from premem.notebooks import reproduce
 
-    summary = reproduce(params=args.params, only=args.only)
+    summary = reproduce(params=args.params, only=args.only, store=args.store)
     print(summary.to_string(index=False))
     return 0
 
@@ -310,8 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
+    p.add_argument("--store", action="store_true",
+                   help="keep the executed notebooks as the stored ones (default params), or as the nbval "
+                        "references of --params (notebooks/outputs/<name>/)")
     p.set_defaults(func=cmd_reproduce)
-    p = sub.add_parser("ledger", help="write figures/claims.md (and the README's copy) from the saved results")
+    p = sub.add_parser("ledger", help="write figures/claims.md (and the README's copy) from the cached records")
     p.add_argument("--params", help="params file of the live results (default params/tiny.yaml)")
     p.set_defaults(func=cmd_ledger)
     return parser

@@ -3,3 +3,7 @@
 
 class PremError(ValueError):
     """Bad input: the message names the key, file or value at fault."""
+
+
+class Missing(PremError):
+    """A stage's output is not there yet, and the caller said not to make it (claims' compute=False)."""

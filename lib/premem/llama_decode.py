@@ -13,9 +13,12 @@ and runs transformers' own prefill and rotary embedding, so positions and rope s
 model's. It matches transformers' logits to float rounding (tested); samples can differ where a
 rounding flips a near-tie, as between any two BLAS builds (none did: 512 of 512 samples equal on
 each base). Measured on one core, 128 test prompts x 4: sampling 1.09x faster than the model's own
-forward on the char-level base, 1.15x on the BPE base (1.2x on 64 prompts). Attention stays bound
-by how slowly batched tiny matrix products read memory; shorter sequences (the BPE base, ~3x) were
-the larger win.
+forward on the char-level base, 1.15x on the BPE base (1.2x on 64 prompts; AMD EPYC, session 9).
+`scripts/benchmark_decoder.py` (a finetuned checkpoint of the CPU default's sweep, 128 test prompts
+x 4, one thread; Intel Xeon with AVX-512, 2026-12-01): 3.73 s against 5.09 s, 1.36x, 512 of 512
+samples equal. Sampling is most of the sweep's and the curation's time, so it stays. Attention stays
+bound by how slowly batched tiny matrix products read memory; shorter sequences (the BPE base, ~3x)
+were the larger win.
 
 Rows are `groups x copies` (a prompt's copies consecutive); finished copies keep their slot until
 their whole prompt group is done (`removable`), then `keep` drops whole groups.

@@ -163,15 +163,37 @@ def calibrate_tau(heldout_perplexities, quantile: float = 0.05) -> float:
     return float(np.quantile(values, quantile))
 
 
-def chosen_tau(cfg, runs) -> tuple[float, str]:
-    """The threshold a config asks for, and a sentence saying how it was chosen."""
+@dataclass(frozen=True)
+class Threshold:
+    """How tau was chosen, as data (the ledger and the tables read the fields; people read `str`)."""
+    value: float
+    rule: str  # "fixed" (given in the params) or "heldout" (a quantile of held-out examples)
+    quantile: float | None = None
+    n_values: int = 0  # held-out log(log(perplexity)) values the quantile was taken over
+
+    def __str__(self) -> str:
+        if self.rule == "fixed":
+            return f"tau = {self.value:g}, fixed in the params"
+        return (f"tau = {self.value:.3f}, the {self.quantile:g} quantile of log(log(perplexity)) of held-out "
+                f"training examples over every checkpoint ({self.n_values} values); no test labels used")
+
+    @property
+    def short(self) -> str:
+        return (f"tau {self.value:.2f}, fixed" if self.rule == "fixed"
+                else f"tau {self.value:.2f}, held-out {self.quantile:g} quantile")
+
+    def columns(self) -> dict:
+        """Columns for a result table: tau, tau_rule, tau_quantile."""
+        return dict(tau=self.value, tau_rule=self.rule, tau_quantile=self.quantile)
+
+
+def chosen_tau(cfg, runs) -> tuple[float, Threshold]:
+    """The threshold a config asks for, and how it was chosen (a `Threshold`; its str is a sentence)."""
     if cfg.tau_rule == "fixed":
-        return cfg.tau, f"tau = {cfg.tau:g}, fixed in the params"
+        return cfg.tau, Threshold(cfg.tau, "fixed")
     held = [r.heldout_perplexity for r in runs if r.heldout_perplexity is not None]
     tau = calibrate_tau(held, cfg.tau_quantile)
-    n = sum(h.size for h in held)
-    return tau, (f"tau = {tau:.3f}, the {cfg.tau_quantile:g} quantile of log(log(perplexity)) of held-out "
-                 f"training examples over every checkpoint ({n} values); no test labels used")
+    return tau, Threshold(tau, "heldout", cfg.tau_quantile, int(sum(h.size for h in held)))
 
 
 def r2_by_tau(runs, taus) -> "pd.DataFrame":

@@ -1,75 +1,138 @@
-"""Running the numbered notebooks with papermill, and storing them lean for nbval.
+"""Running the numbered notebooks with papermill, and storing them with the CPU default's results.
 
-Notebooks are stored with only the outputs nbval compares (cells marked `# NBVAL_CHECK_OUTPUT`), so
-diffs stay readable and no figure bytes live in the .ipynb files.
+A stored notebook holds the outputs of a `premem reproduce --store` run on params/tiny.yaml (figures
+and tables: what a reader sees before running anything), with no run metadata. The test suite runs
+the notebooks under nbval on the smoke params instead, through one switch ($PREMEM_NOTEBOOK_PARAMS,
+which conftest.py sets): the cells marked `# NBVAL_CHECK_OUTPUT` are then compared with the smoke
+run's outputs, kept in notebooks/outputs/<params name>/ by `premem reproduce --params
+params/smoke.yaml --store`.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from pathlib import Path
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
+REFERENCES = "notebooks/outputs"
 
 
-def strip_outputs(nb) -> None:
-    """Drop every output except the text of checked cells; clear execution counts and run metadata."""
+def strip_run_metadata(nb) -> None:
+    """Drop what differs from run to run (timings, progress bars on stderr, versions); number the
+    cells in order so a rerun's diff shows only changed results."""
     for number, cell in enumerate(nb.cells, start=1):
         cell.metadata.pop("papermill", None)  # papermill times markdown cells too
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        # nbval compares only cells that were run, which it tells by their execution count.
-        checked = cell.source.lstrip().startswith(CHECK_MARK)
-        cell.execution_count = number if checked else None
-        if checked:
-            cell.outputs = [o for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"]
-            for o in cell.outputs:
-                o.pop("execution_count", None)
-        else:
-            cell.outputs = []
+        cell.execution_count = number
+        cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        for o in cell.outputs:
+            if "execution_count" in o:
+                o["execution_count"] = number
     nb.metadata.pop("papermill", None)
     nb.metadata.get("language_info", {}).pop("version", None)
 
 
-def store_executed(executed: str | Path, stored: str | Path) -> None:
-    """Copy checked outputs of an executed notebook into its stored, stripped source."""
-    import nbformat
+def checked_outputs(nb) -> dict[str, list]:
+    """{cell id: stdout outputs} of the cells nbval compares."""
+    return {c.id: [o for o in c.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"]
+            for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith(CHECK_MARK)}
 
-    from premem.io import write_text
+
+def use_references(items, root: Path) -> None:
+    """Under the switch, make nbval compare each checked cell with the switched params' stored
+    outputs (notebooks/outputs/<name>/) instead of the default's, which the notebook shows."""
+    from premem.config import load_params
+
+    switched = os.environ.get(SWITCH)
+    if not switched:
+        return
+    name = load_params(Path(switched) if Path(switched).is_absolute() else root / switched).name
+    if name == load_params(root / DEFAULT_PARAMS).name:
+        return
+    refs = {}
+    for item in items:
+        cell = getattr(item, "cell", None)
+        if type(item).__name__ != "IPyNbCell" or not cell.source.lstrip().startswith(CHECK_MARK):
+            continue
+        book = Path(str(item.fspath))
+        f = root / REFERENCES / name / (book.stem + ".json")
+        if f not in refs:
+            refs[f] = json.loads(f.read_text()) if f.is_file() else {}
+        missing = [dict(output_type="stream", name="stdout", text=(
+            f"(no stored output of this cell for {name} in {f.relative_to(root)}: run "
+            f"`premem reproduce --params {switched} --store`)\n"))]
+        import nbformat
+
+        cell.outputs = [nbformat.from_dict(o) for o in refs[f].get(cell.id, missing)]
+        cell.execution_count = cell.execution_count or 1  # nbval compares only cells that ran
+
+
+def _executed(executed: str | Path):
+    import nbformat
 
     nb = nbformat.read(executed, as_version=4)
     # papermill adds an injected-parameters cell; the stored notebook keeps only its own cells.
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    strip_outputs(nb)
-    write_text(stored, nbformat.writes(nb) + "\n")
+    strip_run_metadata(nb)
+    return nb
+
+
+def store_executed(executed: str | Path, stored: str | Path) -> None:
+    """The executed notebook, outputs and all, over its stored source (the default params' run)."""
+    import nbformat
+
+    from premem.io import write_text
+
+    write_text(stored, nbformat.writes(_executed(executed)) + "\n")
+
+
+def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
+    """The checked cells' outputs of a run on other params, for nbval under the switch."""
+    from premem.io import write_text
+
+    out = root / REFERENCES / params_name / (Path(executed).stem + ".json")
+    return write_text(out, json.dumps(checked_outputs(_executed(executed)), indent=1, ensure_ascii=False) + "\n")
+
+
+def notebook_params(namespace: dict):
+    """A live notebook's params: $PREMEM_NOTEBOOK_PARAMS when set (the test suite's smoke run), else
+    its parameters (`params_file`, or the flat keys `papermill -f` injects)."""
+    from premem.config import from_notebook, load_params, project_root
+
+    switched = os.environ.get(SWITCH)
+    if switched:
+        path = Path(switched)
+        return load_params(path if path.is_absolute() else project_root() / path)
+    return from_notebook(namespace)
 
 
 def open_record(namespace: dict):
-    """The setup of notebooks 02-05: (cfg, record_dir, runs, tau, how, figures folder).
+    """The setup of notebooks 02-06: the sweep record its claims stand on (a claims.Sweep).
 
     By default the notebook's params are swept (cached: at once when already swept) and figures go
     to their figures_dir. With `record_dir` set (`papermill -p record_dir runs/mine`) it reads that
     record instead, whatever wrote it (premem record, PreMemCallback, a sweep), with the params the
     record was made with, and saves its results and figures into <record_dir>/results and /figures.
     """
-    from premem import metrics, record, sweep
-    from premem.config import from_notebook, project_root
+    from premem import claims, record
+    from premem.config import project_root
 
     given = namespace.get("record_dir")
     if given:
         record_dir = Path(given) if Path(given).is_absolute() else project_root() / given
-        # Results and figures go into the record: never over the project's, which the ledger reads.
+        # Results and figures go into the record: never over the project's.
         cfg = record.read_config(record_dir).model_copy(
             update=dict(out_dir=str(record_dir), figures_dir=str(record_dir / "figures")))
-        figures = cfg.path("figures_dir")
+        s = claims.open_sweep(cfg, record_dir)
     else:
-        cfg = from_notebook(namespace)
-        record_dir = sweep.sweep(cfg)
-        figures = cfg.path("figures_dir")
-    runs = record.read_runs(record_dir)
-    tau, how = metrics.chosen_tau(cfg, runs)
-    print(f"{cfg.name}: {len(runs)} runs from {record_dir}")
-    print(how)
-    return cfg, record_dir, runs, tau, how, figures
+        s = claims.open_sweep(notebook_params(namespace))
+    print(f"{s.cfg.name}: {len(s.runs)} runs from {s.record_dir}")
+    print(s.threshold)
+    return s
 
 
 # Notebooks whose data come from a params file of their own, whatever `--params` says.
@@ -114,10 +177,22 @@ def _kernel_manager():
     return IPCKernelManager
 
 
-def reproduce(params: str | None = None, only: list[str] | None = None, progress: bool = True) -> "pd.DataFrame":
+@contextlib.contextmanager
+def _without(variable: str):
+    saved = os.environ.pop(variable, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[variable] = saved
+
+
+def reproduce(params: str | None = None, only: list[str] | None = None, progress: bool = True,
+              store: bool = False) -> "pd.DataFrame":
     """Run the live params' expensive stages (sweep, curation; cached) with their progress shown,
     then the numbered notebooks in order with papermill (executed copies under runs/reproduce/),
-    then the ledger; returns one row per stage with its time."""
+    then the ledger; returns one row per stage with its time. `store`: the executed notebooks
+    become the stored ones (default params), or the nbval references of `params`."""
     import sys
     import time
 
@@ -162,13 +237,19 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
         # its cell lacks); notebook 01's flat parameters get the file's keys.
         takes_file = "params_file" in papermill.inspect_notebook(str(book))
         parameters = {"params_file": str(params_file)} if takes_file else yaml.safe_load(params_file.read_text()) or {}
-        papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters, cwd=str(book.parent),
-                                   progress_bar=False, kernel_name="python3", kernel_manager_class=_kernel_manager())
+        with _without(SWITCH):  # the notebooks run on the params given here, whatever the caller's switch
+            papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
+                                       cwd=str(book.parent), progress_bar=False, kernel_name="python3",
+                                       kernel_manager_class=_kernel_manager())
         rows.append(dict(stage=book.name, params=named(params_file), config_hash=cfg.hash(),
                          seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
+        if store and live_file.resolve() == (root / DEFAULT_PARAMS).resolve():
+            store_executed(out_dir / book.name, book)
+        elif store:
+            store_reference(out_dir / book.name, live.name, root)
     from premem import ledger
 
-    ledger.write_for(params)  # the claims ledger from what the notebooks saved
+    ledger.write_for(params)  # the claims ledger, from the records the stages made
     table = pd.DataFrame(rows)
     return pd.concat([table, pd.DataFrame([dict(stage="total", seconds=round(table.seconds.sum(), 1))])],
                      ignore_index=True).fillna("")

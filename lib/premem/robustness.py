@@ -22,6 +22,7 @@ import pandas as pd
 
 from premem import grading, io, metrics, record, recorder, sweep, tasks
 from premem.dynamics import RunDynamics, pick_run
+from premem import errors
 from premem.errors import PremError
 
 PERTURBATIONS = (*tasks.PREFIX_PERTURBATIONS, "problem")
@@ -102,13 +103,22 @@ def _table_job(record_dir: str, run: str, perturbation: str, k, seed: int, tau: 
 
 
 def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *, k: int | None = None,
-                      seed: int = 0, tau: float | None = None, workers: int = 1) -> pd.DataFrame:
+                      seed: int = 0, tau: float | None = None, workers: int = 1,
+                      cached_only: bool = False) -> pd.DataFrame:
     """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
-    in `workers` one-thread processes (sweep.map_one_thread), which does not change the tables."""
+    in `workers` one-thread processes (sweep.map_one_thread), which does not change the tables.
+    `cached_only`: sample nothing; a perturbation not cached yet raises errors.Missing."""
     record_dir = Path(record_dir)
     runs = record.read_runs(record_dir)
     run = pick_run(runs, run).run  # resolved once, so every worker samples the same run at the same tau
-    tau = metrics.chosen_tau(record.read_config(record_dir), runs)[0] if tau is None else tau
+    cfg = record.read_config(record_dir)
+    tau = metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
+    if cached_only:
+        lacking = [p for p in perturbations if not cache_path(record_dir, run, p, k or cfg.robustness_k or cfg.k,
+                                                              seed, tau).exists()]
+        if lacking:
+            raise errors.Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
+                          "run notebook 06 (or premem reproduce)")
     tables = sweep.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
                                   workers)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)

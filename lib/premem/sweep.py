@@ -261,11 +261,16 @@ def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
     return [by_id[i] for i in info["example_ids"]], test
 
 
+def record_path(cfg: Params) -> Path:
+    """The record folder `sweep` writes for `cfg` when given no `out`: <out_dir>/<name>-<hash>."""
+    return cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
+
+
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run the whole grid; returns the record folder, which `premem fit` reads."""
     from tqdm.auto import tqdm
 
-    out = Path(out) if out else cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
+    out = Path(out) if out else record_path(cfg)
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     record.check_target(out, cfg, force=force)  # and so does a folder that is not this config's record
