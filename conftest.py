@@ -24,6 +24,18 @@ os.environ.setdefault("PREMEM_NOTEBOOK_PARAMS", "params/smoke.yaml")
 
 
 @pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """(cfg, record folder) of one smoke sweep, shared by every test file that only reads it (or adds
+    caches beside its tables): a sweep costs ~17 s, and several files used to make their own."""
+    from premem import sweep
+    from premem.config import load_params
+
+    tmp = tmp_path_factory.mktemp("smoke-sweep")
+    cfg = load_params(ROOT / "params" / "smoke.yaml", workers=1, cache_dir=str(tmp / "cache"))
+    return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
+
+
+@pytest.fixture(scope="session")
 def released_root() -> Path:
     if not HAVE_RELEASED:
         pytest.skip(f"released logs not found at {RELEASED} (set PREMEM_RELEASED_LOGS)")

@@ -104,19 +104,23 @@ def test_threshold_is_data():
     assert metrics.Threshold(-2.3, "fixed").short == "tau -2.30, fixed"
 
 
-def test_claims_on_a_record_without_any_notebook(tmp_path):
+def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     """Every live claim from a smoke sweep's record, and the ledger from records alone: a claim whose
     record or cache is missing says which command makes it; nothing is computed with compute=False."""
+    import shutil
+
     from premem import sweep
 
-    cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1)
+    shared, made = smoke_sweep
+    cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)
     missing, _ = ledger.build(None, cfg)
     assert missing.live.iloc[:4].str.startswith("(no record at").all() and (missing["verdict (live)"] == "").all()
     assert "premem sweep" in missing.live.iloc[0] and missing.live.iloc[4].startswith("(no finished curation at")
     assert "premem curate" in missing.live.iloc[4]
     with pytest.raises(claims.Missing, match="premem sweep"):
         claims.open_sweep(cfg, compute=False)
-    sweep.sweep(cfg, progress=False)
+    assert cfg.hash() == shared.hash()  # the same record: copied in, as `premem sweep` would have made it
+    shutil.copytree(made, sweep.record_path(cfg), ignore=shutil.ignore_patterns("robustness"))
     s = claims.open_sweep(cfg, compute=False)
     c1 = claims.predicts_test(s)
     # The claim's fit is the plain OLS of test accuracy on pre-mem accuracy over every checkpoint.

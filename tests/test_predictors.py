@@ -1,8 +1,6 @@
 """Threshold calibration and the baseline predictors, on hand-made runs."""
-import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from premem import metrics, predictors

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from premem import grading, metrics, record, robustness, sampling, sweep, tasks
-from premem.config import load_params
 from premem.errors import PremError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,13 +15,11 @@ EQ = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
 @pytest.fixture(scope="module")
-def smoke_record(tmp_path_factory):
+def smoke_record(smoke_sweep):
     import torch
 
     torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("robustness")
-    cfg = load_params(SMOKE, workers=1, cache_dir=str(tmp / "cache"))
-    return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
+    return smoke_sweep  # conftest's: robustness caches go beside its tables
 
 
 def test_problem_perturbation_recomputes_a_consistent_answer():

@@ -168,3 +168,53 @@ def test_record_sees_the_model_without_the_trainer_autocast():
             assert model(ids).logits.dtype == torch.float32
             assert len(sample(model, tok, ["1 + 2 =\nAnswer:"], k=2, max_new_tokens=4, progress=False)[0]) == 2
         assert model.forward is wrapped  # restored for training
+
+
+def test_the_authors_target_format_and_truncation():
+    """target_eos: false ends a target at its text (the authors' "\\nDone."); model_max_length cuts
+    examples, labels with them, where the model's own context is an error."""
+    tok = pm.char_tokenizer()
+    prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
+    (with_eos,) = tr.build_features(tok, [prompt], [target])
+    (without,) = tr.build_features(tok, [prompt], [target], add_eos=False)
+    assert without["input_ids"] == with_eos["input_ids"][:-1] and without["labels"][-1] == tok.convert_tokens_to_ids(".")
+    (cut,) = tr.build_features(tok, [prompt], [target], max_length=20, truncate=True)
+    assert len(cut["input_ids"]) == len(cut["labels"]) == 20 and cut["labels"] == with_eos["labels"][:20]
+    with pytest.raises(PremError, match="more than the model's 20"):
+        tr.build_features(tok, [prompt], [target], max_length=20)
+
+
+def test_gradient_accumulation_makes_the_batch(tmp_path, monkeypatch):
+    """batch_size is the optimiser's batch: per-device batches x accumulation x processes, so the
+    checkpoints fall at the same steps; a batch that does not divide is refused before training."""
+    model, tok = tiny()
+    ckpts = tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "acc", epochs=1, warmup_steps=2,
+                        per_device_batch_size=2, **FAST)
+    args = torch.load(ckpts[-1]["path"] / "training_args.bin", weights_only=False)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.warmup_steps) == (2, 2, 2)
+    assert ckpts[-1]["step"] == N // BS
+    with pytest.raises(PremError, match="no multiple of per_device_batch_size 3"):
+        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "bad", epochs=1, per_device_batch_size=3,
+                    **FAST)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(PremError, match="x 3 processes"):
+        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "bad", epochs=1, **FAST)
+    with pytest.raises(PremError, match="mixed_precision: fp16 autocasts on a GPU"):
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "fp16", epochs=1, mixed_precision="fp16",
+                    **FAST)
+
+
+def test_an_added_pad_token_resizes_the_embeddings_to_their_mean():
+    model, tok = tiny()
+    tok.pad_token = None
+    before = model.get_input_embeddings().weight.detach().clone()
+    pm.prepare_tokenizer(tok, model, pad_token="add")
+    weight = model.get_input_embeddings().weight.detach()
+    assert tok.pad_token == "[PAD]" and tok.pad_token_id == len(before) == weight.shape[0] - 1
+    assert torch.equal(weight[:-1], before)
+    torch.testing.assert_close(weight[-1], before.mean(0), atol=1e-2, rtol=0)  # mean_resizing samples near the mean
+    model2, tok2 = tiny()
+    tok2.pad_token = None
+    pm.prepare_tokenizer(tok2, model2)  # the default reuses eos: no new token
+    assert tok2.pad_token == tok2.eos_token and model2.get_input_embeddings().weight.shape[0] == len(before)

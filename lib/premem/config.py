@@ -21,6 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from premem.errors import PremError
 
 
+class RunEntry(BaseModel):
+    """One run of an explicit run list (`runs:`), for grids that are no Cartesian product."""
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    data_fraction: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -79,6 +89,21 @@ class Params(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     save_every_epochs: int = Field(1, ge=1)
+    # An explicit run list instead of the product of lrs x epochs x data_fractions x seeds (the
+    # authors' grid is no product); a file gives one or the other, never both.
+    runs: Optional[list[RunEntry]] = None
+    # Added after records were named by their hash (LATER_RECORD_KEYS): each default is what premem
+    # did before the key existed, and a key enters the hash only when set away from it.
+    warmup_steps: Optional[int] = Field(None, ge=0)  # None: warmup_ratio of the training steps
+    # auto: bf16 autocast on a GPU that has it, none on a CPU; fp16/bf16: the Trainer's autocast over
+    # float32 weights (the authors: fp16 for GSM8k, bf16 for MATH); no: none.
+    mixed_precision: Literal["auto", "fp16", "bf16", "no"] = "auto"
+    model_max_length: Optional[int] = Field(None, ge=8)  # tokens per training example; None: the context
+    target_eos: bool = True  # end every target with eos (the authors' targets end at "\nDone." alone)
+    pad_token: Literal["eos", "add"] = "eos"  # a tokenizer with none: reuse eos, or add [PAD] and resize
+    # Examples per device and step; the Trainer accumulates gradients up to batch_size over all
+    # devices (the authors: 2 per device on 4 GPUs for GSM8k's 128). None: batch_size on each device.
+    per_device_batch_size: Optional[int] = Field(None, ge=1)
     # At most this many recorded checkpoints per run (the last epoch always among them): long runs
     # then save every ceil(epochs / max_checkpoints) epochs, bounding the recorder's cost.
     max_checkpoints: Optional[int] = Field(3, ge=1)  # None: every save_every_epochs
@@ -94,6 +119,20 @@ class Params(BaseModel):
     perplexity_batch_size: int = Field(64, ge=1)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     workers: int = Field(2, ge=1)  # CPU: one torch thread per worker process
+    # together: a run records each checkpoint inside its training process, as it is saved.
+    # separate: the run trains first, then a fresh process records its saved checkpoints, so an
+    # inference engine (vLLM) never shares a process (or its GPU memory) with a Trainer. The record
+    # is the same either way.
+    stages: Literal["together", "separate"] = "together"
+    # Beyond one machine (premem.launcher): local runs here; slurm submits one job per run through
+    # submitit (its local executor where there is no Slurm, or with slurm_cluster: local).
+    launcher: Literal["local", "slurm"] = "local"
+    slurm_cluster: Optional[Literal["slurm", "local", "debug"]] = None  # None: Slurm if sbatch is here
+    slurm_partition: Optional[str] = None
+    slurm_gpus: Optional[int] = Field(None, ge=0)  # GPUs per job
+    slurm_time: int = Field(240, ge=1)  # minutes per job; a job past it is requeued and resumes
+    slurm_cpus: Optional[int] = Field(None, ge=1)
+    slurm_mem_gb: Optional[int] = Field(None, ge=1)
 
     # Claim 3, robustness to perturbed training queries (premem.robustness).
     # None: the most memorising run (dynamics.pick_run: most epochs, then highest lr, then the
@@ -223,7 +262,9 @@ class Params(BaseModel):
         keys = RECORD_KEYS + extra_keys
         if data["base_model"] != "embedded":  # the embedded model's keys shape only its own base
             keys = tuple(k for k in keys if not k.startswith("embedded_"))
-        blob = json.dumps({k: data[k] for k in keys}, sort_keys=True).encode()
+        shaped = {k: data[k] for k in keys}
+        shaped |= {k: data[k] for k in LATER_RECORD_KEYS if data[k] != Params.model_fields[k].get_default()}
+        blob = json.dumps(shaped, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -240,6 +281,11 @@ RECORD_KEYS = (
     "temperature", "top_p", "max_new_tokens", "sample_batch_size", "backend",
 )
 
+# Record-shaping keys added since hashes named records: in the hash only when not at their default,
+# so a record made before a key existed keeps its name (the default is the behaviour it was made with).
+LATER_RECORD_KEYS = ("runs", "warmup_steps", "mixed_precision", "model_max_length", "target_eos", "pad_token",
+                     "per_device_batch_size")
+
 # curation_seeds and curation_strategies are left out: each (strategy, seed) chain of runs carries
 # both in its runs' names and depends on nothing else the other chains do, so a curation folder holds
 # any number of them and adding one reuses the rest (see premem.curation.curation_params).
@@ -255,6 +301,9 @@ NOT_SHAPING = (
     "name",  # names the folder beside the hash
     "out_dir", "cache_dir", "figures_dir",  # where things go
     "workers",  # runs are at one torch thread each whatever the worker count (sweep.map_one_thread)
+    "stages",  # together or separate, the record is the same (tests/test_sweep.py)
+    # where jobs run and with what resources: the record is the same (tests/test_launcher.py)
+    "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_time", "slurm_cpus", "slurm_mem_gb",
     "keep_checkpoints",  # which weights are kept after a run is recorded
     # The perplexity batch moves float32 rounding only (padding; rtol 1e-5, tests/test_perplexity.py),
     # where a sampling batch reseeds its draws (sample_batch_size is hashed).
@@ -287,6 +336,23 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+def _check_combinations(data: dict, source: str) -> None:
+    """Rules across keys, on the keys set away from their defaults (a resolved config, as
+    model_dump gives, names every key)."""
+    fields = Params.model_fields
+    given = {k for k, v in data.items() if k in fields and v != fields[k].get_default(call_default_factory=True)}
+    grid = sorted({"lrs", "epochs", "data_fractions", "seeds"} & given)
+    if data.get("runs") is not None and grid:
+        raise PremError(f"{source}: key 'runs': an explicit run list replaces lrs, epochs, data_fractions and "
+                        f"seeds; drop {', '.join(grid)} or drop runs")
+    if data.get("runs") == []:
+        raise PremError(f"{source}: key 'runs': an empty run list; give at least one run or drop the key")
+    slurm = sorted(k for k in given if k.startswith("slurm_"))
+    if data.get("launcher", "local") == "local" and slurm:
+        raise PremError(f"{source}: key '{slurm[0]}': slurm_* options apply to launcher: slurm, and the launcher "
+                        "is local")
+
+
 def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
     """Validate a params file (or a dict, as a notebook builds from its parameters) into `Params`."""
     if source is None:
@@ -310,6 +376,7 @@ def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
             raise PremError(f"{path}: must be a mapping of keys to values")
         name = str(path)
     data.update(overrides)
+    _check_combinations(data, name)
     try:
         return Params.model_validate(data)
     except ValidationError as e:

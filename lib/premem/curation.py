@@ -98,7 +98,7 @@ def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example],
     if spec.epochs == IFD_EPOCHS:
         return training.load_checkpoint(record.final_checkpoint(out, spec.run))
     lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization)
+                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
     ckpts = sweep.finetune_on(cfg, lm, tok, train, out / "ifd" / spec.run, spec, IFD_EPOCHS, IFD_EPOCHS)
     return training.load_checkpoint(ckpts[-1]["path"])
 
@@ -128,10 +128,12 @@ def curation_params(cfg: Params) -> Params:
     checkpoint spacing does.
     Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
     seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
-    lr, epochs = cfg.curation_lr or cfg.lrs[0], cfg.curation_epochs or cfg.epochs[0]
+    first = cfg.runs[0] if cfg.runs else None  # an explicit run list: its first run, as lrs[0] and epochs[0]
+    lr = cfg.curation_lr or (first.lr if first else cfg.lrs[0])
+    epochs = cfg.curation_epochs or (first.epochs if first else cfg.epochs[0])
     # curation_k replaces k for the originals' samples; k_test stays what it was (k when unset).
     samples = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
-    return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[],
+    return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[], runs=None,
                                       n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
                                       max_checkpoints=cfg.curation_max_checkpoints,
                                       curation_lr=lr, curation_epochs=epochs, curation_k=None, **samples))
@@ -261,7 +263,7 @@ def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None
     f = out / "base.json"
     if not f.exists():
         lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                      quantization=cfg.quantization)
+                                      quantization=cfg.quantization, pad_token=cfg.pad_token)
         acc = example_accuracy(cfg, lm, base, tok, test)  # the same k per question: its mean is the sample mean
         io.write_json(f, dict(test_acc=float(acc.mean()), n_test=len(test), k=cfg.k_test or cfg.k))
 

@@ -29,11 +29,14 @@ EMBEDDED_FORMAT = 1  # bump when the embedded recipe changes, so old caches are 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantization: str | None = None):
+def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantization: str | None = None,
+              pad_token: str = "eos"):
     """Load (model, tokenizer) from a hub id, a local folder or a `.gguf` file.
 
     dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's default.
     quantization: None or "4bit" (bitsandbytes NF4, for QLoRA; needs a CUDA GPU).
+    pad_token: for a tokenizer without one, "eos" reuses eos; "add" adds [PAD] and resizes the
+    embeddings (new rows the mean of the others), as the authors' training scripts do.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,12 +70,18 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
     if device is not None and quantization is None:
         model = model.to(device)
-    prepare_tokenizer(tokenizer, model)
+    prepare_tokenizer(tokenizer, model, pad_token=pad_token)
     return model, tokenizer
 
 
-def prepare_tokenizer(tokenizer, model=None):
-    """Give the tokenizer a pad token (eos if it has none) and left padding, for batched generation."""
+def prepare_tokenizer(tokenizer, model=None, pad_token: str = "eos"):
+    """Give the tokenizer a pad token (eos, or an added [PAD]: see load_base) and left padding, for
+    batched generation."""
+    if tokenizer.pad_token is None and pad_token == "add":
+        if model is None:
+            raise PremError("pad_token: add resizes the model's embeddings: give the model too")
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PremError(f"tokenizer {tokenizer.name_or_path} has neither a pad nor an eos token")

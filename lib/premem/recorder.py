@@ -101,9 +101,14 @@ class Recorder:
                                      correct=g.correct, correct_strict=g.correct_strict, parse_ok=g.parse_ok,
                                      answer=g.answer))
         scored = self.train + self.heldout
-        nll, n_tokens = perplexity.target_nll(model, tok, self.prompts["train"] + self.prompts["heldout"],
-                                              self.targets["train"] + self.targets["heldout"],
-                                              batch_size=cfg.perplexity_batch_size, progress=False)
+        prompts, targets = self.prompts["train"] + self.prompts["heldout"], self.targets["train"] + self.targets["heldout"]
+        if cfg.backend == "vllm" and checkpoint is not None:  # the engine that sampled scores the targets too
+            from premem import vllm_backend
+
+            nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos)
+        else:
+            nll, n_tokens = perplexity.target_nll(model, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
+                                                  add_eos=cfg.target_eos, progress=False)
         ppl = pd.DataFrame(dict(run=run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
                                 trained=[i < len(self.train) for i in range(len(scored))],
                                 nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))

@@ -298,28 +298,12 @@ def _cut_at_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
 
 def _sample_vllm(model, tokenizer, prompts, *, k, temperature, top_p, max_new_tokens, stop, seed,
                  progress) -> list[list[str]]:
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as e:
-        raise PremError(f"backend='vllm' needs the vllm package (pip install 'premem[gpu]'): {e}") from None
-    if _is_vllm_llm(model):
-        llm = model
-    elif isinstance(model, str):
-        tok = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name_or_path", None) or None
-        llm = LLM(model=model, tokenizer=tok, seed=seed)
-    else:
+    """premem.vllm_backend.sample: the process's one engine for a checkpoint (LoRA adapters on their
+    base), or the caller's own vllm.LLM."""
+    from premem import vllm_backend
+
+    if not (_is_vllm_llm(model) or isinstance(model, str)):
         raise PremError("backend='vllm' needs a checkpoint path or a vllm.LLM as model, "
                         f"got {type(model).__name__} (save it with save_pretrained first)")
-    greedy = temperature == 0
-    # Greedy decodes once and copies (older vLLM rejects n > 1 with temperature 0). top_k and
-    # min_p keep vLLM's "off" defaults; explicit SamplingParams do not read generation_config.json.
-    n = 1 if greedy else k
-    params = [SamplingParams(
-        n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-        max_tokens=max_new_tokens, stop=[stop] if stop else None, include_stop_str_in_output=False,
-        seed=seed + i) for i in range(len(prompts))]
-    results = llm.generate(prompts, params, use_tqdm=progress)
-    # vLLM returns one RequestOutput per prompt, in input order. Truncating again is a no-op
-    # unless the stop string was split oddly by the incremental detokeniser.
-    out = [[truncate_at_stop(c.text, stop) for c in res.outputs] for res in results]
-    return out if n == k else [o * k for o in out]
+    return vllm_backend.sample(model, prompts, k=k, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, stop=stop, seed=seed, progress=progress)

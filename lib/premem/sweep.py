@@ -9,7 +9,9 @@ rerun recomputes nothing that finished and yields identical tables.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -36,10 +38,15 @@ class RunSpec:
 
 
 def grid(cfg: Params) -> list[RunSpec]:
-    if not cfg.seeds:
+    """The runs of a params file: its explicit `runs` list, else lrs x epochs x data_fractions x seeds."""
+    if cfg.runs is not None:
+        points = [(r.lr, r.epochs, r.data_fraction, r.seed) for r in cfg.runs]
+    elif not cfg.seeds:
         raise PremError("seeds: the grid is empty; give at least one seed")
+    else:
+        points = itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds)
     specs = []
-    for lr, epochs, frac, seed in itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds):
+    for lr, epochs, frac, seed in points:
         if not 0 < frac <= 1:
             raise PremError(f"data_fractions: {frac} is not in (0, 1]")
         # The name is for people; the values live in runs.parquet and are never parsed back.
@@ -117,9 +124,10 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
         lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
         [tasks.format_target(ex, cfg.target_template) for ex in train],
         output_dir=output_dir, lr=spec.lr, epochs=epochs, batch_size=cfg.batch_size,
-        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        seed=spec.seed, save_every_epochs=save_every_epochs, lora=cfg.lora, on_checkpoint=on_checkpoint,
-        progress=False,
+        warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, mixed_precision=cfg.mixed_precision, max_length=cfg.model_max_length,
+        add_eos=cfg.target_eos, per_device_batch_size=cfg.per_device_batch_size, seed=spec.seed,
+        save_every_epochs=save_every_epochs, lora=cfg.lora, on_checkpoint=on_checkpoint, progress=False,
     )
 
 
@@ -143,7 +151,9 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
     record.reopen_run(run_dir)
-    if any(not record.part_done(run_dir, c["step"]) for c in training.finished_checkpoints(run_dir / "train")):
+    lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
+    # With separate stages a saved checkpoint still holding its weights is simply recorded next.
+    if any(cfg.stages != "separate" or not any((c["path"] / f).is_file() for f in WEIGHT_FILES) for c in lost):
         # Parts of finished checkpoints were deleted or damaged from outside. Training is
         # deterministic: train the run again from its start (premem's own checkpoints go) and record
         # only what was lost; the tables then equal an uninterrupted sweep's.
@@ -151,7 +161,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
                      seed=spec.seed, example_ids=[ex.id for ex in train])
     lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization)
+                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     init_state = training.snapshot(lm)
@@ -163,7 +173,15 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
                        sample_test=epoch == spec.epochs or not test_final_only)
 
     every = spec.epochs if final_only else save_every(cfg, spec.epochs)
-    ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every, on_checkpoint)
+    separate = cfg.stages == "separate"
+    ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every,
+                        None if separate else on_checkpoint)
+    if separate:
+        del lm, init_state, measure  # the Trainer's weights go before the recording process loads any
+        if int(os.environ.get("RANK", "0")) != 0:  # one recorder per run, whatever the training processes
+            return run_dir
+        _in_fresh_process(_record_saved_run, (cfg.model_dump_json(), spec, train if recorded is None else recorded,
+                                              test, heldout, str(record_dir), base_path, test_final_only))
     missing = [c["step"] for c in ckpts if not record.part_done(run_dir, c["step"])]
     if missing:
         raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
@@ -173,6 +191,42 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
                 (Path(c["path"]) / name).unlink(missing_ok=True)
     record.finish_run(run_dir, [c["step"] for c in ckpts])
     return run_dir
+
+
+def under_fsdp() -> bool:
+    """Whether accelerate launched this process with FSDP (it says so in the environment)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def _record_saved_run(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
+                      test_final_only: bool) -> None:
+    """The recording stage of `stages: separate`: each saved checkpoint of a run not yet recorded,
+    measured as the training process would have (the starting weights reloaded for param_distance)."""
+    from premem import model as model_lib, recorder, training
+
+    cfg = Params.model_validate_json(cfg_json)
+    run_dir = record.run_dir(record_dir, spec.run)
+    base, _ = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
+                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
+    if cfg.lora is not None:
+        base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
+    init_state = training.snapshot(base)
+    del base
+    measure = recorder.Recorder(cfg, recorded, test, heldout)
+    for c in training.finished_checkpoints(run_dir / "train"):
+        if record.part_done(run_dir, c["step"]) or c["epoch"] > spec.epochs:
+            continue
+        lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
+                                           dtype=cfg.dtype, trainable=True)
+        lm.eval()
+        measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
+                       checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
+
+
+def _in_fresh_process(fn, args: tuple) -> None:
+    """fn(*args) in a new spawned process at one torch thread, waited for; its error is raised here."""
+    with ProcessPoolExecutor(1, mp_context=_spawn_context()) as pool:
+        pool.submit(_at_one_thread, fn, args).result()
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
@@ -233,7 +287,12 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
             bar.set_postfix_str(run)
             bar.update()
 
-    map_one_thread(_run_job, args, cfg.workers, done)
+    if cfg.launcher == "slurm":  # one job per run, through submitit; its logs beside the record
+        from premem import launcher
+
+        launcher.run_array(cfg, _run_job, args, Path(record_dir) / "jobs", done)
+    else:
+        map_one_thread(_run_job, args, cfg.workers, done)
 
 
 def quiet_libraries() -> None:
@@ -271,16 +330,28 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     from tqdm.auto import tqdm
 
     out = Path(out) if out else record_path(cfg)
+    if under_fsdp() and cfg.stages != "separate":
+        raise PremError("stages: under FSDP a process holds a shard of the weights, which can neither sample nor "
+                        "measure the baselines: set stages: separate (rank 0 records the saved checkpoints whole)")
+    if cfg.launcher == "slurm":  # a launcher that cannot start fails before anything is made
+        from premem.launcher import submitit_module
+
+        submitit_module()
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     record.check_target(out, cfg, force=force)  # and so does a folder that is not this config's record
-    with record.locked(out, "premem sweep"):
-        record.create(out, cfg, force=force, command="premem sweep")
+    # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
+    # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
+    lead = int(os.environ.get("RANK", "0")) == 0
+    with record.locked(out, "premem sweep") if lead else contextlib.nullcontext():
+        if lead:
+            record.create(out, cfg, force=force, command="premem sweep")
         base = base_model_path(cfg, progress=progress)
-        bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not progress)
+        bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not (progress and lead))
         run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
         bar.close()
-        record.finish(out)
+        if lead:
+            record.finish(out)
     return out
 
 

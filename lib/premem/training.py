@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -57,18 +58,21 @@ def encode_example(tokenizer, prompt: str, target: str, add_eos: bool = True) ->
     return prompt_ids + target_ids, len(prompt_ids)
 
 
-def build_features(tokenizer, prompts, targets, max_length: int | None = None) -> list[dict]:
-    """One {"input_ids", "labels"} dict per example; labels are -100 on the prompt."""
+def build_features(tokenizer, prompts, targets, max_length: int | None = None, add_eos: bool = True,
+                   truncate: bool = False) -> list[dict]:
+    """One {"input_ids", "labels"} dict per example; labels are -100 on the prompt. An example over
+    `max_length` tokens is an error, or cut to it with `truncate` (as the authors' tokenizer calls do)."""
     if len(prompts) != len(targets):
         raise PremError(f"prompts ({len(prompts)}) and targets ({len(targets)}) differ in length")
     if not prompts:
         raise PremError("no training examples: prompts is empty")
     features = []
     for i, (prompt, target) in enumerate(zip(prompts, targets)):
-        ids, n_prompt = encode_example(tokenizer, prompt, target)
-        if max_length is not None and len(ids) > max_length:
+        ids, n_prompt = encode_example(tokenizer, prompt, target, add_eos=add_eos)
+        if max_length is not None and len(ids) > max_length and not truncate:
             raise PremError(f"example {i} has {len(ids)} tokens, more than the model's {max_length}")
-        features.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
+        labels = ([-100] * n_prompt + ids[n_prompt:])[:max_length]
+        features.append({"input_ids": ids[:max_length], "labels": labels})
     return features
 
 
@@ -218,7 +222,9 @@ def apply_lora(model, lora: dict, seed: int = 0):
 
 def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output_dir, lr: float,
              epochs: int, batch_size: int, warmup_ratio: float = 0.1, warmup_steps: int | None = None,
-             weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+             weight_decay: float = 0.0, max_grad_norm: float = 1.0, mixed_precision: str = "auto",
+             max_length: int | None = None, add_eos: bool = True, per_device_batch_size: int | None = None,
+             seed: int = 0,
              save_every_epochs: int = 1, lora: dict | None = None, on_checkpoint=None,
              resume: bool = True, keep_optimizer: str = "last", progress: bool = True) -> list[dict]:
     """Finetune on (prompt, target) pairs; return the finished checkpoints [{step, epoch, path, loss}].
@@ -244,6 +250,8 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
         raise PremError(f"keep_optimizer must be 'last' or 'all', got {keep_optimizer!r}")
     if not 0 <= warmup_ratio < 1:
         raise PremError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if warmup_steps is not None and warmup_steps < 0:
+        raise PremError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if epochs < 1 or save_every_epochs < 1 or batch_size < 1:
         raise PremError(f"epochs, save_every_epochs and batch_size must be >= 1 "
                         f"(got {epochs}, {save_every_epochs}, {batch_size})")
@@ -256,13 +264,30 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
         if folder.is_dir() and not (folder / MARKER).is_file():
             shutil.rmtree(folder)
 
-    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    features = build_features(tokenizer, prompts, targets, max_length=max_length)
+    # max_length (model_max_length) cuts examples as the authors' tokenizer did; without it an
+    # example longer than the model's context is an error.
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    features = build_features(tokenizer, prompts, targets, max_length=max_length or context, add_eos=add_eos,
+                              truncate=max_length is not None)
     if lora is not None:
         model = apply_lora(model, lora, seed=seed)
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # never fp16/bf16 on CPU
+    if mixed_precision not in ("auto", "fp16", "bf16", "no"):
+        raise PremError(f"mixed_precision must be auto, fp16, bf16 or no, got {mixed_precision!r}")
+    if mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available():
+        raise PremError(f"mixed_precision: {mixed_precision} autocasts on a GPU, and none is here (auto: none on a CPU)")
+    auto_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # never fp16/bf16 on CPU
+    # batch_size is the optimiser's batch over every process: per-device batches times gradient
+    # accumulation times the world size (torchrun / accelerate set WORLD_SIZE).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = per_device_batch_size or max(1, batch_size // world)
+    accumulation, rest = divmod(batch_size, per_device * world)
+    if rest or not accumulation:
+        raise PremError(f"batch_size {batch_size} is no multiple of per_device_batch_size {per_device} x "
+                        f"{world} processes")
+    use_bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and auto_bf16)
     args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         learning_rate=lr, lr_scheduler_type="linear", optim="adamw_torch",
         warmup_steps=warmup_steps if warmup_steps is not None else warmup_ratio,  # float < 1 = ratio
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, data_seed=seed,
@@ -270,7 +295,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
         save_only_model=False,  # resume needs optimiser, scheduler and RNG state
         logging_strategy="epoch", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False, bf16=use_bf16,
+        remove_unused_columns=False, bf16=use_bf16, fp16=mixed_precision == "fp16",
         # Batches of similar lengths: char-level examples vary 2x in length (arith: 280 chars on
         # average, a random batch of 8 pads to ~400), and padding is compute spent on nothing.
         train_sampling_strategy="group_by_length")
