@@ -63,6 +63,7 @@ def test_run_lists_are_the_released_runs(released_root):
     (dict(runs=[dict(lr=-1.0, epochs=6)]), "key 'runs.0.lr'"),
     (dict(mixed_precision="fp8"), "key 'mixed_precision'"),
     (dict(pad_token="unk"), "key 'pad_token'"),
+    (dict(batch_size=128, per_device_batch_size=3), "key 'per_device_batch_size': 3 does not divide batch_size 128"),
 ])
 def test_bad_paper_keys_are_named(data, match):
     with pytest.raises(PremError, match=match):
@@ -72,8 +73,21 @@ def test_bad_paper_keys_are_named(data, match):
 def test_later_keys_at_their_default_leave_the_hash_alone():
     """A record made before a key existed keeps its name; a key set away from its default renames it."""
     tiny = load_params(ROOT / "params" / "tiny.yaml")
+    # The names the CPU default's and smoke's records had before these keys (and runs/ holds).
+    assert (tiny.hash(), load_params(ROOT / "params" / "smoke.yaml").hash()) == ("38159a9d3943", "9470ed4bf151")
     assert tiny.hash() == load_params(dict(name="tiny", warmup_steps=None, target_eos=True)).hash()
     for key, value in dict(warmup_steps=20, mixed_precision="no", model_max_length=64, target_eos=False,
                            pad_token="add", per_device_batch_size=2).items():
         assert tiny.model_copy(update={key: value}).hash() != tiny.hash(), key
     assert load_params(dict(runs=[dict(lr=1e-4, epochs=3)])).hash() != tiny.hash()
+
+
+@pytest.mark.parametrize("keys, match", [
+    (dict(backend="vllm"), "stages: backend vllm .* set stages: separate"),
+    (dict(runs=[dict(lr=1e-3, epochs=1), dict(lr=1e-3, epochs=1)]), "listed twice"),
+] + ([] if __import__("torch").cuda.is_available() else [(dict(mixed_precision="bf16"), "autocasts on a GPU")]))
+def test_a_sweep_refuses_what_this_launch_cannot_do_before_any_work(tmp_path, keys, match):
+    cfg = load_params(dict(name="x", n_train=8, n_test=4, n_heldout=2, out_dir=str(tmp_path), **keys))
+    with pytest.raises(PremError, match=match):
+        sweep.sweep(cfg, progress=False)
+    assert not any(tmp_path.iterdir())

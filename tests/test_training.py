@@ -199,10 +199,19 @@ def test_gradient_accumulation_makes_the_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(PremError, match="x 3 processes"):
         tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "bad", epochs=1, **FAST)
-    with pytest.raises(PremError, match="mixed_precision: fp16 autocasts on a GPU"):
-        monkeypatch.setenv("WORLD_SIZE", "1")
-        tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "fp16", epochs=1, mixed_precision="fp16",
-                    **FAST)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    if not torch.cuda.is_available():  # on a GPU machine fp16 autocast is allowed
+        with pytest.raises(PremError, match="mixed_precision: fp16 autocasts on a GPU"):
+            tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "fp16", epochs=1, mixed_precision="fp16",
+                        **FAST)
+
+
+def test_weight_files_find_every_way_a_checkpoint_is_saved(tmp_path):
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+             "pytorch_model_fsdp.bin", "adapter_model.safetensors", "config.json", "optimizer.pt", "tokenizer.json"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    assert [f.name for f in tr.weight_files(tmp_path)] == sorted(names[:5])
 
 
 def test_an_added_pad_token_resizes_the_embeddings_to_their_mean():

@@ -40,6 +40,7 @@ class Claim:
     verdict: str  # yes / partly / no by the judge's rule ("" where none is given)
     source: str  # which record: "tiny @ <hash>", or the released logs' params name
     tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    released: bool = False  # from the authors' released logs, not a live record
 
     @property
     def statement(self) -> str:
@@ -124,7 +125,7 @@ def released_logs(cfg: Params) -> Claim:
     return Claim("1", "; ".join(f"{d}: {s}" for d, (s, _, _) in judged.items()),
                  "; ".join(f"{d}: {t}" for d, (_, t, _) in judged.items()),
                  verdicts.pop() if len(verdicts) == 1 else "partly", cfg.name,
-                 dict(checkpoints=table, fits=fits))
+                 dict(checkpoints=table, fits=fits), released=True)
 
 
 def predicts_test(s: Sweep) -> Claim:

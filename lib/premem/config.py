@@ -102,7 +102,8 @@ class Params(BaseModel):
     target_eos: bool = True  # end every target with eos (the authors' targets end at "\nDone." alone)
     pad_token: Literal["eos", "add"] = "eos"  # a tokenizer with none: reuse eos, or add [PAD] and resize
     # Examples per device and step; the Trainer accumulates gradients up to batch_size over all
-    # devices (the authors: 2 per device on 4 GPUs for GSM8k's 128). None: batch_size on each device.
+    # devices (the authors: 2 per device on 4 GPUs for GSM8k's 128). None: batch_size split over the
+    # processes (one process: batch_size, as before this key).
     per_device_batch_size: Optional[int] = Field(None, ge=1)
     # At most this many recorded checkpoints per run (the last epoch always among them): long runs
     # then save every ceil(epochs / max_checkpoints) epochs, bounding the recorder's cost.
@@ -347,6 +348,9 @@ def _check_combinations(data: dict, source: str) -> None:
                         f"seeds; drop {', '.join(grid)} or drop runs")
     if data.get("runs") == []:
         raise PremError(f"{source}: key 'runs': an empty run list; give at least one run or drop the key")
+    per_device, batch = data.get("per_device_batch_size"), data.get("batch_size", fields["batch_size"].default)
+    if isinstance(per_device, int) and isinstance(batch, int) and per_device > 0 and batch % per_device:
+        raise PremError(f"{source}: key 'per_device_batch_size': {per_device} does not divide batch_size {batch}")
     slurm = sorted(k for k in given if k.startswith("slurm_"))
     if data.get("launcher", "local") == "local" and slurm:
         raise PremError(f"{source}: key '{slurm[0]}': slurm_* options apply to launcher: slurm, and the launcher "

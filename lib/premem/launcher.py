@@ -64,7 +64,10 @@ def run_array(cfg, fn, args: list[tuple], folder: str | Path, on_done=None) -> l
         try:
             results.append(job.result())
         except Exception as e:  # submitit's FailedJobError carries the job's own traceback
-            raise PremError(f"job {job.job_id} failed (logs in {folder}): {str(e).splitlines()[-1]}") from e
+            for other in jobs:  # no job may go on writing once the sweep has stopped and let its lock go
+                other.cancel(check=False)
+            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise PremError(f"job {job.job_id} failed (logs in {folder}): {last}") from e
         if on_done is not None:
             on_done(results[-1])
     return results

@@ -86,8 +86,8 @@ def details(all_claims: list) -> str:
     parts = []
     for c in all_claims:
         if isinstance(c, claims.Claim):
-            where = "released logs" if c.source and "@" not in c.source else "live"
-            parts.append(f"- **{c.statement}** ({where}, {c.source}): {c.detail}")
+            where = "released logs" if c.released else "live"
+            parts.append(f"- **{c.statement}** ({where}, {c.source}): {c.detail} (verdict: {c.verdict})")
     return "\n".join(parts) + "\n"
 
 

@@ -24,8 +24,6 @@ from premem.config import Params
 from premem.errors import PremError
 
 GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-variance predictor
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -33,10 +31,14 @@ def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int,
                    progress: bool = False) -> list[list[str]]:
     """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
     `checkpoint` folder (or hub id); the transformers backend samples the loaded `lm`."""
-    from premem import sampling
+    from premem import sampling, vllm_backend
 
+    if cfg.backend == "vllm":  # the process's one engine, at the params' dtype
+        return vllm_backend.sample(str(checkpoint), prompts, k=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, dtype=cfg.dtype,
+                                   progress=progress)
     return sampling.sample(
-        str(checkpoint) if cfg.backend == "vllm" else lm, tok, prompts, k=k, temperature=cfg.temperature,
+        lm, tok, prompts, k=k, temperature=cfg.temperature,
         top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
         batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
 
@@ -105,7 +107,8 @@ class Recorder:
         if cfg.backend == "vllm" and checkpoint is not None:  # the engine that sampled scores the targets too
             from premem import vllm_backend
 
-            nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos)
+            nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos,
+                                                    dtype=cfg.dtype)
         else:
             nll, n_tokens = perplexity.target_nll(model, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
                                                   add_eos=cfg.target_eos, progress=False)
@@ -117,8 +120,9 @@ class Recorder:
             if init_state is not None:
                 distance = training.param_distance(model, init_state)
             variance = training.gradient_variance(model, tok, self.prompts["train"], self.targets["train"],
-                                                  batch_size=cfg.batch_size, n_batches=GRAD_VARIANCE_BATCHES,
-                                                  seed=seed)
+                                                  batch_size=cfg.per_device_batch_size or cfg.batch_size,
+                                                  n_batches=GRAD_VARIANCE_BATCHES, seed=seed,
+                                                  add_eos=cfg.target_eos, max_length=cfg.model_max_length)
         stats = pd.DataFrame([dict(run=run, step=step, epoch=epoch, param_distance=distance, grad_variance=variance)])
         # samples last: part_done needs all three, so a kill in between redoes the checkpoint.
         record.write_part(folder, "perplexity", step, ppl)
@@ -139,6 +143,8 @@ def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
     """The `checkpoint-<step>` folders a trainer saved, by step, that `select` names ("all", a list
     "100,200", or an inclusive step range "100-300"): dicts of step, epoch, path and kind (model
     or adapter). Each is checked before anything is recorded."""
+    from premem import training
+
     folder = Path(folder)
     if not folder.is_dir():
         raise PremError(f"checkpoints folder not found: {folder}")
@@ -153,7 +159,7 @@ def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
             continue
         if (path / "adapter_config.json").is_file() and any((path / f).is_file() for f in ADAPTER_FILES):
             kind = "adapter"
-        elif (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES):
+        elif (path / "config.json").is_file() and training.weight_files(path):
             kind = "model"
         else:
             raise PremError(f"{path}: neither a model (config.json and weights) nor a LoRA adapter "

@@ -22,8 +22,7 @@ import pandas as pd
 
 from premem import grading, io, metrics, record, recorder, sweep, tasks
 from premem.dynamics import RunDynamics, pick_run
-from premem import errors
-from premem.errors import PremError
+from premem.errors import Missing, PremError
 
 PERTURBATIONS = (*tasks.PREFIX_PERTURBATIONS, "problem")
 COLUMNS = ["run", "example_id", "perturbation", "robustness", "pre_mem_acc", "train_acc", "k"]
@@ -107,7 +106,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
                       cached_only: bool = False) -> pd.DataFrame:
     """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
     in `workers` one-thread processes (sweep.map_one_thread), which does not change the tables.
-    `cached_only`: sample nothing; a perturbation not cached yet raises errors.Missing."""
+    `cached_only`: sample nothing; a perturbation not cached yet raises premem.errors.Missing."""
     record_dir = Path(record_dir)
     runs = record.read_runs(record_dir)
     run = pick_run(runs, run).run  # resolved once, so every worker samples the same run at the same tau
@@ -117,7 +116,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
         lacking = [p for p in perturbations if not cache_path(record_dir, run, p, k or cfg.robustness_k or cfg.k,
                                                               seed, tau).exists()]
         if lacking:
-            raise errors.Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
+            raise Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
                           "run notebook 06 (or premem reproduce)")
     tables = sweep.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
                                   workers)

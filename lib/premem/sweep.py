@@ -25,7 +25,6 @@ from premem.errors import PremError
 
 
 SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,11 @@ def grid(cfg: Params) -> list[RunSpec]:
         raise PremError("seeds: the grid is empty; give at least one seed")
     else:
         points = itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds)
-    specs = []
+    specs, seen = [], set()
     for lr, epochs, frac, seed in points:
+        if (lr, epochs, frac, seed) in seen:
+            raise PremError(f"runs: lr {lr:g}, epochs {epochs}, data_fraction {frac:g}, seed {seed} is listed twice")
+        seen.add((lr, epochs, frac, seed))
         if not 0 < frac <= 1:
             raise PremError(f"data_fractions: {frac} is not in (0, 1]")
         # The name is for people; the values live in runs.parquet and are never parsed back.
@@ -153,7 +155,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     record.reopen_run(run_dir)
     lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
     # With separate stages a saved checkpoint still holding its weights is simply recorded next.
-    if any(cfg.stages != "separate" or not any((c["path"] / f).is_file() for f in WEIGHT_FILES) for c in lost):
+    if any(cfg.stages != "separate" or not training.weight_files(c["path"]) for c in lost):
         # Parts of finished checkpoints were deleted or damaged from outside. Training is
         # deterministic: train the run again from its start (premem's own checkpoints go) and record
         # only what was lost; the tables then equal an uninterrupted sweep's.
@@ -164,8 +166,10 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
                                   quantization=cfg.quantization, pad_token=cfg.pad_token)
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
-    init_state = training.snapshot(lm)
-    measure = recorder.Recorder(cfg, train if recorded is None else recorded, test, heldout)
+    separate = cfg.stages == "separate"
+    # The starting weights and the measurement live where recording happens: here only when together.
+    init_state = None if separate else training.snapshot(lm)
+    measure = None if separate else recorder.Recorder(cfg, train if recorded is None else recorded, test, heldout)
 
     def on_checkpoint(step, epoch, model):
         measure.record(run_dir, spec.run, spec.seed, step, epoch, model, tok, init_state=init_state,
@@ -173,11 +177,11 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
                        sample_test=epoch == spec.epochs or not test_final_only)
 
     every = spec.epochs if final_only else save_every(cfg, spec.epochs)
-    separate = cfg.stages == "separate"
     ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every,
                         None if separate else on_checkpoint)
     if separate:
-        del lm, init_state, measure  # the Trainer's weights go before the recording process loads any
+        del lm  # the Trainer's weights go, and the GPU memory they held, before the recorder loads any
+        _free_memory()
         if int(os.environ.get("RANK", "0")) != 0:  # one recorder per run, whatever the training processes
             return run_dir
         _in_fresh_process(_record_saved_run, (cfg.model_dump_json(), spec, train if recorded is None else recorded,
@@ -187,10 +191,22 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
     if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
         for c in ckpts[:-1]:
-            for name in WEIGHT_FILES:
-                (Path(c["path"]) / name).unlink(missing_ok=True)
+            for f in training.weight_files(c["path"]):
+                f.unlink()
     record.finish_run(run_dir, [c["step"] for c in ckpts])
     return run_dir
+
+
+def check_launch(cfg: Params) -> None:
+    """What the params ask of this machine and launch, checked before anything is made."""
+    import torch
+
+    if cfg.backend == "vllm" and cfg.stages == "together":
+        raise PremError("stages: backend vllm records with an engine of its own, which must not share the "
+                        "Trainer's process and GPU: set stages: separate")
+    if cfg.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available() and cfg.launcher == "local":
+        raise PremError(f"mixed_precision: {cfg.mixed_precision} autocasts on a GPU, and none is here "
+                        "(auto: none on a CPU)")
 
 
 def under_fsdp() -> bool:
@@ -204,8 +220,11 @@ def _record_saved_run(cfg_json: str, spec: RunSpec, recorded, test, heldout, rec
     measured as the training process would have (the starting weights reloaded for param_distance)."""
     from premem import model as model_lib, recorder, training
 
+    import torch
+
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
+    device = "cuda" if torch.cuda.is_available() else None  # the baselines' passes on the GPU, as in training
     base, _ = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization, pad_token=cfg.pad_token)
     if cfg.lora is not None:
@@ -217,16 +236,29 @@ def _record_saved_run(cfg_json: str, spec: RunSpec, recorded, test, heldout, rec
         if record.part_done(run_dir, c["step"]) or c["epoch"] > spec.epochs:
             continue
         lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
-                                           dtype=cfg.dtype, trainable=True)
+                                           dtype=cfg.dtype, device=device, trainable=True, pad_token=cfg.pad_token)
         lm.eval()
         measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
                        checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
 
 
 def _in_fresh_process(fn, args: tuple) -> None:
-    """fn(*args) in a new spawned process at one torch thread, waited for; its error is raised here."""
+    """fn(*args) in a new spawned process (at one torch thread on a CPU), waited for; its error is
+    raised here."""
+    from premem.launcher import Job
+
     with ProcessPoolExecutor(1, mp_context=_spawn_context()) as pool:
-        pool.submit(_at_one_thread, fn, args).result()
+        pool.submit(Job(fn), *args).result()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
@@ -330,6 +362,7 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     from tqdm.auto import tqdm
 
     out = Path(out) if out else record_path(cfg)
+    check_launch(cfg)
     if under_fsdp() and cfg.stages != "separate":
         raise PremError("stages: under FSDP a process holds a shard of the weights, which can neither sample nor "
                         "measure the baselines: set stages: separate (rank 0 records the saved checkpoints whole)")

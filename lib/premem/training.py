@@ -25,7 +25,16 @@ import torch
 from premem.errors import PremError
 
 MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
-RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "optimizer.bin")  # optimizer.bin: under FSDP
+# A checkpoint's weights, however saved: one file, shards with their index, an adapter, FSDP's own.
+WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+                   "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
+                   "adapter_model.safetensors", "adapter_model.bin", "pytorch_model_fsdp*.bin")
+
+
+def weight_files(folder) -> list[Path]:
+    """The files of a checkpoint folder that hold its weights (WEIGHT_PATTERNS)."""
+    return sorted({f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern) if f.is_file()})
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
@@ -309,7 +318,8 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     return [c for c in finished_checkpoints(output_dir) if c["epoch"] <= epochs]
 
 
-def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, trainable: bool = False):
+def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, trainable: bool = False,
+                    pad_token: str = "eos"):
     """(model, tokenizer) from a finetune checkpoint folder: a full model, or a LoRA adapter.
 
     An adapter is put on `base` (any load_base spec), by default the base recorded in its
@@ -327,7 +337,8 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, t
     base = base or json.loads(config.read_text()).get("base_model_name_or_path")
     if not base:
         raise PremError(f"{config} names no base model; pass base= to load_checkpoint")
-    model, tokenizer = load_base(base, dtype=dtype, device=device)
+    # The base as training had it: with pad_token "add" its embeddings were resized before the adapter.
+    model, tokenizer = load_base(base, dtype=dtype, device=device, pad_token=pad_token)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tokenizer
 
 
@@ -352,7 +363,7 @@ def param_distance(model, init_state: dict[str, torch.Tensor]) -> float:
 
 
 def gradient_variance(model, tokenizer, prompts, targets, batch_size: int, n_batches: int,
-                      seed: int = 0) -> float:
+                      seed: int = 0, add_eos: bool = True, max_length: int | None = None) -> float:
     """Mean over trainable parameter entries of the variance of their minibatch gradients.
 
     n_batches minibatches of batch_size examples are drawn at random (seeded; each without
@@ -362,7 +373,9 @@ def gradient_variance(model, tokenizer, prompts, targets, batch_size: int, n_bat
     """
     if n_batches < 2:
         raise PremError(f"gradient_variance needs n_batches >= 2, got {n_batches}")
-    features = build_features(tokenizer, prompts, targets)
+    # Training's encoding (eos or not, cut at model_max_length), so the loss is the one trained.
+    features = build_features(tokenizer, prompts, targets, max_length=max_length, add_eos=add_eos,
+                              truncate=max_length is not None)
     # Padding is masked out of the loss, so any id serves; a trainer's tokenizer may have no pad token.
     collate = CompletionCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                  else tokenizer.eos_token_id or 0)

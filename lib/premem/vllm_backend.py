@@ -70,12 +70,14 @@ def release() -> None:
             pass
 
 
-def _for_checkpoint(checkpoint: str | Path, base: str | None):
-    """(engine, lora_request or None) for a checkpoint folder: a full model, or an adapter on its base."""
+def _for_checkpoint(checkpoint: str | Path, base: str | None, dtype: str | None = None):
+    """(engine, lora_request or None) for a checkpoint folder: a full model, or an adapter on its base;
+    `dtype` as the params' (None: vLLM's own choice from the checkpoint's config)."""
+    options = {"dtype": dtype} if dtype else {}
     _, _, LoRARequest = _vllm()
     own_base = adapter_base(checkpoint)
     if own_base is None:
-        return engine(str(checkpoint)), None
+        return engine(str(checkpoint), **options), None
     rank = int(json.loads((Path(checkpoint) / "adapter_config.json").read_text()).get("r", 16))
     # vLLM sizes its LoRA slots by max_lora_rank, one of a few powers of two.
     slot = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= rank), None)
@@ -83,21 +85,22 @@ def _for_checkpoint(checkpoint: str | Path, base: str | None):
         raise PremError(f"{checkpoint}: LoRA rank {rank} is above what vLLM serves (512)")
     # A request's integer id must be unique per adapter for the engine's cache of loaded adapters.
     lora_id = int(hashlib.sha256(str(Path(checkpoint).resolve()).encode()).hexdigest()[:7], 16) + 1
-    llm = engine(base or own_base, lora_rank=slot)
+    llm = engine(base or own_base, lora_rank=slot, **options)
     return llm, LoRARequest(Path(checkpoint).name, lora_id, str(checkpoint))
 
 
 def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
-           stop: str | None, seed: int, base: str | None = None, progress: bool = False) -> list[list[str]]:
+           stop: str | None, seed: int, base: str | None = None, dtype: str | None = None,
+           progress: bool = False) -> list[list[str]]:
     """k completions per prompt from a checkpoint folder (or hub id, or a vllm.LLM), each prompt
     seeded `seed + index`; greedy (temperature 0) decodes once and copies."""
     from premem.sampling import truncate_at_stop
 
     vllm, _, _ = _vllm()
     if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
-        llm, lora = _for_checkpoint(checkpoint, base)
+        llm, lora = _for_checkpoint(checkpoint, base, dtype)
     elif isinstance(checkpoint, (str, Path)):
-        llm, lora = engine(str(checkpoint)), None  # a hub id
+        llm, lora = engine(str(checkpoint), **({"dtype": dtype} if dtype else {})), None  # a hub id
     else:
         llm, lora = checkpoint, None  # an engine of the caller's
     greedy = temperature == 0
@@ -113,14 +116,14 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
     return out if n == k else [o * k for o in out]
 
 
-def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True,
-               base: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True, base: str | None = None,
+               dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL of each target given its prompt, and its token count, as perplexity.target_nll
-    computes them, from vLLM's prompt logprobs."""
+    computes them (at the engine's dtype), from vLLM's prompt logprobs."""
     from premem.perplexity import encode_pairs
 
     vllm, TokensPrompt, _ = _vllm()
-    llm, lora = _for_checkpoint(checkpoint, base)
+    llm, lora = _for_checkpoint(checkpoint, base, dtype)
     enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos)
     # prompt_logprobs=0: the logprob of each prompt token itself; one generated token is the least vLLM makes.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
