@@ -40,6 +40,7 @@ def test_embedded_keys_shape_only_an_embedded_base():
     ("tau: minus two\n", "key 'tau'"),
     ("- a\n- b\n", "mapping"),
     ("k: [\n", "not valid YAML"),
+    ("lrs: [5e-7]\n", "YAML reads 5e-7 as text: write it with a dot"),
 ])
 def test_bad_params_name_file_and_key(tmp_path, text, match):
     f = tmp_path / "bad.yaml"

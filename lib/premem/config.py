@@ -325,6 +325,17 @@ def project_root() -> Path:
     return here
 
 
+def _reads_as_float(value) -> bool:
+    """A string that was meant as a number: YAML reads 5e-7 (no dot) as text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
@@ -334,6 +345,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"key '{key}': {msg}" + ("" if "got" in msg else f" (got {e.get('input')!r})"))
+            if e["type"] == "float_type" and _reads_as_float(e.get("input")):
+                parts[-1] += f"; YAML reads {e['input']} as text: write it with a dot, e.g. 1.0e-5"
     return f"{source}: " + "; ".join(parts)
 
 

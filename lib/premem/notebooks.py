@@ -106,6 +106,7 @@ def notebook_params(namespace: dict):
     switched = os.environ.get(SWITCH)
     if switched:
         path = Path(switched)
+        print(f"${SWITCH} is set: this notebook reads {switched}, not its own params")
         return load_params(path if path.is_absolute() else project_root() / path)
     return from_notebook(namespace)
 
