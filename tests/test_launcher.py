@@ -1,9 +1,7 @@
-"""launcher: slurm through submitit, run here by submitit's local executor (a real subprocess per
-job, real pickling of the job and its arguments): the same record as the in-process sweep."""
+"""launcher: slurm's parts and its input checks (its records: tests/test_stages.py)."""
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from premem import launcher, sweep
@@ -11,21 +9,6 @@ from premem.config import load_params
 from premem.errors import PremError
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
-SMALL = dict(n_train=6, n_test=3, n_heldout=2, k=2, lrs=[1e-3, 1e-2], epochs=[1], data_fractions=[1.0],
-             max_new_tokens=24, workers=1)
-
-
-def test_submitit_jobs_make_the_same_record(tmp_path):
-    here = sweep.sweep(load_params(SMOKE, cache_dir=str(tmp_path / "cache"), **SMALL), out=tmp_path / "here",
-                       progress=False)
-    cfg = load_params(SMOKE, cache_dir=str(tmp_path / "cache"), launcher="slurm", slurm_cluster="local",
-                      slurm_time=10, **SMALL)
-    jobs = sweep.sweep(cfg, out=tmp_path / "jobs", progress=False)
-    for table in ("samples", "perplexity", "checkpoints", "runs"):
-        pd.testing.assert_frame_equal(pd.read_parquet(here / f"{table}.parquet"),
-                                      pd.read_parquet(jobs / f"{table}.parquet"), check_exact=True)
-    # One job per run, each with its submitit log folder beside the record.
-    assert len(list((jobs / "jobs").glob("*_result.pkl"))) == len(sweep.grid(cfg)) == 2
 
 
 def test_a_requeued_job_is_the_same_run_again():
@@ -52,7 +35,7 @@ def test_fsdp_needs_separate_stages(tmp_path, monkeypatch):
     import yaml
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(PremError, match="stages: under FSDP .* set stages: separate"):
+    with pytest.raises(PremError, match="stages: training here is split over ranks \\(FSDP: .* set stages: separate"):
         sweep.sweep(load_params(SMOKE, out_dir=str(tmp_path)), progress=False)
     assert not any(tmp_path.iterdir())
     config = yaml.safe_load((SMOKE.parents[1] / "configs" / "accelerate_fsdp.yaml").read_text())

@@ -203,30 +203,3 @@ def test_default_and_smoke_bases_are_shipped(monkeypatch):
     assert path.parent == project_root() / sweep.SHIPPED_MODELS
     hp = json.loads((path / "premem_embedded.json").read_text())["hp"]
     assert (hp["tokenizer"], hp["vocab_size"], hp["seq_len"]) == ("bpe", 800, 192)
-
-
-def test_separate_stages_give_the_same_record(tmp_path):
-    """stages: separate trains a run, then records its saved checkpoints in a fresh process: the
-    tables equal those of recording inside training; a recording stage killed part-way resumes
-    without retraining."""
-    base = dict(n_train=6, n_test=3, n_heldout=2, k=2, lrs=[1e-2], epochs=[2], data_fractions=[1.0], max_new_tokens=24)
-    together = sweep.sweep(smoke(tmp_path, **base), out=tmp_path / "together", progress=False)
-    cfg = smoke(tmp_path, stages="separate", **base)
-    assert cfg.hash() == smoke(tmp_path, **base).hash()  # the same record, so the same name
-    separate = sweep.sweep(cfg, out=tmp_path / "separate", progress=False)
-    for table in ("samples", "perplexity", "checkpoints", "runs"):
-        pd.testing.assert_frame_equal(pd.read_parquet(together / f"{table}.parquet"),
-                                      pd.read_parquet(separate / f"{table}.parquet"), check_exact=True)
-    # Drop the last checkpoint's parts and the done marker: the saved weights are recorded again, not retrained.
-    (run,) = [p for p in (separate / "runs").iterdir()]
-    last = max(int(p.name.split("-")[1]) for p in (run / "train").glob("checkpoint-*"))
-    dropped = sorted((run / "parts").glob(f"*-{last:08d}*"))
-    for f in dropped:
-        f.unlink()
-    (run / "done.json").unlink()
-    trained = {str(p.relative_to(run)): p.stat().st_mtime_ns for p in (run / "train").glob("checkpoint-*/*")}
-    sweep.sweep(cfg, out=tmp_path / "separate", progress=False)
-    assert dropped and all(f.is_file() for f in dropped)
-    assert {str(p.relative_to(run)): p.stat().st_mtime_ns for p in (run / "train").glob("checkpoint-*/*")} == trained
-    pd.testing.assert_frame_equal(pd.read_parquet(together / "samples.parquet"),
-                                  pd.read_parquet(separate / "samples.parquet"), check_exact=True)

@@ -27,6 +27,7 @@ def vllm(monkeypatch):
 
     vllm.ENGINES.clear()
     vllm_backend.release()
+    vllm.TEARDOWNS.clear()
     yield vllm
     vllm_backend.release()
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
@@ -90,8 +91,10 @@ def test_one_engine_per_checkpoint_reused_across_measurements(vllm, checkpoints)
     other = root / "full2"
     if not other.exists():
         other.symlink_to(root / "full", target_is_directory=True)
+    assert vllm.TEARDOWNS == []
     vllm_backend.sample(str(other), PROMPTS, k=2, temperature=0.8, top_p=1.0, max_new_tokens=8, stop=None, seed=0)
     assert len(vllm.ENGINES) == 2 and vllm_backend._ENGINE["llm"] is vllm.ENGINES[1]
+    assert vllm.TEARDOWNS == ["model_parallel", "distributed_environment"]  # as vLLM's tests tear down
 
 
 def test_adapters_are_lora_requests_on_the_base_engine(vllm, checkpoints):
@@ -130,3 +133,11 @@ def test_the_recorder_measures_both_with_vllm(vllm, checkpoints, tmp_path):
     np.testing.assert_allclose(tables["vllm"]["perplexity"].nll, tables["transformers"]["perplexity"].nll, rtol=1e-5)
     assert len(vllm.ENGINES) == 1 and len(vllm.ENGINES[0].calls) == 3  # train, test, perplexity
     assert len(tables["vllm"]["samples"]) == 2 * 3 + 2 * 1
+    # With the baselines the engine goes first: their backward passes need the GPU it held.
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    recorder.Recorder(cfg.model_copy(update=dict(backend="vllm")), examples, baselines=True).record(
+        folder, "r", 0, 1, 1.0, lm, tok, checkpoint=root / "full", init_state=training.snapshot(lm))
+    assert vllm_backend._ENGINE["llm"] is None and vllm.TEARDOWNS
+    stats = pd.read_parquet(record.part_path(folder, "checkpoints", 1))
+    assert np.isfinite(stats.grad_variance).all() and (stats.param_distance == 0).all()

@@ -130,7 +130,9 @@ class Params(BaseModel):
     launcher: Literal["local", "slurm"] = "local"
     slurm_cluster: Optional[Literal["slurm", "local", "debug"]] = None  # None: Slurm if sbatch is here
     slurm_partition: Optional[str] = None
-    slurm_gpus: Optional[int] = Field(None, ge=0)  # GPUs per job
+    slurm_gpus: Optional[int] = Field(None, ge=0)  # GPUs per job (a training job's, with stages: separate)
+    slurm_train_tasks: Optional[int] = Field(None, ge=1)  # processes per training job; None: one per GPU
+    slurm_record_gpus: Optional[int] = Field(None, ge=0)  # per recording job (separate); None: 1 if slurm_gpus
     slurm_time: int = Field(240, ge=1)  # minutes per job; a job past it is requeued and resumes
     slurm_cpus: Optional[int] = Field(None, ge=1)
     slurm_mem_gb: Optional[int] = Field(None, ge=1)
@@ -304,7 +306,8 @@ NOT_SHAPING = (
     "workers",  # runs are at one torch thread each whatever the worker count (sweep.map_one_thread)
     "stages",  # together or separate, the record is the same (tests/test_sweep.py)
     # where jobs run and with what resources: the record is the same (tests/test_launcher.py)
-    "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_time", "slurm_cpus", "slurm_mem_gb",
+    "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_train_tasks", "slurm_record_gpus",
+    "slurm_time", "slurm_cpus", "slurm_mem_gb",
     "keep_checkpoints",  # which weights are kept after a run is recorded
     # The perplexity batch moves float32 rounding only (padding; rtol 1e-5, tests/test_perplexity.py),
     # where a sampling batch reseeds its draws (sample_batch_size is hashed).

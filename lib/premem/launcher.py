@@ -1,11 +1,17 @@
 """Where a sweep's runs execute: here (`launcher: local`, worker processes of one torch thread), or
-as one job per run through submitit (`launcher: slurm`): Slurm where `sbatch` is, submitit's own
-local executor (a real subprocess per job, real pickling) where it is not or `slurm_cluster: local`
-says so. A job killed by preemption or its time limit is requeued by submitit; rerunning a run
-resumes it (finished checkpoints and recorded parts stay), so nothing recorded is lost.
+as jobs through submitit (`launcher: slurm`): Slurm where `sbatch` is, submitit's own local
+executor (a real subprocess per job, real pickling) where it is not or `slurm_cluster: local` says
+so. With `stages: together` a job per run trains and records it. With `stages: separate` a
+training job per run (of `slurm_train_tasks` processes, one per GPU by default: a multi-GPU job
+trains as a torchrun launch would) runs beside a recording job per run, which records each
+checkpoint as training saves it (premem.stages). A job killed by preemption or its time limit is
+requeued by submitit; rerunning a run resumes it (finished checkpoints and recorded parts stay),
+so nothing recorded is lost.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from premem.errors import PremError
@@ -24,6 +30,7 @@ class Job:
 
         from premem.sweep import _at_one_thread
 
+        _as_rank()
         # On a CPU node each job keeps to one torch thread, as local workers do; on a GPU node, all.
         return _at_one_thread(self.fn, args) if not torch.cuda.is_available() else self.fn(*args)
 
@@ -31,6 +38,26 @@ class Job:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args)  # the same run again: it resumes
+
+
+def _as_rank() -> None:
+    """In a Slurm job of several tasks, make this task a rank of the job's torch group (env://)."""
+    import os
+
+    if int(os.environ.get("SLURM_NTASKS", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))) > 1 \
+            and "RANK" not in os.environ:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+@dataclass
+class Array:
+    """One job array: fn(*a) for each a in args. role train: the jobs whose ends nobody counts (a
+    run is done when its recording job is); record: a single process each, with slurm_record_gpus."""
+    fn: object
+    args: list
+    role: str = "run"
 
 
 def submitit_module():
@@ -42,32 +69,43 @@ def submitit_module():
     return submitit
 
 
-def executor(cfg, folder: str | Path):
-    """A submitit executor with the params' slurm_* resources; its logs go to `folder`."""
+def executor(cfg, folder: str | Path, role: str = "run"):
+    """A submitit executor with the params' slurm_* resources for jobs of `role`; logs go to `folder`."""
     submitit = submitit_module()
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cfg.slurm_cluster)
-    options = dict(name=f"premem-{cfg.name}", timeout_min=cfg.slurm_time, gpus_per_node=cfg.slurm_gpus,
-                   slurm_partition=cfg.slurm_partition, cpus_per_task=cfg.slurm_cpus, mem_gb=cfg.slurm_mem_gb)
+    gpus, tasks = cfg.slurm_gpus, None
+    if role == "train":
+        tasks = cfg.slurm_train_tasks or gpus or 1  # a process per GPU, as torchrun starts them
+    elif role == "record":  # one engine's process; vLLM serves an 8B model from one GPU
+        gpus = cfg.slurm_record_gpus if cfg.slurm_record_gpus is not None else (min(gpus, 1) if gpus else None)
+    options = dict(name=f"premem-{cfg.name}-{role}", timeout_min=cfg.slurm_time, gpus_per_node=gpus,
+                   tasks_per_node=tasks, slurm_partition=cfg.slurm_partition, cpus_per_task=cfg.slurm_cpus,
+                   mem_gb=cfg.slurm_mem_gb)
     ex.update_parameters(**{k: v for k, v in options.items() if v is not None})
     return ex
 
 
-def run_array(cfg, fn, args: list[tuple], folder: str | Path, on_done=None) -> list:
-    """fn(*a) for each a in args as one job array; waits for every job, calling on_done(result) as
-    each finishes in order; the first failed job's error is raised, naming its log folder."""
-    if not args:
-        return []
-    ex = executor(cfg, folder)
-    jobs = ex.map_array(Job(fn), *zip(*args))
-    results = []
-    for job in jobs:
-        try:
-            results.append(job.result())
-        except Exception as e:  # submitit's FailedJobError carries the job's own traceback
-            for other in jobs:  # no job may go on writing once the sweep has stopped and let its lock go
-                other.cancel(check=False)
-            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise PremError(f"job {job.job_id} failed (logs in {folder}): {last}") from e
-        if on_done is not None:
-            on_done(results[-1])
-    return results
+def run_arrays(cfg, arrays: list[Array], folder: str | Path, on_done=None, poll_s: float = 2.0) -> None:
+    """Submit every array, then wait for all their jobs together, calling on_done(result) as each
+    counted job ends (in any order); the first failed job cancels the rest (no job may go on writing
+    once the sweep has stopped and let its lock go) and its error is raised, naming its log folder."""
+    jobs = []
+    for array in arrays:
+        if array.args:
+            submitted = executor(cfg, folder, array.role).map_array(Job(array.fn), *zip(*array.args))
+            jobs += [(job, array.role != "train") for job in submitted]
+    pending = list(jobs)
+    while pending:
+        for job, counted in [p for p in pending if p[0].done()]:
+            pending.remove((job, counted))
+            try:
+                result = job.results()[0]  # a job of several tasks (ranks) has a result per task: rank 0's
+            except Exception as e:  # submitit's FailedJobError carries the job's own traceback
+                for other, _ in pending:
+                    other.cancel(check=False)
+                last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                raise PremError(f"job {job.job_id} failed (logs in {folder}): {last}") from e
+            if counted and on_done is not None:
+                on_done(result)
+        if pending:
+            time.sleep(poll_s)

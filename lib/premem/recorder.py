@@ -116,6 +116,8 @@ class Recorder:
                                 trained=[i < len(self.train) for i in range(len(scored))],
                                 nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
         distance = variance = np.nan
+        if self.baselines and cfg.backend == "vllm" and checkpoint is not None:
+            _to_gpu_after_vllm(model)
         if self.baselines:
             if init_state is not None:
                 distance = training.param_distance(model, init_state)
@@ -129,6 +131,18 @@ class Recorder:
         record.write_part(folder, "checkpoints", step, stats)
         record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
         return True
+
+
+def _to_gpu_after_vllm(model) -> None:
+    """The baselines' backward passes on the GPU the engine has just given back: the recording stage
+    loads the model into CPU memory, so the engine started on an empty GPU (premem.stages)."""
+    import torch
+
+    from premem import vllm_backend
+
+    vllm_backend.release()
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        model.to("cuda")
 
 
 # ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------

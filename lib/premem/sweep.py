@@ -134,7 +134,8 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
 
 
 def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
-                     heldout=(), recorded=None, test_final_only: bool = False, final_only: bool = False) -> Path:
+                     heldout=(), recorded=None, test_final_only: bool = False, final_only: bool = False,
+                     record_here: bool = True) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
 
     The building block of a sweep, and of anything that trains on its own example lists (data
@@ -143,33 +144,39 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     set at the last checkpoint alone (earlier ones read NaN). Curation uses both: it needs the
     originals' dynamics and the final test accuracy, and sampling is most of a run's cost.
     final_only saves and records the last checkpoint alone (no resume point inside the run): for
-    runs whose dynamics nobody reads, only their final accuracies. Returns the run folder.
+    runs whose dynamics nobody reads, only their final accuracies. With `stages: separate` the
+    saved checkpoints are recorded after training (premem.stages), here unless record_here=False
+    says a recording job of its own does it. Returns the run folder.
     """
-    from premem import model as model_lib, recorder, training
+    from premem import model as model_lib, recorder, stages, training
 
     run_dir = record.run_dir(record_dir, spec.run)
     if record.is_done(run_dir):
         return run_dir
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
-    record.reopen_run(run_dir)
-    lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
-    # With separate stages a saved checkpoint still holding its weights is simply recorded next.
-    if any(cfg.stages != "separate" or not training.weight_files(c["path"]) for c in lost):
-        # Parts of finished checkpoints were deleted or damaged from outside. Training is
-        # deterministic: train the run again from its start (premem's own checkpoints go) and record
-        # only what was lost; the tables then equal an uninterrupted sweep's.
-        shutil.rmtree(run_dir / "train")
-    record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
-                     seed=spec.seed, example_ids=[ex.id for ex in train])
+    separate, lead = cfg.stages == "separate", stages.rank() == 0
+    recorded = train if recorded is None else recorded
+    if lead:  # the books are rank 0's alone: two ranks removing one folder race
+        record.reopen_run(run_dir)
+        (run_dir / "failed.json").unlink(missing_ok=True)
+        lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
+        # With separate stages a saved checkpoint still holding its weights is simply recorded next.
+        if any(not separate or not training.weight_files(c["path"]) for c in lost):
+            # Parts of finished checkpoints were deleted or damaged from outside. Training is
+            # deterministic: train the run again from its start (premem's own checkpoints go) and record
+            # only what was lost; the tables then equal an uninterrupted sweep's.
+            shutil.rmtree(run_dir / "train")
+        record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
+                         seed=spec.seed, example_ids=[ex.id for ex in train])
+    training.wait_for_ranks()  # the others train once rank 0 has cleared the way
     lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization, pad_token=cfg.pad_token)
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
-    separate = cfg.stages == "separate"
     # The starting weights and the measurement live where recording happens: here only when together.
     init_state = None if separate else training.snapshot(lm)
-    measure = None if separate else recorder.Recorder(cfg, train if recorded is None else recorded, test, heldout)
+    measure = None if separate else recorder.Recorder(cfg, recorded, test, heldout)
 
     def on_checkpoint(step, epoch, model):
         measure.record(run_dir, spec.run, spec.seed, step, epoch, model, tok, init_state=init_state,
@@ -179,76 +186,69 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     every = spec.epochs if final_only else save_every(cfg, spec.epochs)
     ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every,
                         None if separate else on_checkpoint)
+    steps = [c["step"] for c in ckpts]
+    if lead:
+        stages.mark_trained(run_dir, steps)
     if separate:
-        del lm  # the Trainer's weights go, and the GPU memory they held, before the recorder loads any
+        del lm  # the Trainer's weights go, and the GPU memory they held, before a recorder loads any
         _free_memory()
-        if int(os.environ.get("RANK", "0")) != 0:  # one recorder per run, whatever the training processes
+        if not lead:
+            if record_here:
+                stages.wait_until_done(run_dir)  # on the file system: no collective outlasts recording
             return run_dir
-        _in_fresh_process(_record_saved_run, (cfg.model_dump_json(), spec, train if recorded is None else recorded,
-                                              test, heldout, str(record_dir), base_path, test_final_only))
-    missing = [c["step"] for c in ckpts if not record.part_done(run_dir, c["step"])]
-    if missing:
-        raise PremError(f"run {spec.run}: checkpoints {missing} finished training but were never recorded")
-    if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
-        for c in ckpts[:-1]:
-            for f in training.weight_files(c["path"]):
-                f.unlink()
-    record.finish_run(run_dir, [c["step"] for c in ckpts])
+        if not record_here:
+            return run_dir
+        try:
+            stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, test_final_only)
+        except BaseException as e:
+            stages.mark_failed(run_dir, e)
+            raise
+    finish_run(cfg, run_dir, steps)
     return run_dir
+
+
+def finish_run(cfg: Params, run_dir: Path, steps: list[int]) -> None:
+    """A trained run whose every checkpoint is recorded is done; with keep_checkpoints: last only its
+    final weights stay."""
+    from premem import training
+
+    missing = [s for s in steps if not record.part_done(run_dir, s)]
+    if missing:
+        raise PremError(f"run {run_dir.name}: checkpoints {missing} finished training but were never recorded")
+    if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
+        for c in training.finished_checkpoints(run_dir / "train"):
+            if c["step"] in steps[:-1]:
+                for f in training.weight_files(c["path"]):
+                    f.unlink()
+    record.finish_run(run_dir, steps)
 
 
 def check_launch(cfg: Params) -> None:
     """What the params ask of this machine and launch, checked before anything is made."""
     import torch
 
+    from premem import stages
+
     if cfg.backend == "vllm" and cfg.stages == "together":
         raise PremError("stages: backend vllm records with an engine of its own, which must not share the "
                         "Trainer's process and GPU: set stages: separate")
+    if cfg.stages == "together" and (stages.world_size() > 1 or under_fsdp()):
+        how = "FSDP: each holds a shard of the weights" if under_fsdp() else f"{stages.world_size()} processes"
+        raise PremError(f"stages: training here is split over ranks ({how}), and recording inside training needs "
+                        "the whole model in one process: set stages: separate (rank 0 records the saved "
+                        "checkpoints while the others wait)")
     if cfg.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available() and cfg.launcher == "local":
         raise PremError(f"mixed_precision: {cfg.mixed_precision} autocasts on a GPU, and none is here "
                         "(auto: none on a CPU)")
+    if cfg.launcher == "slurm":  # a launcher that cannot start fails before anything is made
+        from premem.launcher import submitit_module
+
+        submitit_module()
 
 
 def under_fsdp() -> bool:
     """Whether accelerate launched this process with FSDP (it says so in the environment)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-
-
-def _record_saved_run(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
-                      test_final_only: bool) -> None:
-    """The recording stage of `stages: separate`: each saved checkpoint of a run not yet recorded,
-    measured as the training process would have (the starting weights reloaded for param_distance)."""
-    from premem import model as model_lib, recorder, training
-
-    import torch
-
-    cfg = Params.model_validate_json(cfg_json)
-    run_dir = record.run_dir(record_dir, spec.run)
-    device = "cuda" if torch.cuda.is_available() else None  # the baselines' passes on the GPU, as in training
-    base, _ = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
-    if cfg.lora is not None:
-        base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
-    init_state = training.snapshot(base)
-    del base
-    measure = recorder.Recorder(cfg, recorded, test, heldout)
-    for c in training.finished_checkpoints(run_dir / "train"):
-        if record.part_done(run_dir, c["step"]) or c["epoch"] > spec.epochs:
-            continue
-        lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
-                                           dtype=cfg.dtype, device=device, trainable=True, pad_token=cfg.pad_token)
-        lm.eval()
-        measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
-                       checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
-
-
-def _in_fresh_process(fn, args: tuple) -> None:
-    """fn(*args) in a new spawned process (at one torch thread on a CPU), waited for; its error is
-    raised here."""
-    from premem.launcher import Job
-
-    with ProcessPoolExecutor(1, mp_context=_spawn_context()) as pool:
-        pool.submit(Job(fn), *args).result()
 
 
 def _free_memory() -> None:
@@ -262,9 +262,23 @@ def _free_memory() -> None:
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
-             recorded=None, test_final_only: bool = False, final_only: bool = False) -> str:
+             recorded=None, test_final_only: bool = False, final_only: bool = False, record_here: bool = True) -> str:
     train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout,
-                     recorded, test_final_only, final_only)
+                     recorded, test_final_only, final_only, record_here)
+    return spec.run
+
+
+def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
+                test_final_only: bool = False) -> str:
+    """A recording job beside a run's training job: its checkpoints recorded as they appear."""
+    from premem import stages
+
+    cfg = Params.model_validate_json(cfg_json)
+    run_dir = record.run_dir(record_dir, spec.run)
+    if not record.is_done(run_dir):
+        steps = stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, test_final_only,
+                                  wait=True, here=True)  # this job never trained
+        finish_run(cfg, run_dir, steps)
     return spec.run
 
 
@@ -308,6 +322,8 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
     (map_one_thread)."""
+    from premem import stages
+
     todo = {s: t for s, t in jobs.items() if not record.is_done(record.run_dir(record_dir, s.run))}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
@@ -319,12 +335,19 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
             bar.set_postfix_str(run)
             bar.update()
 
-    if cfg.launcher == "slurm":  # one job per run, through submitit; its logs beside the record
-        from premem import launcher
+    if cfg.launcher == "local":  # the ranks of a multi-process launch train each run together
+        map_one_thread(_run_job, args, 1 if stages.world_size() > 1 else cfg.workers, done)
+        return
+    from premem import launcher
 
-        launcher.run_array(cfg, _run_job, args, Path(record_dir) / "jobs", done)
-    else:
-        map_one_thread(_run_job, args, cfg.workers, done)
+    if cfg.stages == "together":  # one job per run, through submitit; its logs beside the record
+        launcher.run_arrays(cfg, [launcher.Array(_run_job, args)], Path(record_dir) / "jobs", done)
+        return
+    # A training job per run and, beside it, a recording job that records its checkpoints as they appear.
+    trains = launcher.Array(_run_job, [(*a, False) for a in args], role="train")  # record_here=False
+    records = launcher.Array(_record_job, [(c, s, t if r is None else r, te, h, d, b, tfo)
+                                           for c, s, t, te, h, d, b, r, tfo, _ in args], role="record")
+    launcher.run_arrays(cfg, [trains, records], Path(record_dir) / "jobs", done)
 
 
 def quiet_libraries() -> None:
@@ -358,22 +381,18 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
 
     out = Path(out) if out else record.default_dir(cfg)
     check_launch(cfg)
-    if under_fsdp() and cfg.stages != "separate":
-        raise PremError("stages: under FSDP a process holds a shard of the weights, which can neither sample nor "
-                        "measure the baselines: set stages: separate (rank 0 records the saved checkpoints whole)")
-    if cfg.launcher == "slurm":  # a launcher that cannot start fails before anything is made
-        from premem.launcher import submitit_module
-
-        submitit_module()
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     record.check_target(out, cfg, force=force)  # and so does a folder that is not this config's record
     # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
     # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
-    lead = int(os.environ.get("RANK", "0")) == 0
+    from premem import stages, training
+
+    lead = stages.rank() == 0
     with record.locked(out, "premem sweep") if lead else contextlib.nullcontext():
         if lead:
             record.create(out, cfg, force=force, command="premem sweep")
+        training.wait_for_ranks()  # no rank reads the folder before rank 0 has made it
         base = base_model_path(cfg, progress=progress)
         bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not (progress and lead))
         run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)

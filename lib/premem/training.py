@@ -206,6 +206,15 @@ def _set_rng_state(state):
 
 # ---- finetuning ---------------------------------------------------------------------------------
 
+def wait_for_ranks() -> None:
+    """Under a multi-process launch (torchrun, accelerate), wait here for every process; alone, return."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        # cpu=True on a CPU: else accelerate sees no GPU group to join and every rank goes on alone.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()  # the Trainer's group, made now
+
+
 def apply_lora(model, lora: dict, seed: int = 0):
     """Wrap model in a peft LoRA adapter; only adapter weights stay trainable.
 
@@ -269,9 +278,11 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     if done and not resume:
         raise PremError(f"{output_dir} already holds checkpoints; resume=False will not overwrite them")
     # A folder without the marker was cut off mid-save (or mid-recording): it will be redone.
-    for folder in output_dir.glob("checkpoint-*"):
-        if folder.is_dir() and not (folder / MARKER).is_file():
-            shutil.rmtree(folder)
+    if int(os.environ.get("RANK", "0")) == 0:  # by one process of a multi-process launch
+        for folder in output_dir.glob("checkpoint-*"):
+            if folder.is_dir() and not (folder / MARKER).is_file():
+                shutil.rmtree(folder)
+    wait_for_ranks()
 
     # max_length (model_max_length) cuts examples as the authors' tokenizer did; without it an
     # example longer than the model's context is an error.
@@ -305,6 +316,9 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
         logging_strategy="epoch", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False, bf16=use_bf16, fp16=mixed_precision == "fp16",
+        # On a CPU, say so: without it accelerate makes no process group of torchrun's processes,
+        # and each would train alone on the same files.
+        use_cpu=not torch.cuda.is_available(),
         # Batches of similar lengths: char-level examples vary 2x in length (arith: 280 chars on
         # average, a random batch of 8 pads to ~400), and padding is compute spent on nothing.
         train_sampling_strategy="group_by_length")

@@ -57,17 +57,25 @@ def engine(model: str, *, lora_rank: int | None = None, **options):
 
 
 def release() -> None:
-    """Drop the engine (its GPU memory goes with it)."""
-    if _ENGINE["llm"] is not None:
-        _ENGINE["llm"], _ENGINE["key"] = None, None
-        gc.collect()
-        try:
-            import torch
+    """Drop the engine and what vLLM keeps beside it, as vLLM's own tests do between engines.
+    Within one process this is best effort (vllm-project/vllm#3281, #21073): premem's recording
+    stage gives each checkpoint a process of its own, whose exit frees the GPU for certain."""
+    if _ENGINE["llm"] is None:
+        return
+    _ENGINE["llm"], _ENGINE["key"] = None, None
+    gc.collect()
+    import contextlib
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+    import torch
+
+    with contextlib.suppress(ImportError, AttributeError):
+        from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _for_checkpoint(checkpoint: str | Path, base: str | None, dtype: str | None = None):

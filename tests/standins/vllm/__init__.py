@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ENGINES: list = []  # every LLM built, in order
+TEARDOWNS: list = []  # vllm.distributed teardown calls, in order
 
 
 @dataclass

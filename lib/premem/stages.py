@@ -1,0 +1,149 @@
+"""Training and recording as separate stages (`stages: separate`), as the paper's scale needs.
+
+A run's training process saves a checkpoint per epoch and records nothing, then marks the run
+trained. Its checkpoints are recorded in a fresh process, so a recorder never shares a process
+with a Trainer; under vLLM each checkpoint gets a process of its own, since a process's exit is
+the one sure way to give back an engine's GPU memory (deleting a `vllm.LLM` does not reliably:
+vllm-project/vllm#3281, #21073), and the next checkpoint's engine then finds the GPU empty. Recording resumes per checkpoint (a recorded
+checkpoint's parts are final), and can run beside training: `record_run(wait=True)` records
+checkpoints as they appear until the run is marked trained, which is what the Slurm launcher's
+recording jobs do while the training jobs go on.
+
+Under a multi-process launch (torchrun, accelerate, a Slurm job of several tasks) every rank
+trains; rank 0 alone keeps the books and records. The other ranks wait for the run's done marker
+on the file system, not in a collective: recording an 8B model's checkpoints outlasts any
+collective's timeout (NCCL's is 10 minutes), and a recording process must not join the training
+processes' group, so it starts with the launch's rendezvous variables removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from premem import io, record
+from premem.errors import PremError
+
+TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
+POLL_S = 2.0  # how often a waiting process looks at the file system; a glob costs nothing
+# What torchrun, accelerate and submitit set to make a process one rank of a group.
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+              "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS")
+RENDEZVOUS_PREFIXES = ("TORCHELASTIC_", "ACCELERATE_", "FSDP_")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def mark_trained(run_dir: Path, steps: list[int]) -> None:
+    io.write_json(run_dir / "train" / TRAINED, {"steps": [int(s) for s in steps]})
+
+
+def trained_steps(run_dir: Path) -> list[int] | None:
+    """The run's checkpoint steps once training has saved them all, else None."""
+    f = run_dir / "train" / TRAINED
+    return json.loads(f.read_text())["steps"] if f.is_file() else None
+
+
+def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, test_final_only: bool = False,
+               wait: bool = False, here: bool = False) -> list[int] | None:
+    """Record each saved, unrecorded checkpoint of a run; with `wait`, go on recording checkpoints as
+    they appear until the run is marked trained. Returns the run's steps once it is trained and
+    every checkpoint recorded (the caller finishes the run), else None.
+
+    Under vLLM each checkpoint gets a process of its own (an engine's memory goes only with its
+    process); with the transformers backend the checkpoints at hand share one fresh process, or
+    this one (`here`: a process that never trained, such as a recording job)."""
+    from premem import training
+
+    run_dir = record.run_dir(record_dir, spec.run)
+    args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only)
+    while True:
+        steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
+        todo = [c["step"] for c in training.finished_checkpoints(run_dir / "train")
+                if c["epoch"] <= spec.epochs and not record.part_done(run_dir, c["step"])]
+        if cfg.backend == "vllm":
+            for step in todo:
+                in_fresh_process(record_checkpoints, (*args, [step]))
+        elif todo and here:
+            record_checkpoints(*args, todo)
+        elif todo:
+            in_fresh_process(record_checkpoints, (*args, todo))
+        if steps is not None and not todo:
+            return steps
+        if not todo and not wait:
+            return None
+        if not todo:
+            time.sleep(POLL_S)
+
+
+def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir: str, base_path: str,
+                       test_final_only: bool, steps: list[int]) -> None:
+    """Saved checkpoints of a run measured as the training process would have: the starting weights
+    reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
+    loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
+    import torch
+
+    from premem import model as model_lib, recorder, training
+    from premem.config import Params
+
+    cfg = Params.model_validate_json(cfg_json)
+    run_dir = record.run_dir(record_dir, spec.run)
+    base, _ = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
+                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
+    if cfg.lora is not None:
+        base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
+    init_state = training.snapshot(base)
+    del base
+    gpu = torch.cuda.is_available() and cfg.backend != "vllm"  # the baselines' passes on the GPU, as in training
+    measure = recorder.Recorder(cfg, recorded, test, heldout)
+    for c in training.finished_checkpoints(run_dir / "train"):
+        if c["step"] not in steps:
+            continue
+        lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
+                                           dtype=cfg.dtype, device="cuda" if gpu else None, trainable=True,
+                                           pad_token=cfg.pad_token)
+        lm.eval()
+        measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
+                       checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
+        del lm
+
+
+def wait_until_done(run_dir: Path) -> None:
+    """Block (a rank other than 0) until rank 0 has recorded and finished the run, or failed."""
+    while not record.is_done(run_dir):
+        failed = run_dir / "failed.json"
+        if failed.is_file():
+            raise PremError(f"run {run_dir.name}: rank 0 failed to record it: {json.loads(failed.read_text())['error']}")
+        time.sleep(POLL_S)
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Rank 0's recording failed: say so to the ranks waiting on the run."""
+    io.write_json(run_dir / "failed.json", {"error": f"{type(error).__name__}: {error}"})
+
+
+def _alone() -> None:
+    """A spawned process's start: not a rank of its parent's launch (else joining the parent's
+    process group would wait for ranks that never come)."""
+    for name in list(os.environ):
+        if name in RENDEZVOUS or name.startswith(RENDEZVOUS_PREFIXES):
+            del os.environ[name]
+
+
+def in_fresh_process(fn, args: tuple) -> None:
+    """fn(*args) in a new spawned process of its own (one torch thread on a CPU), waited for; its
+    error is raised here."""
+    import multiprocessing
+
+    from premem.launcher import Job
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_alone) as pool:
+        pool.submit(Job(fn), *args).result()
