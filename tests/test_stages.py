@@ -124,6 +124,8 @@ def test_recording_inside_training_is_refused_under_several_ranks(tmp_path, monk
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(PremError, match="stages: training here is split over ranks \\(2 processes\\).* set stages: separate"):
         sweep.sweep(load_params(SMOKE, out_dir=str(tmp_path)), progress=False)
+    with pytest.raises(PremError, match="launcher: slurm submits jobs of its own .* one of 2 processes"):
+        sweep.sweep(load_params(SMOKE, out_dir=str(tmp_path), stages="separate", launcher="slurm"), progress=False)
     assert not any(tmp_path.iterdir())
 
 

@@ -246,24 +246,46 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
                         base: str | None, progress: bool, source: str, recording: dict) -> None:
     from tqdm.auto import tqdm
 
-    from premem import training
 
     folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
                               seed=meta["seed"], example_ids=trained_ids, source=source, recording=recording)
-    init_state = None
-    if recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts):
-        init_model, _ = training.load_checkpoint(base)
-        init_state = training.snapshot(init_model)
-        del init_model
+    # Under vLLM each checkpoint is recorded in a process of its own: an engine's GPU memory comes
+    # back only with its process (premem.stages), and a full model's next checkpoint needs a new engine.
+    apart = recorder.cfg.backend == "vllm"
+    init_state = None if apart else _starting_weights(recorder, ckpts, base)
     for c in tqdm(ckpts, desc=f"record {run}", unit="checkpoint", disable=not progress):
         if record.part_done(folder, c["step"]):
             continue
-        model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
-                                              trainable=True, dtype=recorder.cfg.dtype)
-        recorder.record(folder, run, meta["seed"], c["step"], c["epoch"], model, tok,
-                        init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
+        if apart:
+            from premem import stages
+
+            stages.in_fresh_process(_record_one, (recorder, folder, run, meta["seed"], c, base, None))
+        else:
+            _record_one(recorder, folder, run, meta["seed"], c, base, init_state)
     record.finish_run(folder, [c["step"] for c in ckpts])
     record.finish(out)
+
+
+def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
+    """training.snapshot of `base`, where the baselines need it (param_distance of full models)."""
+    from premem import training
+
+    if not (recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts)):
+        return None
+    init_model, _ = training.load_checkpoint(base)
+    return training.snapshot(init_model)
+
+
+def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, base: str | None, init_state) -> None:
+    """One saved checkpoint into the run's folder (init_state None: loaded here, where needed)."""
+    from premem import training
+
+    if init_state is None:
+        init_state = _starting_weights(recorder, [c], base)
+    model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
+                                          trainable=True, dtype=recorder.cfg.dtype)
+    recorder.record(folder, run, seed, c["step"], c["epoch"], model, tok,
+                    init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
 
 
 def with_own_data(cfg: Params, train=None, test=None, heldout=None) -> Params:

@@ -67,8 +67,10 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
     args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only)
     while True:
         steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
+        # A checkpoint without its weights (lost from outside) is not recordable: training redoes it.
         todo = [c["step"] for c in training.finished_checkpoints(run_dir / "train")
-                if c["epoch"] <= spec.epochs and not record.part_done(run_dir, c["step"])]
+                if c["epoch"] <= spec.epochs and not record.part_done(run_dir, c["step"])
+                and training.weight_files(c["path"])]
         if cfg.backend == "vllm":
             for step in todo:
                 in_fresh_process(record_checkpoints, (*args, [step]))

@@ -237,6 +237,9 @@ def check_launch(cfg: Params) -> None:
         raise PremError(f"stages: training here is split over ranks ({how}), and recording inside training needs "
                         "the whole model in one process: set stages: separate (rank 0 records the saved "
                         "checkpoints while the others wait)")
+    if cfg.launcher == "slurm" and stages.world_size() > 1:
+        raise PremError(f"launcher: slurm submits jobs of its own (ranks: slurm_train_tasks), and this is one of "
+                        f"{stages.world_size()} processes of a launch: start premem sweep once, without torchrun")
     if cfg.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available() and cfg.launcher == "local":
         raise PremError(f"mixed_precision: {cfg.mixed_precision} autocasts on a GPU, and none is here "
                         "(auto: none on a CPU)")
