@@ -1,4 +1,5 @@
 """launcher: slurm's parts and its input checks (its records: tests/test_stages.py)."""
+import os
 import sys
 from pathlib import Path
 
@@ -41,3 +42,24 @@ def test_fsdp_needs_separate_stages(tmp_path, monkeypatch):
     config = yaml.safe_load((SMOKE.parents[1] / "configs" / "accelerate_fsdp.yaml").read_text())
     assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
     assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # whole checkpoints to record
+
+
+def test_sbatch_scripts_ask_for_what_the_params_say(tmp_path, monkeypatch):
+    """The sbatch headers submitit would submit (a stand-in srun makes it believe it is on Slurm): a
+    training job of a rank per GPU, a recording job of one GPU, time and partition from the params,
+    and the signal before the time limit that requeues a job."""
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    cfg = load_params(SMOKE, launcher="slurm", slurm_cluster="slurm", slurm_gpus=4, slurm_time=600,
+                      slurm_partition="gpu", slurm_mem_gb=64, stages="separate")
+    header = {}
+    for role in ("train", "record"):
+        text = launcher.executor(cfg, tmp_path / "jobs", role)._executor._make_submission_file_text("python", "0")
+        header[role] = {line.split("=")[0][len("#SBATCH "):]: line.split("=", 1)[1]
+                        for line in text.splitlines() if line.startswith("#SBATCH --") and "=" in line}
+    assert {k: header["train"][k] for k in ("--gpus-per-node", "--ntasks-per-node", "--partition", "--time",
+                                            "--mem")} == {"--gpus-per-node": "4", "--ntasks-per-node": "4",
+                                                          "--partition": "gpu", "--time": "600", "--mem": "64GB"}
+    assert header["record"]["--gpus-per-node"] == "1" and "--ntasks-per-node" not in header["record"]
+    assert all(h["--signal"].startswith("USR2@") for h in header.values())  # submitit's requeue signal

@@ -199,6 +199,15 @@ def test_premem_record_under_vllm_gives_each_checkpoint_a_process(hf_run, user, 
     np.testing.assert_allclose(got.nll, want.nll, rtol=1e-5)
 
 
+def test_the_callback_refuses_fsdp(user):
+    from types import SimpleNamespace
+
+    from premem.callback import PreMemCallback
+
+    with pytest.raises(PremError, match="PreMemCallback: under FSDP .* `premem record` instead"):
+        PreMemCallback(SimpleNamespace(is_fsdp_enabled=True), user["train"], params=user["params"])
+
+
 def test_notebook_reads_a_record_of_your_own_runs(hf_run, user):
     """`papermill notebooks/03_premem_predicts_test.ipynb out.ipynb -p record_dir runs/mine`: claim 1's
     notebook on runs premem did not train (recorded by premem record), figures into the record."""

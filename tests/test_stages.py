@@ -142,3 +142,36 @@ def test_a_fresh_process_is_no_rank_of_its_parent(monkeypatch, tmp_path):
 
 def _assert_alone():
     assert not [k for k in os.environ if k in stages.RENDEZVOUS or k.startswith(stages.RENDEZVOUS_PREFIXES)]
+
+
+def test_a_fresh_process_ends_with_its_parent(tmp_path):
+    """A recording process whose parent is killed (kill -9, a preempted job) does not linger with
+    its memory: a pool's worker would otherwise wait for work forever."""
+    told = tmp_path / "pid"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_stages; from premem import stages; "
+            f"stages.in_fresh_process(test_stages._tell_and_sleep, ({str(told)!r},))")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while not told.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    child = int(told.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 15
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+def _tell_and_sleep(path):
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    Path(path + ".tmp").rename(path)
+    time.sleep(300)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+

@@ -13,8 +13,10 @@ share through the Trainer's own loggers (`report_to`: tensorboard, wandb, ...), 
 The record is finished (its tables written) when training ends; `premem fit` and the notebooks read
 it. Recording leaves training untouched: the RNG streams are restored after each recording, so a
 run with the callback trains exactly as one without. Under DDP rank 0 records (the others go on);
-under FSDP the model is sharded and a forward on one rank would wait for the others: record the
-saved checkpoints with `premem record` instead.
+under FSDP the model is sharded and a forward on one rank would wait for the others, so the
+callback refuses: record the saved checkpoints with `premem record` instead. Under DDP the others
+wait for rank 0 in their next gradient all-reduce: keep recording within the Trainer's
+`ddp_timeout` (30 minutes by default), with `fraction` or `every_epochs`.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class PreMemCallback(TrainerCallback):
         starting weights, and grad_variance, a backward pass per minibatch)."""
         from premem import recorder
 
+        if getattr(trainer, "is_fsdp_enabled", False):  # before any work: a sharded forward on rank 0 alone hangs
+            raise PremError("PreMemCallback: under FSDP each process holds a shard of the model, which cannot "
+                            "sample alone: record the saved checkpoints with `premem record` instead")
         self.trainer = trainer
         cfg = params if isinstance(params, Params) else load_params(params)
         if tau is not None:

@@ -303,7 +303,7 @@ CURATION_KEYS = tuple(k for k in Params.model_fields if k.startswith("curation_"
 NOT_SHAPING = (
     "name",  # names the folder beside the hash
     "out_dir", "cache_dir", "figures_dir",  # where things go
-    "workers",  # runs are at one torch thread each whatever the worker count (sweep.map_one_thread)
+    "workers",  # runs are at one torch thread each whatever the worker count (launcher.map_one_thread)
     "stages",  # together or separate, the record is the same (tests/test_sweep.py)
     # where jobs run and with what resources: the record is the same (tests/test_launcher.py)
     "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_train_tasks", "slurm_record_gpus",

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import io, metrics, record, sweep, tasks
+from premem import io, launcher, metrics, record, sweep, tasks
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
 from premem.curation_efficiency import (data_efficiency, iid_examples_needed, paired_gaps,  # noqa: F401
@@ -158,7 +158,7 @@ def chain_of(name: str) -> tuple[str, int, int]:
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run every strategy's rounds for every seed (cached, resumable); returns the curation folder."""
     check_strategies(cfg.curation_strategies)
-    sweep.quiet_libraries()
+    launcher.quiet_libraries()
     out = Path(out) if out else folder_of(cfg)
     cfg = curation_params(cfg)
     originals, test, held = sweep.load_examples(cfg, heldout=True)  # bad input fails before the folder is made

@@ -11,6 +11,7 @@ so nothing recorded is lost.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,6 @@ class Job:
 
     def __call__(self, *args):
         import torch
-
-        from premem.sweep import _at_one_thread
 
         _as_rank()
         # On a CPU node each job keeps to one torch thread, as local workers do; on a GPU node, all.
@@ -109,3 +108,74 @@ def run_arrays(cfg, arrays: list[Array], folder: str | Path, on_done=None, poll_
                 on_done(result)
         if pending:
             time.sleep(poll_s)
+
+
+def _at_one_thread(fn, args):
+    import torch
+
+    torch.set_num_threads(1)
+    quiet_libraries()
+    return fn(*args)
+
+
+def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
+    """[fn(*a) for a in args], each at one torch thread: in `workers` spawned processes (for
+    ~1M-parameter models far faster than one process with several threads), or here with one worker
+    or one job. Float reductions, hence weights and samples, then do not depend on the worker count.
+    `fn` must be importable (module level); on_done(result) is called as each job finishes."""
+    import torch
+
+    if workers == 1 or len(args) < 2:
+        threads = torch.get_num_threads()
+        results = []
+        try:
+            for a in args:
+                results.append(_at_one_thread(fn, a))
+                if on_done is not None:
+                    on_done(results[-1])
+        finally:
+            torch.set_num_threads(threads)
+        return results
+    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context(), initializer=die_with_parent) as pool:
+        futures = [pool.submit(_at_one_thread, fn, a) for a in args]
+        for f in as_completed(futures):
+            if on_done is not None:
+                on_done(f.result())
+        return [f.result() for f in futures]
+
+
+def quiet_libraries() -> None:
+    """Keep worker output to our own progress bars: no per-save bars or backend notices."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("bitsandbytes", "math_verify", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def spawn_context():
+    """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+def die_with_parent() -> None:
+    """A worker's start: end when the process that spawned it ends. A pool's worker holds both ends
+    of its task queue, so it never sees its parent go (killed, say, or preempted): it would wait
+    forever, holding its memory, GPU memory included."""
+    import os
+    import threading
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="premem-parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    import os
+
+    while os.getppid() == parent:  # an orphan is given a new parent (init, or a subreaper)
+        time.sleep(1.0)
+    os._exit(1)

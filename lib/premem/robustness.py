@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import grading, io, metrics, record, recorder, sweep, tasks
+from premem import grading, io, launcher, metrics, record, recorder, sweep, tasks
 from premem.dynamics import RunDynamics, pick_run
 from premem.errors import Missing, PremError
 
@@ -110,7 +110,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
                       seed: int = 0, tau: float | None = None, workers: int = 1,
                       cached_only: bool = False) -> pd.DataFrame:
     """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
-    in `workers` one-thread processes (sweep.map_one_thread), which does not change the tables.
+    in `workers` one-thread processes (launcher.map_one_thread), which does not change the tables.
     `cached_only`: sample nothing; a perturbation not cached yet raises premem.errors.Missing."""
     record_dir = Path(record_dir)
     runs = record.read_runs(record_dir)
@@ -123,7 +123,7 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
         if lacking:
             raise Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
                           "run notebook 06 (or premem reproduce)")
-    tables = sweep.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
+    tables = launcher.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
                                   workers)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 

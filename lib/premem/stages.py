@@ -134,7 +134,10 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
 
 def _alone() -> None:
     """A spawned process's start: not a rank of its parent's launch (else joining the parent's
-    process group would wait for ranks that never come)."""
+    process group would wait for ranks that never come), and gone when its parent is."""
+    from premem.launcher import die_with_parent
+
+    die_with_parent()
     for name in list(os.environ):
         if name in RENDEZVOUS or name.startswith(RENDEZVOUS_PREFIXES):
             del os.environ[name]
@@ -143,9 +146,7 @@ def _alone() -> None:
 def in_fresh_process(fn, args: tuple) -> None:
     """fn(*args) in a new spawned process of its own (one torch thread on a CPU), waited for; its
     error is raised here."""
-    import multiprocessing
+    from premem.launcher import Job, spawn_context
 
-    from premem.launcher import Job
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_alone) as pool:
+    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone) as pool:
         pool.submit(Job(fn), *args).result()

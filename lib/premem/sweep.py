@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,47 +284,13 @@ def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_di
     return spec.run
 
 
-def _at_one_thread(fn, args):
-    import torch
-
-    torch.set_num_threads(1)
-    quiet_libraries()
-    return fn(*args)
-
-
-def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
-    """[fn(*a) for a in args], each at one torch thread: in `workers` spawned processes (for
-    ~1M-parameter models far faster than one process with several threads), or here with one worker
-    or one job. Float reductions, hence weights and samples, then do not depend on the worker count.
-    `fn` must be importable (module level); on_done(result) is called as each job finishes."""
-    import torch
-
-    if workers == 1 or len(args) < 2:
-        threads = torch.get_num_threads()
-        results = []
-        try:
-            for a in args:
-                results.append(_at_one_thread(fn, a))
-                if on_done is not None:
-                    on_done(results[-1])
-        finally:
-            torch.set_num_threads(threads)
-        return results
-    with ProcessPoolExecutor(min(workers, len(args)), mp_context=_spawn_context()) as pool:
-        futures = [pool.submit(_at_one_thread, fn, a) for a in args]
-        for f in as_completed(futures):
-            if on_done is not None:
-                on_done(f.result())
-        return [f.result() for f in futures]
-
-
 def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None,
              recorded=None, test_final_only: bool = False, final_only=()) -> None:
     """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
     (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
-    (map_one_thread)."""
-    from premem import stages
+    (launcher.map_one_thread)."""
+    from premem import launcher, stages
 
     todo = {s: t for s, t in jobs.items() if not record.is_done(record.run_dir(record_dir, s.run))}
     if bar is not None:
@@ -339,10 +304,8 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
             bar.update()
 
     if cfg.launcher == "local":  # the ranks of a multi-process launch train each run together
-        map_one_thread(_run_job, args, 1 if stages.world_size() > 1 else cfg.workers, done)
+        launcher.map_one_thread(_run_job, args, 1 if stages.world_size() > 1 else cfg.workers, done)
         return
-    from premem import launcher
-
     if cfg.stages == "together":  # one job per run, through submitit; its logs beside the record
         launcher.run_arrays(cfg, [launcher.Array(_run_job, args)], Path(record_dir) / "jobs", done)
         return
@@ -351,18 +314,6 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     records = launcher.Array(_record_job, [(c, s, t if r is None else r, te, h, d, b, tfo)
                                            for c, s, t, te, h, d, b, r, tfo, _ in args], role="record")
     launcher.run_arrays(cfg, [trains, records], Path(record_dir) / "jobs", done)
-
-
-def quiet_libraries() -> None:
-    """Keep worker output to our own progress bars: no per-save bars or backend notices."""
-    import logging
-
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    for name in ("bitsandbytes", "math_verify", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
@@ -403,10 +354,3 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
         if lead:
             record.finish(out)
     return out
-
-
-def _spawn_context():
-    """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn")
