@@ -61,6 +61,9 @@ class PreMemCallback(TrainerCallback):
         if every_epochs is not None and cfg.backend == "vllm":
             raise PremError("backend vllm samples from a saved checkpoint folder: with every_epochs nothing is "
                             "saved where it records; record at the Trainer's saves (every_epochs=None)")
+        if cfg.backend == "vllm" and trainer.args.world_size > 1:  # vLLM's teardown ends the Trainer's group
+            raise PremError("backend vllm: an engine inside a Trainer of several processes would take down their "
+                            "process group; record the saved checkpoints with `premem record` instead")
         train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
                                 else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
         self.train_ids = [ex.id for ex in train]

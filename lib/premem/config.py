@@ -304,8 +304,9 @@ NOT_SHAPING = (
     "name",  # names the folder beside the hash
     "out_dir", "cache_dir", "figures_dir",  # where things go
     "workers",  # runs are at one torch thread each whatever the worker count (launcher.map_one_thread)
-    "stages",  # together or separate, the record is the same (tests/test_sweep.py)
-    # where jobs run and with what resources: the record is the same (tests/test_launcher.py)
+    "stages",  # together or separate, the record is the same (tests/test_stages.py)
+    # where jobs run and with what resources: the record is the same (tests/test_stages.py; the number
+    # of training ranks moves float rounding, as DDP's all-reduce and sampler do)
     "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_train_tasks", "slurm_record_gpus",
     "slurm_time", "slurm_cpus", "slurm_mem_gb",
     "keep_checkpoints",  # which weights are kept after a run is recorded

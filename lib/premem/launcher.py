@@ -10,6 +10,7 @@ so nothing recorded is lost.
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -41,8 +42,6 @@ class Job:
 
 def _as_rank() -> None:
     """In a Slurm job of several tasks, make this task a rank of the job's torch group (env://)."""
-    import os
-
     if int(os.environ.get("SLURM_NTASKS", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))) > 1 \
             and "RANK" not in os.environ:
         import submitit
@@ -94,20 +93,23 @@ def run_arrays(cfg, arrays: list[Array], folder: str | Path, on_done=None, poll_
             submitted = executor(cfg, folder, array.role).map_array(Job(array.fn), *zip(*array.args))
             jobs += [(job, array.role != "train") for job in submitted]
     pending = list(jobs)
-    while pending:
-        for job, counted in [p for p in pending if p[0].done()]:
-            pending.remove((job, counted))
-            try:
-                result = job.results()[0]  # a job of several tasks (ranks) has a result per task: rank 0's
-            except Exception as e:  # submitit's FailedJobError carries the job's own traceback
-                for other, _ in pending:
-                    other.cancel(check=False)
-                last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                raise PremError(f"job {job.job_id} failed (logs in {folder}): {last}") from e
-            if counted and on_done is not None:
-                on_done(result)
-        if pending:
-            time.sleep(poll_s)
+    try:
+        while pending:
+            for job, counted in [p for p in pending if p[0].done()]:
+                pending.remove((job, counted))
+                try:
+                    result = job.results()[0]  # a job of several tasks (ranks) has a result per task: rank 0's
+                except Exception as e:  # submitit's FailedJobError carries the job's own traceback
+                    last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                    raise PremError(f"job {job.job_id} failed (logs in {folder}): {last}") from e
+                if counted and on_done is not None:
+                    on_done(result)
+            if pending:
+                time.sleep(poll_s)
+    except BaseException:  # a failed job, or the sweep itself stopped (Ctrl-C, its own job's end)
+        for other, _ in pending:
+            other.cancel(check=False)
+        raise
 
 
 def _at_one_thread(fn, args):
@@ -136,7 +138,8 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
         finally:
             torch.set_num_threads(threads)
         return results
-    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context(), initializer=die_with_parent) as pool:
+    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context(), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_at_one_thread, fn, a) for a in args]
         for f in as_completed(futures):
             if on_done is not None:
@@ -163,19 +166,18 @@ def spawn_context():
     return multiprocessing.get_context("spawn")
 
 
-def die_with_parent() -> None:
-    """A worker's start: end when the process that spawned it ends. A pool's worker holds both ends
-    of its task queue, so it never sees its parent go (killed, say, or preempted): it would wait
-    forever, holding its memory, GPU memory included."""
-    import os
+def die_with_parent(parent: int) -> None:
+    """A worker's start: end when `parent` (the pid that spawned it) ends. A pool's worker holds
+    both ends of its task queue, so it never sees its parent go (killed, say, or preempted): it
+    would wait forever, holding its memory, GPU memory included."""
     import threading
 
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="premem-parent").start()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="premem-parent").start()
 
 
 def _watch_parent(parent: int) -> None:
-    import os
-
-    while os.getppid() == parent:  # an orphan is given a new parent (init, or a subreaper)
+    # An orphan is given a new parent (init, or a subreaper), also one whose parent was gone before
+    # this thread began.
+    while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)

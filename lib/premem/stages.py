@@ -4,14 +4,15 @@ A run's training process saves a checkpoint per epoch and records nothing, then 
 trained. Its checkpoints are recorded in a fresh process, so a recorder never shares a process
 with a Trainer; under vLLM each checkpoint gets a process of its own, since a process's exit is
 the one sure way to give back an engine's GPU memory (deleting a `vllm.LLM` does not reliably:
-vllm-project/vllm#3281, #21073), and the next checkpoint's engine then finds the GPU empty. Recording resumes per checkpoint (a recorded
-checkpoint's parts are final), and can run beside training: `record_run(wait=True)` records
-checkpoints as they appear until the run is marked trained, which is what the Slurm launcher's
-recording jobs do while the training jobs go on.
+vllm-project/vllm#3281, #21073), and the next checkpoint's engine then finds the GPU empty.
+Recording resumes per checkpoint (a recorded checkpoint's parts are final), and can run beside
+training: `record_run(wait=True)` records checkpoints as they appear until the run is marked
+trained, which is what the Slurm launcher's recording jobs do while the training jobs go on.
 
 Under a multi-process launch (torchrun, accelerate, a Slurm job of several tasks) every rank
-trains; rank 0 alone keeps the books and records. The other ranks wait for the run's done marker
-on the file system, not in a collective: recording an 8B model's checkpoints outlasts any
+trains and rank 0 alone keeps the books. With torchrun or accelerate rank 0 then records, and the
+other ranks wait for the run's done marker on the file system, not in a collective (a Slurm
+training job's ranks leave recording to the recording job): recording an 8B model's checkpoints outlasts any
 collective's timeout (NCCL's is 10 minutes), and a recording process must not join the training
 processes' group, so it starts with the launch's rendezvous variables removed.
 """
@@ -28,6 +29,7 @@ from premem.errors import PremError
 
 TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
 POLL_S = 2.0  # how often a waiting process looks at the file system; a glob costs nothing
+LISTING_PATIENCE = 30  # polls a recorder waits for a checkpoint the trained mark names but no listing shows
 # What torchrun, accelerate and submitit set to make a process one rank of a group.
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
               "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS")
@@ -65,6 +67,7 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
 
     run_dir = record.run_dir(record_dir, spec.run)
     args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only)
+    patience = LISTING_PATIENCE
     while True:
         steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
         # A checkpoint without its weights (lost from outside) is not recordable: training redoes it.
@@ -78,8 +81,13 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
             record_checkpoints(*args, todo)
         elif todo:
             in_fresh_process(record_checkpoints, (*args, todo))
+        unrecorded = [s for s in steps or () if not record.part_done(run_dir, s)]
+        if steps is not None and not todo and unrecorded and wait and patience > 0:
+            patience -= 1  # marked trained, a checkpoint not listed yet: a shared file system's lag
+            time.sleep(POLL_S)
+            continue
         if steps is not None and not todo:
-            return steps
+            return steps  # the caller's finish_run names any checkpoint still unrecorded
         if not todo and not wait:
             return None
         if not todo:
@@ -91,6 +99,8 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
     reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
     loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
+    import gc
+
     import torch
 
     from premem import model as model_lib, recorder, training
@@ -104,6 +114,9 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
         base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
     init_state = training.snapshot(base)
     del base
+    gc.collect()
+    if torch.cuda.is_available():  # a quantised base sits on the GPU: gone before any engine starts
+        torch.cuda.empty_cache()
     gpu = torch.cuda.is_available() and cfg.backend != "vllm"  # the baselines' passes on the GPU, as in training
     measure = recorder.Recorder(cfg, recorded, test, heldout)
     for c in training.finished_checkpoints(run_dir / "train"):
@@ -129,15 +142,16 @@ def wait_until_done(run_dir: Path) -> None:
 
 def mark_failed(run_dir: Path, error: BaseException) -> None:
     """Rank 0's recording failed: say so to the ranks waiting on the run."""
-    io.write_json(run_dir / "failed.json", {"error": f"{type(error).__name__}: {error}"})
+    last = (str(error).strip().splitlines() or [""])[-1]  # one line: a CUDA error runs to many
+    io.write_json(run_dir / "failed.json", {"error": f"{type(error).__name__}: {last}".rstrip(": ")})
 
 
-def _alone() -> None:
+def _alone(parent: int) -> None:
     """A spawned process's start: not a rank of its parent's launch (else joining the parent's
     process group would wait for ranks that never come), and gone when its parent is."""
     from premem.launcher import die_with_parent
 
-    die_with_parent()
+    die_with_parent(parent)
     for name in list(os.environ):
         if name in RENDEZVOUS or name.startswith(RENDEZVOUS_PREFIXES):
             del os.environ[name]
@@ -148,5 +162,5 @@ def in_fresh_process(fn, args: tuple) -> None:
     error is raised here."""
     from premem.launcher import Job, spawn_context
 
-    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone) as pool:
+    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone, initargs=(os.getpid(),)) as pool:
         pool.submit(Job(fn), *args).result()

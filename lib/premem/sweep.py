@@ -150,24 +150,14 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     from premem import model as model_lib, recorder, stages, training
 
     run_dir = record.run_dir(record_dir, spec.run)
-    if record.is_done(run_dir):
+    if training.rank0_value(record.is_done(run_dir)):  # every rank as rank 0 sees it: all train, or none
         return run_dir
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
     separate, lead = cfg.stages == "separate", stages.rank() == 0
     recorded = train if recorded is None else recorded
     if lead:  # the books are rank 0's alone: two ranks removing one folder race
-        record.reopen_run(run_dir)
-        (run_dir / "failed.json").unlink(missing_ok=True)
-        lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
-        # With separate stages a saved checkpoint still holding its weights is simply recorded next.
-        if any(not separate or not training.weight_files(c["path"]) for c in lost):
-            # Parts of finished checkpoints were deleted or damaged from outside. Training is
-            # deterministic: train the run again from its start (premem's own checkpoints go) and record
-            # only what was lost; the tables then equal an uninterrupted sweep's.
-            shutil.rmtree(run_dir / "train")
-        record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
-                         seed=spec.seed, example_ids=[ex.id for ex in train])
+        open_run(cfg, spec, train, record_dir)
     training.wait_for_ranks()  # the others train once rank 0 has cleared the way
     lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
                                   quantization=cfg.quantization, pad_token=cfg.pad_token)
@@ -199,10 +189,33 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
             return run_dir
         try:
             stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, test_final_only)
+            finish_run(cfg, run_dir, steps)
         except BaseException as e:
             stages.mark_failed(run_dir, e)
             raise
-    finish_run(cfg, run_dir, steps)
+    else:
+        finish_run(cfg, run_dir, steps)
+    return run_dir
+
+
+def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
+    """A run about to be trained: unfinished again, nothing left of an earlier attempt that a
+    recorder could take for this one's (its failure, its `trained` mark), and its run.json."""
+    from premem import stages, training
+
+    run_dir = record.run_dir(record_dir, spec.run)
+    record.reopen_run(run_dir)
+    (run_dir / "failed.json").unlink(missing_ok=True)
+    (run_dir / "train" / stages.TRAINED).unlink(missing_ok=True)  # written again once training ends
+    lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
+    # With separate stages a saved checkpoint still holding its weights is simply recorded next.
+    if any(cfg.stages != "separate" or not training.weight_files(c["path"]) for c in lost):
+        # Parts of finished checkpoints were deleted or damaged from outside. Training is
+        # deterministic: train the run again from its start (premem's own checkpoints go) and record
+        # only what was lost; the tables then equal an uninterrupted sweep's.
+        shutil.rmtree(run_dir / "train")
+    record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
+                     seed=spec.seed, example_ids=[ex.id for ex in train])
     return run_dir
 
 
@@ -292,7 +305,10 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     (launcher.map_one_thread)."""
     from premem import launcher, stages
 
-    todo = {s: t for s, t in jobs.items() if not record.is_done(record.run_dir(record_dir, s.run))}
+    # Ranks of a multi-process launch all go through every run (train_and_record skips a done one
+    # on rank 0's word), so that none waits for the others in a run they skipped.
+    todo = {s: t for s, t in jobs.items()
+            if stages.world_size() > 1 or not record.is_done(record.run_dir(record_dir, s.run))}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
     args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
@@ -309,7 +325,10 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     if cfg.stages == "together":  # one job per run, through submitit; its logs beside the record
         launcher.run_arrays(cfg, [launcher.Array(_run_job, args)], Path(record_dir) / "jobs", done)
         return
-    # A training job per run and, beside it, a recording job that records its checkpoints as they appear.
+    # A training job per run and, beside it, a recording job that records its checkpoints as they
+    # appear. The books are kept here first, so no recorder starts on what an earlier attempt left.
+    for spec, train in todo.items():
+        open_run(cfg, spec, train, record_dir)
     trains = launcher.Array(_run_job, [(*a, False) for a in args], role="train")  # record_here=False
     records = launcher.Array(_record_job, [(c, s, t if r is None else r, te, h, d, b, tfo)
                                            for c, s, t, te, h, d, b, r, tfo, _ in args], role="record")
@@ -337,12 +356,13 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     check_launch(cfg)
     specs = grid(cfg)
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
-    record.check_target(out, cfg, force=force)  # and so does a folder that is not this config's record
     # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
     # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
     from premem import stages, training
 
     lead = stages.rank() == 0
+    if lead:  # a rank reading while rank 0 clears the folder (--force) would see half a record
+        record.check_target(out, cfg, force=force)  # a folder that is not this config's record fails now
     with record.locked(out, "premem sweep") if lead else contextlib.nullcontext():
         if lead:
             record.create(out, cfg, force=force, command="premem sweep")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from premem import io
 from premem.errors import PremError
 
 MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
@@ -121,7 +122,10 @@ def finished_checkpoints(output_dir) -> list[dict]:
     """The finished checkpoints in output_dir, by step: dicts with step, epoch, path, loss."""
     out = []
     for marker in Path(output_dir).glob(f"checkpoint-*/{MARKER}"):
-        rec = json.loads(marker.read_text())
+        try:  # written atomically; it may still vanish under a reader (a run trained again from its start)
+            rec = json.loads(marker.read_text())
+        except FileNotFoundError:
+            continue
         out.append({**rec, "path": marker.parent})
     return sorted(out, key=lambda r: r["step"])
 
@@ -180,7 +184,7 @@ def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
                     on_checkpoint(step, epoch, model)
             rec = {"step": step, "epoch": epoch, "loss": losses[-1] if losses else None}
             if state.is_world_process_zero:
-                (path / MARKER).write_text(json.dumps(rec, sort_keys=True) + "\n")
+                io.write_text(path / MARKER, json.dumps(rec, sort_keys=True) + "\n")  # read by recording jobs
                 if keep_optimizer == "last":  # only the newest checkpoint is ever resumed from
                     for old in finished_checkpoints(args.output_dir):
                         if old["step"] < step:
@@ -206,13 +210,43 @@ def _set_rng_state(state):
 
 # ---- finetuning ---------------------------------------------------------------------------------
 
+DDP_TIMEOUT_S = 1800  # TrainingArguments.ddp_timeout's default
+
+
+@contextlib.contextmanager
+def _threads_kept():
+    """accelerate sets torch's thread count for a group of CPU processes (cores / processes, unless
+    OMP_NUM_THREADS is set); premem's runs keep theirs (one, on a CPU), whatever the launch."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rank0_value(value):
+    """Rank 0's `value`, on every process of a multi-process launch (alone: `value`): ranks that
+    decide apart whether to train a run could part ways, one training while the others do not."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return value
+    wait_for_ranks()  # the group, made now if not yet
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wait_for_ranks() -> None:
     """Under a multi-process launch (torchrun, accelerate), wait here for every process; alone, return."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from datetime import timedelta
+
         from accelerate import PartialState
 
         # cpu=True on a CPU: else accelerate sees no GPU group to join and every rank goes on alone.
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()  # the Trainer's group, made now
+        # The group outlives this call (the Trainer reuses it): give it the Trainer's own timeout.
+        with _threads_kept():
+            state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=DDP_TIMEOUT_S))
+        state.wait_for_everyone()
 
 
 def apply_lora(model, lora: dict, seed: int = 0):
@@ -305,27 +339,28 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
         raise PremError(f"batch_size {batch_size} is no multiple of per_device_batch_size {per_device} x "
                         f"{world} processes")
     use_bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and auto_bf16)
-    args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=lr, lr_scheduler_type="linear", optim="adamw_torch",
-        warmup_steps=warmup_steps if warmup_steps is not None else warmup_ratio,  # float < 1 = ratio
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, data_seed=seed,
-        save_strategy="no",  # saving is driven by the epoch callback, every save_every_epochs
-        save_only_model=False,  # resume needs optimiser, scheduler and RNG state
-        logging_strategy="epoch", report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False, bf16=use_bf16, fp16=mixed_precision == "fp16",
-        # On a CPU, say so: without it accelerate makes no process group of torchrun's processes,
-        # and each would train alone on the same files.
-        use_cpu=not torch.cuda.is_available(),
-        # Batches of similar lengths: char-level examples vary 2x in length (arith: 280 chars on
-        # average, a random batch of 8 pads to ~400), and padding is compute spent on nothing.
-        train_sampling_strategy="group_by_length")
-    trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(features),
-                      data_collator=CompletionCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[_checkpoint_callback(save_every_epochs, epochs, on_checkpoint,
-                                                      keep_optimizer)])
+    with _threads_kept():  # a group of CPU processes would set its own thread count
+        args = TrainingArguments(
+            output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=accumulation,
+            learning_rate=lr, lr_scheduler_type="linear", optim="adamw_torch",
+            warmup_steps=warmup_steps if warmup_steps is not None else warmup_ratio,  # float < 1 = ratio
+            weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, data_seed=seed,
+            save_strategy="no",  # saving is driven by the epoch callback, every save_every_epochs
+            save_only_model=False,  # resume needs optimiser, scheduler and RNG state
+            logging_strategy="epoch", report_to="none", disable_tqdm=not progress,
+            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+            remove_unused_columns=False, bf16=use_bf16, fp16=mixed_precision == "fp16",
+            # On a CPU, say so: without it accelerate makes no process group of torchrun's processes,
+            # and each would train alone on the same files.
+            use_cpu=not torch.cuda.is_available(),
+            # Batches of similar lengths: char-level examples vary 2x in length (arith: 280 chars on
+            # average, a random batch of 8 pads to ~400), and padding is compute spent on nothing.
+            train_sampling_strategy="group_by_length")
+        trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(features),
+                          data_collator=CompletionCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                          callbacks=[_checkpoint_callback(save_every_epochs, epochs, on_checkpoint,
+                                                          keep_optimizer)])
     if not progress:
         trainer.remove_callback(PrinterCallback)  # it prints the loss dict when tqdm is off
     trainer.train(resume_from_checkpoint=str(done[-1]["path"]) if done else None)
