@@ -1,7 +1,7 @@
 """Training and recording as separate stages (premem.stages), one run of the smoke params recorded
-by every launch premem offers, each against the same in-process record: a fresh process per
-checkpoint, a recording job beside a training job (submitit's local executor), and two torchrun
-ranks that train as one while rank 0 records."""
+by the launches premem offers, each against the same record made inside training: a recording job
+beside a training job (submitit's local executor), a recorder in a fresh process that records a
+checkpoint as it appears, and two torchrun ranks that train as one while rank 0 records."""
 import os
 import subprocess
 import sys
@@ -47,17 +47,22 @@ def mtimes(run: Path) -> dict:
 
 
 def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, monkeypatch):
-    """stages: separate trains the run, then records each saved checkpoint in a fresh process: the
-    tables equal those of recording inside training. A recorder started before a checkpoint exists
-    records it once it appears and stops when the run is marked trained; the sweep then finishes
-    the run without training it again."""
+    """stages: separate under launcher: slurm (submitit's local executor: real subprocesses, real
+    pickling): a training job and beside it a recording job; the record is the one made inside
+    training. Then, back at the moment the first checkpoint was saved, a recorder here (its
+    checkpoint in a fresh process) waits, records the second checkpoint once it appears and stops
+    when the run is marked trained; an in-process sweep finishes the run without training it
+    again. (With stages: together one job per run trains and records it: the same Job and
+    run_arrays, one array.)"""
     cache, reference = together
-    cfg = small(cache, stages="separate")
+    cfg = small(cache, stages="separate", launcher="slurm", slurm_cluster="local", slurm_time=10)
     assert cfg.hash() == small(cache).hash()  # the same record, so the same name
-    out = sweep.sweep(cfg, out=tmp_path / "separate", progress=False)
+    out = sweep.sweep(cfg, out=tmp_path / "jobs", progress=False)
     assert_same_tables(reference, out)
+    jobs = {f.name.split("_")[0] for f in (out / "jobs").glob("*_submitted.pkl")}
+    assert len(jobs) == 2 and len(list((out / "jobs").glob("*_result.pkl"))) == 2
     (run,) = (out / "runs").iterdir()
-    assert stages.trained_steps(run) == [2, 4]
+    assert record.is_done(run) and stages.trained_steps(run) == [2, 4]
     # Back to the moment the first checkpoint was saved: the second is not there yet, nor its parts.
     trained = mtimes(run)
     aside = tmp_path / "checkpoint-4"
@@ -67,12 +72,13 @@ def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, m
     for f in dropped:
         f.unlink()
     (run / "done.json").unlink()
-    (spec,) = sweep.grid(cfg)
-    train, test, held = sweep.load_examples(cfg, heldout=True)
+    here = small(cache, stages="separate")
+    (spec,) = sweep.grid(here)
+    train, test, held = sweep.load_examples(here, heldout=True)
     result = {}
     monkeypatch.setattr(stages, "POLL_S", 0.5)
     recorder = threading.Thread(target=lambda: result.update(steps=stages.record_run(
-        cfg, spec, sweep.train_subset(train, spec), test, held, out, sweep.base_model_path(cfg, progress=False),
+        here, spec, sweep.train_subset(train, spec), test, held, out, sweep.base_model_path(here, progress=False),
         wait=True)))
     recorder.start()
     time.sleep(3 * stages.POLL_S)
@@ -81,23 +87,9 @@ def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, m
     stages.mark_trained(run, [2, 4])
     recorder.join(timeout=300)
     assert result["steps"] == [2, 4] and all(f.is_file() for f in dropped)
-    sweep.sweep(cfg, out=out, progress=False)  # finishes the run: recorded, not retrained
+    sweep.sweep(here, out=out, progress=False)  # finishes the run: recorded, not retrained
     assert record.is_done(run) and mtimes(run) == trained
     assert_same_tables(reference, out)
-
-
-def test_submitit_recording_job_beside_the_training_job(together, tmp_path):
-    """launcher: slurm (submitit's local executor: real subprocesses, real pickling): a training job
-    and beside it a recording job; the record is the in-process one. (With stages: together one
-    job per run trains and records it: the same Job and run_arrays, one array.)"""
-    cache, reference = together
-    cfg = small(cache, stages="separate", launcher="slurm", slurm_cluster="local", slurm_time=10)
-    out = sweep.sweep(cfg, out=tmp_path / "jobs", progress=False)
-    assert_same_tables(reference, out)
-    jobs = {f.name.split("_")[0] for f in (out / "jobs").glob("*_submitted.pkl")}
-    assert len(jobs) == 2 and len(list((out / "jobs").glob("*_result.pkl"))) == 2
-    (run,) = (out / "runs").iterdir()
-    assert record.is_done(run) and stages.trained_steps(run) == [2, 4]
 
 
 def test_torchrun_ranks_train_as_one_and_rank_0_records(together, tmp_path):

@@ -283,7 +283,8 @@ def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, 
     if init_state is None:
         init_state = _starting_weights(recorder, [c], base)
     model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
-                                          trainable=True, dtype=recorder.cfg.dtype)
+                                          trainable=True, dtype=recorder.cfg.dtype,
+                                          quantization=recorder.cfg.quantization)
     recorder.record(folder, run, seed, c["step"], c["epoch"], model, tok,
                     init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
 

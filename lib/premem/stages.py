@@ -124,7 +124,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
             continue
         lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
                                            dtype=cfg.dtype, device="cuda" if gpu else None, trainable=True,
-                                           pad_token=cfg.pad_token)
+                                           pad_token=cfg.pad_token, quantization=cfg.quantization)
         lm.eval()
         measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
                        checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)

@@ -368,12 +368,13 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
 
 
 def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, trainable: bool = False,
-                    pad_token: str = "eos"):
+                    pad_token: str = "eos", quantization: str | None = None):
     """(model, tokenizer) from a finetune checkpoint folder: a full model, or a LoRA adapter.
 
     An adapter is put on `base` (any load_base spec), by default the base recorded in its
-    adapter_config.json (the base model's name_or_path when it was wrapped); `trainable` keeps its
-    weights trainable, as they were in training (the gradient-variance predictor needs them).
+    adapter_config.json (the base model's name_or_path when it was wrapped), quantised as in
+    training (`quantization` 4bit: QLoRA); `trainable` keeps its weights trainable, as they were in
+    training (the gradient-variance predictor needs them).
     """
     from premem.model import load_base
 
@@ -387,7 +388,7 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, t
     if not base:
         raise PremError(f"{config} names no base model; pass base= to load_checkpoint")
     # The base as training had it: with pad_token "add" its embeddings were resized before the adapter.
-    model, tokenizer = load_base(base, dtype=dtype, device=device, pad_token=pad_token)
+    model, tokenizer = load_base(base, dtype=dtype, device=device, pad_token=pad_token, quantization=quantization)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tokenizer
 
 
