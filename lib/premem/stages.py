@@ -99,8 +99,6 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
     reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
     loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
-    import gc
-
     import torch
 
     from premem import model as model_lib, recorder, training
@@ -114,9 +112,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
         base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
     init_state = training.snapshot(base)
     del base
-    gc.collect()
-    if torch.cuda.is_available():  # a quantised base sits on the GPU: gone before any engine starts
-        torch.cuda.empty_cache()
+    free_memory()  # a quantised base sits on the GPU: gone before any engine starts
     gpu = torch.cuda.is_available() and cfg.backend != "vllm"  # the baselines' passes on the GPU, as in training
     measure = recorder.Recorder(cfg, recorded, test, heldout)
     for c in training.finished_checkpoints(run_dir / "train"):
@@ -129,6 +125,17 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
         measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
                        checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
         del lm
+
+
+def free_memory() -> None:
+    """What a deleted model held, back: host memory, and the GPU's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def wait_until_done(run_dir: Path) -> None:

@@ -180,7 +180,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         stages.mark_trained(run_dir, steps)
     if separate:
         del lm  # the Trainer's weights go, and the GPU memory they held, before a recorder loads any
-        _free_memory()
+        stages.free_memory()
         if not lead:
             if record_here:
                 stages.wait_until_done(run_dir)  # on the file system: no collective outlasts recording
@@ -264,16 +264,6 @@ def check_launch(cfg: Params) -> None:
 def under_fsdp() -> bool:
     """Whether accelerate launched this process with FSDP (it says so in the environment)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,

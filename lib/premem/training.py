@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from premem import io
+from premem import io, stages
 from premem.errors import PremError
 
 MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
@@ -227,7 +226,7 @@ def _threads_kept():
 def rank0_value(value):
     """Rank 0's `value`, on every process of a multi-process launch (alone: `value`): ranks that
     decide apart whether to train a run could part ways, one training while the others do not."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if stages.world_size() == 1:
         return value
     wait_for_ranks()  # the group, made now if not yet
     box = [value]
@@ -237,7 +236,7 @@ def rank0_value(value):
 
 def wait_for_ranks() -> None:
     """Under a multi-process launch (torchrun, accelerate), wait here for every process; alone, return."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if stages.world_size() > 1:
         from datetime import timedelta
 
         from accelerate import PartialState
@@ -312,7 +311,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     if done and not resume:
         raise PremError(f"{output_dir} already holds checkpoints; resume=False will not overwrite them")
     # A folder without the marker was cut off mid-save (or mid-recording): it will be redone.
-    if int(os.environ.get("RANK", "0")) == 0:  # by one process of a multi-process launch
+    if stages.rank() == 0:  # by one process of a multi-process launch
         for folder in output_dir.glob("checkpoint-*"):
             if folder.is_dir() and not (folder / MARKER).is_file():
                 shutil.rmtree(folder)
@@ -332,7 +331,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     auto_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # never fp16/bf16 on CPU
     # batch_size is the optimiser's batch over every process: per-device batches times gradient
     # accumulation times the world size (torchrun / accelerate set WORLD_SIZE).
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = stages.world_size()
     per_device = per_device_batch_size or max(1, batch_size // world)
     accumulation, rest = divmod(batch_size, per_device * world)
     if rest or not accumulation:
