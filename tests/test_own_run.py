@@ -179,26 +179,6 @@ def test_premem_record_on_saved_checkpoints_equals_the_callback(hf_run, user, ca
     assert json.loads(capsys.readouterr().out)["tau"] == pytest.approx(metrics.calibrate_tau([held], 0.5))
 
 
-def test_premem_record_under_vllm_gives_each_checkpoint_a_process(hf_run, user, tmp_path, monkeypatch):
-    """backend vllm, against the stand-in (tests/standins/vllm): a full-model checkpoint is recorded
-    in a process of its own (one per checkpoint), whose exit gives its engine's GPU memory back;
-    perplexities equal the transformers backend's."""
-    from premem import vllm_backend
-
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "standins"))  # the spawned recorders inherit sys.path
-    params = tmp_path / "vllm.yaml"
-    params.write_text(yaml.safe_dump(yaml.safe_load(user["params"].read_text()) | dict(backend="vllm")))
-    out = tmp_path / "rec"
-    assert main(["record", str(hf_run["out"]), "--data", str(user["train"]), "--test", str(user["test"]),
-                 "--heldout", str(user["heldout"]), "--params", str(params), "--out", str(out),
-                 "--checkpoints", "6", "--quiet"]) == 0
-    assert "vllm" not in sys.modules and vllm_backend._ENGINE["llm"] is None  # no engine was in this process
-    got, want = pd.read_parquet(out / "perplexity.parquet"), tables(hf_run["record"])["perplexity"]
-    want = want[want.step == 6].reset_index(drop=True)
-    assert sorted(got.step.unique()) == [6]
-    np.testing.assert_allclose(got.nll, want.nll, rtol=1e-5)
-
-
 def test_the_callback_refuses_fsdp(user):
     from types import SimpleNamespace
 

@@ -34,7 +34,8 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
     """Load (model, tokenizer) from a hub id, a local folder or a `.gguf` file.
 
     dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's default.
-    quantization: None or "4bit" (bitsandbytes NF4, for QLoRA; needs a CUDA GPU).
+    quantization: None or "4bit" (bitsandbytes NF4, for QLoRA; on a CUDA GPU, or on the CPU, where
+    bitsandbytes >= 0.49 runs NF4 too).
     pad_token: for a tokenizer without one, "eos" reuses eos; "add" adds [PAD] and resizes the
     embeddings (new rows the mean of the others), as the authors' training scripts do.
     """
@@ -47,8 +48,9 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
     if quantization is not None:
         kwargs["quantization_config"] = _quantization_config(quantization, kwargs.get("dtype"))
         # bitsandbytes places the weights itself (.to(device) afterwards is not allowed); under
-        # `accelerate launch` each process takes its own GPU.
-        kwargs["device_map"] = {"": device if device is not None else int(os.environ.get("LOCAL_RANK", 0))}
+        # `accelerate launch` each process takes its own GPU; without one, the CPU.
+        where = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
+        kwargs["device_map"] = {"": device if device is not None else where}
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -120,8 +122,6 @@ def _torch_dtype(dtype):
 def _quantization_config(quantization: str, dtype):
     if quantization != "4bit":
         raise PremError(f"quantization must be None or '4bit', got {quantization!r}")
-    if not torch.cuda.is_available():
-        raise PremError("quantization='4bit' (QLoRA) needs a CUDA GPU; none is available here")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

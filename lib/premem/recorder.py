@@ -28,14 +28,16 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
-                   progress: bool = False) -> list[list[str]]:
+                   progress: bool = False, max_model_len: int | None = None) -> list[list[str]]:
     """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
-    `checkpoint` folder (or hub id); the transformers backend samples the loaded `lm`."""
+    `checkpoint` folder (or hub id), with an engine of `max_model_len` tokens; the transformers
+    backend samples the loaded `lm`."""
     from premem import sampling, vllm_backend
 
     if cfg.backend == "vllm":  # the process's one engine, at the params' dtype
         return vllm_backend.sample(str(checkpoint), prompts, k=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, dtype=cfg.dtype,
+                                   max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, tokenizer=tok,
+                                   dtype=cfg.dtype, max_model_len=max_model_len, pad_token=cfg.pad_token,
                                    progress=progress)
     return sampling.sample(
         lm, tok, prompts, k=k, temperature=cfg.temperature,
@@ -88,27 +90,29 @@ class Recorder:
         """Write the checkpoint's parts into the run's folder; False when they were there already.
         `init_state` (training.snapshot of the starting weights) gives param_distance, else NaN;
         `checkpoint` is the saved folder, for vLLM."""
-        from premem import grading, perplexity, training
+        from premem import grading, perplexity, training, vllm_backend
 
         if record.part_done(folder, step):
             return False
         cfg, seed = self.cfg, checkpoint_seed(self.cfg, run_seed, step)
+        scored = self.train + self.heldout
+        prompts, targets = self.prompts["train"] + self.prompts["heldout"], self.targets["train"] + self.targets["heldout"]
+        # One vLLM engine serves the checkpoint's three measurements: one context length for all.
+        length = vllm_backend.needed_length(tok, prompts + self.prompts["test"], targets, cfg.max_new_tokens,
+                                            cfg.target_eos) if cfg.backend == "vllm" else None
         rows = []
         for split, k in (("train", cfg.k), ("test", cfg.k_test or cfg.k)):
             examples = getattr(self, split) if split == "train" or sample_test else []
-            completions = sample_answers(cfg, model, checkpoint, tok, self.prompts[split][:len(examples)], k, seed)
+            completions = sample_answers(cfg, model, checkpoint, tok, self.prompts[split][:len(examples)], k, seed,
+                                         max_model_len=length)
             for ex, outs in zip(examples, completions):
                 for j, g in enumerate(grading.grade_many(outs, ex.answer, self.checker)):
                     rows.append(dict(run=run, step=step, epoch=epoch, split=split, example_id=ex.id, sample_idx=j,
                                      correct=g.correct, correct_strict=g.correct_strict, parse_ok=g.parse_ok,
                                      answer=g.answer))
-        scored = self.train + self.heldout
-        prompts, targets = self.prompts["train"] + self.prompts["heldout"], self.targets["train"] + self.targets["heldout"]
         if cfg.backend == "vllm" and checkpoint is not None:  # the engine that sampled scores the targets too
-            from premem import vllm_backend
-
             nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos,
-                                                    dtype=cfg.dtype)
+                                                    dtype=cfg.dtype, max_model_len=length, pad_token=cfg.pad_token)
         else:
             nll, n_tokens = perplexity.target_nll(model, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
                                                   add_eos=cfg.target_eos, progress=False)

