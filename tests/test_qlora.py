@@ -36,6 +36,14 @@ def qlora(tmp_path_factory):
     return tmp, cfg, sweep.sweep(cfg, out=tmp / "together", progress=False)
 
 
+def test_vllm_is_refused_for_qlora(tmp_path):
+    """vLLM would score the adapter merged into a float base, not the 4-bit one it was trained on."""
+    from premem.errors import PremError
+
+    with pytest.raises(PremError, match="key 'backend': vllm serves an adapter merged into a float copy"):
+        load_params(ROOT / "params" / "smoke.yaml", **QLORA, backend="vllm")
+
+
 def test_the_base_loads_in_four_bits_on_the_cpu():
     from bitsandbytes.nn import Linear4bit
 

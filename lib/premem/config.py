@@ -368,6 +368,9 @@ def _check_combinations(data: dict, source: str) -> None:
     per_device, batch = data.get("per_device_batch_size"), data.get("batch_size", fields["batch_size"].default)
     if isinstance(per_device, int) and isinstance(batch, int) and per_device > 0 and batch % per_device:
         raise PremError(f"{source}: key 'per_device_batch_size': {per_device} does not divide batch_size {batch}")
+    if data.get("backend") == "vllm" and data.get("quantization"):
+        raise PremError(f"{source}: key 'backend': vllm serves an adapter merged into a float copy of its base, "
+                        "not the 4-bit base a QLoRA adapter was trained on; record it with backend transformers")
     slurm = sorted(k for k in given if k.startswith("slurm_"))
     if data.get("launcher", "local") == "local" and slurm:
         raise PremError(f"{source}: key '{slurm[0]}': slurm_* options apply to launcher: slurm, and the launcher "

@@ -24,7 +24,7 @@ checkpoint's own (vLLM's CPU build would otherwise run float32 weights in bfloat
 
 Reproducibility. Each prompt is seeded `seed + index`. On the CPU build (chunked prefill off) a
 request's samples depend only on its seed, prompt and weights: the same run to run, in any prompt
-order and in any subset of prompts (tests/engines). On CUDA vLLM gives the same guarantee only for
+order and in any subset of prompts (tests/test_engines.py). On CUDA vLLM gives the same guarantee only for
 the same batch composition: other batches can change float rounding, hence a token.
 
 Failures. vLLM's engine runs in processes of its own, which log the root cause and leave the caller
@@ -288,8 +288,7 @@ def merged_adapter(checkpoint: str | Path, base: str | None = None, dtype: str |
                    pad_token: str = "eos") -> Path:
     """A LoRA adapter checkpoint merged into its base (`base`, else its adapter_config's), saved once
     per process in a temporary folder for vLLM to load as a full model (deleted with the next
-    adapter's, or at the process's exit). Not a LoRARequest: vLLM's
-    prompt logprobs under LoRA fail on the CPU build (its CPU kernel sizes the logits' adapter
+    adapter's, or at the process's exit). Not a LoRARequest: vLLM's prompt logprobs under LoRA fail on the CPU build (its CPU kernel sizes the logits' adapter
     indices by request, not by token: "einsum(): subscript b has size 6 ... 72") and are reported
     wrong on CUDA (vllm-project/vllm#16668, #29955, #51594), and perplexity is half of what premem
     measures. The merged weights compute the adapted model's function (W + scale * B A)."""
