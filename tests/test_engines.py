@@ -20,7 +20,6 @@ engine's GPU memory given back with its process, vLLM's CUDA sampler and its per
 (whose samples can depend on the batch), and `gpu_memory_utilization`.
 """
 import json
-import os
 import signal
 import sys
 import time

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from premem import record, sweep, training
+from premem import sweep, training
 from premem.cli import main
 from premem.config import load_params
 from premem.model import load_base
