@@ -135,3 +135,19 @@ def test_load_base_gguf_generates(tmp_path):
     # De-quantised floats, no longer marked quantised: the Trainer finetunes it in full (gpu_check's smollm stage).
     assert not model.is_quantized and model.hf_quantizer is None and next(model.parameters()).is_floating_point()
     assert not hasattr(model.config, "quantization_config")
+
+
+def test_a_folder_that_asks_for_its_own_code_is_refused(tmp_path):
+    """config.json with auto_map: one line, and the folder's Python never imported (it would write a file)."""
+    import json
+    import shutil
+
+    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    folder = shutil.copytree(path, tmp_path / "remote")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').write('ran')\nclass Model: pass\n")
+    with pytest.raises(PremError, match=r"config.json: asks for code of its own \(auto_map\)"):
+        pm.load_base(str(folder))
+    assert not (tmp_path / "pwned").exists()

@@ -436,3 +436,30 @@ def test_tau_rules_on_the_released_logs(released_root):
     assert [f["tau"] for f in fit_datasets(released_root, rule="fixed")] == [-2.3, -1.7]
     with pytest.raises(PremError, match="no held-out examples"):
         fit_datasets(released_root, rule="heldout")
+
+
+class _Payload:
+    """What a hostile training_args.bin could hold: unpickling it would write a file."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path(self.target).write_text, ("the pickle ran",))
+
+
+def test_training_args_bin_is_never_unpickled_bare(tmp_path):
+    """A checkpoint's training_args.bin is read through torch's weights-only unpickler with an
+    allowlist of TrainingArguments' classes: a payload in it does not run, and the run's lr and seed
+    are left empty with a warning; a real Trainer's file still reads."""
+    from transformers import TrainingArguments
+
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    torch.save(_Payload(tmp_path / "pwned"), ckpt / "training_args.bin")
+    with pytest.warns(UserWarning, match="training_args.bin: not read"):
+        assert recorder.training_arguments(ckpt) == dict(lr=None, epochs=None, seed=0)
+    assert not (tmp_path / "pwned").exists()
+    torch.save(TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, seed=7, num_train_epochs=2,
+                                 report_to="none", use_cpu=True), ckpt / "training_args.bin")
+    assert recorder.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)

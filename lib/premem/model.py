@@ -65,9 +65,12 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         folder, tok_kwargs = spec, {}
     else:
         raise PremError(f"base model not found: {spec} (not a local folder, .gguf file or hub id 'org/name')")
+    _refuse_remote_code(path if path.is_dir() else None, spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, cache_dir=kwargs["cache_dir"], **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, **tok_kwargs, **kwargs)
+        # Never the folder's own Python: transformers would otherwise ask on stdin (and run it on "y").
+        tokenizer = AutoTokenizer.from_pretrained(folder, cache_dir=kwargs["cache_dir"], trust_remote_code=False,
+                                                  **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **tok_kwargs, **kwargs)
     except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
     if "gguf_file" in tok_kwargs:
@@ -80,6 +83,20 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         model = model.to(device)
     prepare_tokenizer(tokenizer, model, pad_token=pad_token)
     return model, tokenizer
+
+
+def _refuse_remote_code(folder: Path | None, spec: str) -> None:
+    """A model folder whose config asks for its own code (auto_map) is refused in one line: premem
+    runs no code from a user's folder."""
+    for name in ("config.json", "tokenizer_config.json"):
+        config = folder / name if folder is not None else None
+        try:
+            asks = config is not None and config.is_file() and "auto_map" in json.loads(config.read_text())
+        except (ValueError, TypeError):
+            asks = False  # not JSON of a mapping: transformers says what is wrong with it
+        if asks:
+            raise PremError(f"{config}: asks for code of its own (auto_map), which premem does not run; "
+                            f"{spec} needs a model class transformers ships")
 
 
 def smollm2_gguf() -> Path | None:

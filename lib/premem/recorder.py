@@ -210,7 +210,12 @@ def _select(steps: list[int], select: str) -> set[int]:
 
 def training_arguments(checkpoint: Path) -> dict:
     """lr, epochs and seed of the run that saved `checkpoint`, from the Trainer's training_args.bin
-    (HF Trainer and TRL save it in every checkpoint); None (seed 0) where it is absent."""
+    (HF Trainer and TRL save it in every checkpoint); None (seed 0) where it is absent or cannot be
+    read safely. The file is a pickle from a user's folder: it is read with torch's weights-only
+    unpickler and an allowlist of the classes a TrainingArguments pickle names (`_trainer_classes`),
+    never a bare unpickle, which would run whatever the file says."""
+    import warnings
+
     import torch
 
     f = checkpoint / "training_args.bin"
@@ -218,12 +223,30 @@ def training_arguments(checkpoint: Path) -> dict:
     epochs = record.read_json(state).get("num_train_epochs") if state.is_file() else None
     if not f.is_file():
         return dict(lr=None, epochs=epochs, seed=0)
-    try:  # a pickle of TrainingArguments: the user's own file, from their own trainer
-        args = torch.load(f, weights_only=False)
-    except Exception as e:
-        raise PremError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
-    return dict(lr=float(args.learning_rate), epochs=epochs if epochs is not None else args.num_train_epochs,
-                seed=int(args.seed))
+    try:
+        with torch.serialization.safe_globals(_trainer_classes()):
+            args = torch.load(f, weights_only=True)
+        return dict(lr=float(args.learning_rate), epochs=epochs if epochs is not None else args.num_train_epochs,
+                    seed=int(args.seed))
+    except Exception as e:  # another library version's classes, or not a TrainingArguments at all
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        warnings.warn(f"{f}: not read (only a TrainingArguments pickle of known classes is: {reason}); "
+                      "the run's lr and seed are left empty", stacklevel=2)
+        return dict(lr=None, epochs=epochs, seed=0)
+
+
+def _trainer_classes() -> list:
+    """The classes a transformers TrainingArguments pickle names (transformers 5, accelerate 1)."""
+    from accelerate.state import PartialState
+    from accelerate.utils.dataclasses import DistributedType
+    from transformers.trainer_pt_utils import AcceleratorConfig
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames, TrainingArguments
+
+    import torch
+
+    return [TrainingArguments, OptimizerNames, PartialState, DistributedType, AcceleratorConfig, HubStrategy,
+            IntervalStrategy, SaveStrategy, SchedulerType, torch.device]
 
 
 def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, train, test=(), heldout=(), *,
