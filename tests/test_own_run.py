@@ -7,7 +7,6 @@ transformers Trainer on 12 arith problems written as a user's JSON Lines with th
 """
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np

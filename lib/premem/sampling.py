@@ -15,7 +15,8 @@ Two backends:
   prompts (they decide the batches).
 - ``"vllm"``: ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, on CUDA or vLLM's CPU build. vLLM loads
   weights itself, so ``model`` must be a path (a saved checkpoint folder or hub id) or an existing
-  ``vllm.LLM``; it is imported lazily. Each prompt gets seed ``seed + index`` so prompts do not share random streams.
+  ``vllm.LLM``; it is imported lazily. Each prompt gets seed ``seed + index`` so prompts do not
+  share random streams.
 - ``"auto"``: vLLM when it is importable, CUDA is available and ``model`` is a path or a
   ``vllm.LLM``; otherwise transformers. On a CPU that is what a measurement says: vLLM's CPU build
   sampled slower than this path for the CPU default's model and for SmolLM2-135M, before its engine
