@@ -381,8 +381,9 @@ def test_force_deletes_only_a_record(tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.tex").write_text("years of work")
-    with pytest.raises(PremError, match="--force would delete .*notes \\(thesis.tex\\), which is not a premem record"):
-        record.create(notes, load_params(), force=True)
+    for force in (False, True):  # a record goes into a new or empty folder, or a record, never elsewhere
+        with pytest.raises(PremError, match="notes holds files that are not a premem record \\(thesis.tex\\)"):
+            record.create(notes, load_params(), force=force)
     assert (notes / "thesis.tex").read_text() == "years of work"
     rec = record.create(tmp_path / "rec", load_params(), command="first")
     record.create(rec, load_params(), command="again")

@@ -66,12 +66,17 @@ class PreMemCallback(TrainerCallback):
                             "process group; record the saved checkpoints with `premem record` instead")
         train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
                                 else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
-        self.train_ids = [ex.id for ex in train]
+        recorder.check_splits(train, test, heldout)
+        self.train_examples = train
         self.recorder = recorder.Recorder(self.cfg, recorder.subsample(train, fraction, self.cfg.data_seed),
                                           test, heldout, baselines=baselines)
         self.out = Path(out) if out else record.default_dir(self.cfg)
         self.run = record.check_run_name(run or Path(trainer.args.output_dir).resolve().name)
         self.recording = dict(fraction=float(fraction), baselines=bool(baselines))
+        trainer_dir, out_dir = Path(trainer.args.output_dir).resolve(), self.out.resolve()
+        if out_dir == trainer_dir or out_dir.is_relative_to(trainer_dir) or trainer_dir.is_relative_to(out_dir):
+            raise PremError(f"out={self.out}: the record and the Trainer's output_dir ({trainer.args.output_dir}) "
+                            "must be apart (a record's --force would otherwise reach the checkpoints)")
         record.check_target(self.out, self.cfg)  # another config's record fails now, not after an epoch
         self.every_epochs = every_epochs
         self.init_state, self.folder, self.lock = None, None, contextlib.ExitStack()
@@ -82,11 +87,12 @@ class PreMemCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         command = f"PreMemCallback {args.output_dir}"
+        self.lock.close()  # a run of this callback stopped without on_train_end (Ctrl-C) still holds it
         self.lock.enter_context(record.locked(self.out, command))  # held until training ends (or the process)
         record.create(self.out, self.cfg, command=command)
         # state.num_train_epochs is what the Trainer saves in trainer_state.json (premem record reads it).
         self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=state.num_train_epochs,
-                                       data_fraction=1.0, seed=args.seed, example_ids=self.train_ids,
+                                       data_fraction=1.0, seed=args.seed, examples=self.train_examples,
                                        source=str(Path(args.output_dir).resolve()), recording=self.recording)
         if state.global_step > 0:  # resumed from a checkpoint: its weights, not the starting ones, are loaded
             self._resumed(args, state)

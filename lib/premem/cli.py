@@ -168,6 +168,7 @@ def cmd_record(args) -> int:
     cfg = recorder.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
     # Every input is read and checked before any model is loaded (record_saved checks the checkpoints).
     splits = {s: recorder.load_own_examples(cfg, cfg.data_files.get(s), s) for s in ("train", "test", "heldout")}
+    recorder.check_splits(splits["train"], splits["test"], splits["heldout"])
     out = Path(args.out) if args.out else record.default_dir(cfg)
     print(recorder.record_saved(cfg, args.checkpoints_dir, out, splits["train"], splits["test"], splits["heldout"],
                                 select=args.checkpoints, base=args.base, run=args.run, fraction=args.fraction,
@@ -178,10 +179,12 @@ def cmd_record(args) -> int:
 def cmd_examples(args) -> int:
     import pandas as pd
 
-    from premem import io, recorder
+    from premem import io, record, recorder
     from premem.dynamics import by_dataset, example_table, pick_run
 
     io.check_table_suffix(args.out)
+    own = record.read_config(args.path) if record.is_record_dir(args.path) else None
+    recorder.check_output(args.out, own, args.path)
     if args.below is not None and Path(args.out).suffix != ".jsonl":
         raise PremError(f"--below writes the training rows themselves: --out must end in .jsonl, got {args.out}")
     runs = load_runs(args.path)
@@ -321,20 +324,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A path premem cannot use for what the user named it for (a read-only or full disk, a name too long,
+# a file where a folder goes): the machine's state or the user's path, not a bug: one line saying where.
+PATH_ERRORS = ("EACCES", "EPERM", "ENOSPC", "EROFS", "EDQUOT", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "EEXIST")
+
+
+def _terminated(signum, frame):
+    """SIGTERM (a scheduler's stop, `kill`) ends the command like Ctrl-C: its atomic writes remove
+    their temporaries and its lock is released on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     import errno
+    import signal
+    import threading
 
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return args.func(args)
     except PremError as e:
         print(f"premem: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a read-only or full disk is the machine's state, not a bug: say where
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+    except OSError as e:
+        if errno.errorcode.get(e.errno) not in PATH_ERRORS:
             raise
-        print(f"premem: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        print(f"premem: error: cannot use {e.filename or 'a path'}: {e.strerror}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

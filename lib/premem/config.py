@@ -73,6 +73,9 @@ class Params(BaseModel):
     # 0.43 vs 0.18). The char base: `embedded_tokenizer: char`, `embedded_seq_len: 480`, `max_new_tokens: 180`.
     embedded_tokenizer: Literal["char", "bpe"] = "bpe"
     embedded_vocab_size: int = Field(800, ge=300)
+    # Run the model folder's own Python (a config.json with auto_map), as transformers' trust_remote_code
+    # does. Off: premem runs no code from a folder it is given, and refuses such a folder in one line.
+    trust_remote_code: bool = False
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
     quantization: Optional[Literal["4bit"]] = None
     lora: Optional[dict] = None  # LoRA adapter: {r, alpha, dropout, target_modules}; None = full finetuning
@@ -310,6 +313,7 @@ NOT_SHAPING = (
     "launcher", "slurm_cluster", "slurm_partition", "slurm_gpus", "slurm_train_tasks", "slurm_record_gpus",
     "slurm_time", "slurm_cpus", "slurm_mem_gb",
     "keep_checkpoints",  # which weights are kept after a run is recorded
+    "trust_remote_code",  # whether a folder's own model code may run: a model that loads is the same model
     # The perplexity batch moves float32 rounding only (padding; rtol 1e-5, tests/test_perplexity.py),
     # where a sampling batch reseeds its draws (sample_batch_size is hashed).
     "perplexity_batch_size",
@@ -377,6 +381,21 @@ def _check_combinations(data: dict, source: str) -> None:
                         "is local")
 
 
+MAX_PARAMS_BYTES = 256_000
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without YAML aliases: a params file is flat and needs none, and a few hundred bytes
+    of nested aliases expand to gigabytes (in the error line, in config.json)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}): params files use none; "
+                                              "write each value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
     """Validate a params file (or a dict, as a notebook builds from its parameters) into `Params`."""
     if source is None:
@@ -387,8 +406,11 @@ def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
         path = Path(source)
         if not path.is_file():
             raise PremError(f"params file not found: {path}")
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise PremError(f"{path}: {path.stat().st_size} bytes; a params file is a page of flat keys (at most "
+                            f"{MAX_PARAMS_BYTES // 1000} kB)")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_NoAliasLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -400,6 +422,8 @@ def load_params(source: str | Path | dict | None = None, **overrides) -> Params:
             raise PremError(f"{path}: must be a mapping of keys to values")
         name = str(path)
     data.update(overrides)
+    if "tau" in data and "tau_rule" not in data:  # a threshold written out is the one meant
+        data["tau_rule"] = "fixed"
     _check_combinations(data, name)
     try:
         return Params.model_validate(data)

@@ -97,8 +97,7 @@ def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example],
 
     if spec.epochs == IFD_EPOCHS:
         return training.load_checkpoint(record.final_checkpoint(out, spec.run))
-    lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
+    lm, tok = model_lib.load_configured(cfg, base)
     ckpts = sweep.finetune_on(cfg, lm, tok, train, out / "ifd" / spec.run, spec, IFD_EPOCHS, IFD_EPOCHS)
     return training.load_checkpoint(ckpts[-1]["path"])
 
@@ -262,8 +261,7 @@ def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None
 
     f = out / "base.json"
     if not f.exists():
-        lm, tok = model_lib.load_base(base, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                      quantization=cfg.quantization, pad_token=cfg.pad_token)
+        lm, tok = model_lib.load_configured(cfg, base)
         acc = example_accuracy(cfg, lm, base, tok, test)  # the same k per question: its mean is the sample mean
         io.write_json(f, dict(test_acc=float(acc.mean()), n_test=len(test), k=cfg.k_test or cfg.k))
 

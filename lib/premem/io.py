@@ -4,8 +4,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
+
+# atomic_target's temporaries: .<stem>.<32 hex digits><suffix>, beside their target.
+_TEMPORARY = re.compile(r"\.(.*)\.[0-9a-f]{32}(\.[^.]*)?")
 
 
 @contextlib.contextmanager
@@ -23,6 +27,20 @@ def atomic_target(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """A temporary of atomic_target's (a writer killed by SIGKILL leaves one behind)."""
+    return Path(path).is_file() and _TEMPORARY.fullmatch(Path(path).name) is not None
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries writers killed mid-write left under `folder`; call it only while
+    holding the folder's lock (a live writer's temporary is then not there). Returns them."""
+    found = [p for p in Path(folder).rglob(".*") if is_temporary(p)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

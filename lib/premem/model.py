@@ -30,7 +30,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantization: str | None = None,
-              pad_token: str = "eos"):
+              pad_token: str = "eos", tokenizer: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer) from a hub id, a local folder or a `.gguf` file.
 
     dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's default.
@@ -38,6 +38,10 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
     bitsandbytes >= 0.49 runs NF4 too).
     pad_token: for a tokenizer without one, "eos" reuses eos; "add" adds [PAD] and resizes the
     embeddings (new rows the mean of the others), as the authors' training scripts do.
+    tokenizer: another spec to take the tokenizer from (a Trainer given no processing_class saves
+    checkpoints without one); None: `spec`'s own.
+    trust_remote_code: run the model folder's own Python (auto_map), as transformers would; only
+    when the params say so (key trust_remote_code), else such a folder is refused.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -51,29 +55,17 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         # `accelerate launch` each process takes its own GPU; without one, the CPU.
         where = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
         kwargs["device_map"] = {"": device if device is not None else where}
-    path = Path(spec).expanduser()
-    if spec.endswith(".gguf"):
-        if not path.is_file():
-            raise PremError(f"gguf file not found: {spec}")
-        # transformers de-quantises gguf weights to float on load (slow for big models, fine here).
-        folder, tok_kwargs = str(path.parent), {"gguf_file": path.name}
-    elif path.exists():
-        if not path.is_dir():
-            raise PremError(f"base model path is not a folder or a .gguf file: {spec}")
-        folder, tok_kwargs = str(path), {}
-    elif _HUB_ID.match(spec):
-        folder, tok_kwargs = spec, {}
-    else:
-        raise PremError(f"base model not found: {spec} (not a local folder, .gguf file or hub id 'org/name')")
-    _refuse_remote_code(path if path.is_dir() else None, spec)
+    folder, file_kwargs = _source(spec, trust_remote_code)
+    tok_folder, tok_kwargs = _source(str(tokenizer), trust_remote_code) if tokenizer else (folder, file_kwargs)
     try:
-        # Never the folder's own Python: transformers would otherwise ask on stdin (and run it on "y").
-        tokenizer = AutoTokenizer.from_pretrained(folder, cache_dir=kwargs["cache_dir"], trust_remote_code=False,
-                                                  **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, **tok_kwargs, **kwargs)
+        # Never the folder's own Python unless asked: transformers would otherwise ask on stdin (and run it on "y").
+        tok = AutoTokenizer.from_pretrained(tok_folder, cache_dir=kwargs["cache_dir"],
+                                            trust_remote_code=trust_remote_code, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **file_kwargs,
+                                                     **kwargs)
     except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
-    if "gguf_file" in tok_kwargs:
+    if "gguf_file" in file_kwargs:
         # The weights are de-quantised floats, but transformers still marks the model gguf-quantised,
         # and the Trainer refuses to finetune a quantised model in full: it is a plain model now.
         model.hf_quantizer, model.is_quantized = None, False
@@ -81,22 +73,60 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
             del model.config.quantization_config
     if device is not None and quantization is None:
         model = model.to(device)
-    prepare_tokenizer(tokenizer, model, pad_token=pad_token)
-    return model, tokenizer
+    if tokenizer and len(tok) > model.get_input_embeddings().num_embeddings:
+        raise PremError(f"the tokenizer of {tokenizer} has {len(tok)} tokens and {spec} embeds "
+                        f"{model.get_input_embeddings().num_embeddings}: not the model's own tokenizer")
+    prepare_tokenizer(tok, model, pad_token=pad_token)
+    return model, tok
 
 
-def _refuse_remote_code(folder: Path | None, spec: str) -> None:
+def load_configured(cfg, spec: str, **kwargs):
+    """load_base of `spec` as the params (premem.config.Params) say: their cache, dtype,
+    quantization, pad token and trust_remote_code."""
+    return load_base(spec, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype, quantization=cfg.quantization,
+                     pad_token=cfg.pad_token, trust_remote_code=cfg.trust_remote_code, **kwargs)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(spec: str | Path) -> bool:
+    """Whether a local folder (or gguf file, which embeds one) holds a tokenizer; hub ids are taken to."""
+    path = Path(spec).expanduser()
+    return str(spec).endswith(".gguf") or not path.is_dir() or any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _source(spec: str, trust_remote_code: bool = False) -> tuple[str, dict]:
+    """(what from_pretrained takes, its extra keyword arguments) for a hub id, folder or .gguf file."""
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise PremError(f"gguf file not found: {spec}")
+        # transformers de-quantises gguf weights to float on load (slow for big models, fine here).
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir():
+            raise PremError(f"base model path is not a folder or a .gguf file: {spec}")
+        if not trust_remote_code:
+            _refuse_remote_code(path, spec)
+        return str(path), {}
+    if _HUB_ID.match(spec):
+        return spec, {}
+    raise PremError(f"base model not found: {spec} (not a local folder, .gguf file or hub id 'org/name')")
+
+
+def _refuse_remote_code(folder: Path, spec: str) -> None:
     """A model folder whose config asks for its own code (auto_map) is refused in one line: premem
-    runs no code from a user's folder."""
+    runs no code from a user's folder unless the params say so (trust_remote_code: true)."""
     for name in ("config.json", "tokenizer_config.json"):
-        config = folder / name if folder is not None else None
+        config = folder / name
         try:
-            asks = config is not None and config.is_file() and "auto_map" in json.loads(config.read_text())
+            asks = config.is_file() and "auto_map" in json.loads(config.read_text())
         except (ValueError, TypeError):
             asks = False  # not JSON of a mapping: transformers says what is wrong with it
         if asks:
-            raise PremError(f"{config}: asks for code of its own (auto_map), which premem does not run; "
-                            f"{spec} needs a model class transformers ships")
+            raise PremError(f"{config}: asks for code of its own (auto_map), which premem does not run unless "
+                            f"the params say trust_remote_code: true; {spec} needs a model class transformers ships")
 
 
 def smollm2_gguf() -> Path | None:

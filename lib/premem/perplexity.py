@@ -38,14 +38,22 @@ __all__ = ["encode_pairs", "target_nll", "one_at_a_time_nll", "perplexity"]
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
-                 add_eos: bool = True) -> list[tuple[list[int], int]]:
+                 add_eos: bool = True, max_length: int | None = None) -> list[tuple[list[int], int]]:
     """Token ids of ``prompt ++ target`` and the prompt's length in tokens, per example, encoded
-    exactly as training encodes them (`premem.training.encode_example`)."""
+    exactly as training encodes them (`premem.training.encode_example`), and cut to `max_length`
+    as training cuts them (model_max_length): the tokens training never saw are not scored."""
     from premem.training import encode_example
 
     if len(prompts) != len(targets):
         raise PremError(f"prompts and targets differ in length: {len(prompts)} != {len(targets)}")
-    return [encode_example(tokenizer, p, t, add_eos=add_eos) for p, t in zip(prompts, targets)]
+    out = [encode_example(tokenizer, p, t, add_eos=add_eos) for p, t in zip(prompts, targets)]
+    if max_length is None:
+        return out
+    for i, (ids, n_prompt) in enumerate(out):
+        if n_prompt >= max_length:
+            raise PremError(f"example {i}: its prompt alone is {n_prompt} tokens, and model_max_length {max_length} "
+                            "cuts training examples there: training saw none of its target")
+    return [(ids[:max_length], n_prompt) for ids, n_prompt in out]
 
 
 def _device(model) -> torch.device:
@@ -84,17 +92,18 @@ class _EvalMode:
 
 
 def target_nll(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
-               batch_size: int = 32, add_eos: bool = True,
+               batch_size: int = 32, add_eos: bool = True, max_length: int | None = None,
                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL (nats, float64) of each target given its prompt, and its number of target tokens.
 
     Returns ``(nll_sum, n_tokens)`` of shape ``(n,)``; per-token perplexity is
     ``perplexity(nll_sum, n_tokens) = exp(nll_sum / n_tokens)``. See the module docstring for how
-    prompt and target are tokenised and masked.
+    prompt and target are tokenised and masked; `max_length` scores only the target tokens
+    within the first max_length, as training (model_max_length) saw them.
     """
     if batch_size < 1:
         raise PremError(f"batch_size must be >= 1, got {batch_size}")
-    enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos)
+    enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos, max_length=max_length)
     n = len(enc)
     nll = np.zeros(n, dtype=np.float64)
     n_tok = np.array([len(ids) - p_len for ids, p_len in enc], dtype=np.int64)

@@ -84,6 +84,8 @@ class Recorder:
                         for s in ("train", "test", "heldout")}
         self.targets = {s: [tasks.format_target(ex, cfg.target_template) for ex in getattr(self, s)]
                         for s in ("train", "heldout")}
+        check_gold(self.train + self.test + self.heldout, self.checker, strict=cfg.task == "jsonl")
+        self.lengths_checked = False
 
     def record(self, folder: Path, run: str, run_seed: int, step: int, epoch, model, tok, *,
                init_state=None, checkpoint=None, sample_test: bool = True) -> bool:
@@ -94,6 +96,10 @@ class Recorder:
 
         if record.part_done(folder, step):
             return False
+        if not self.lengths_checked:  # once, with the first checkpoint's tokenizer, before any sampling
+            check_lengths(self.cfg, model, tok, self.prompts["train"] + self.prompts["heldout"],
+                          self.targets["train"] + self.targets["heldout"])
+            self.lengths_checked = True
         cfg, seed = self.cfg, checkpoint_seed(self.cfg, run_seed, step)
         scored = self.train + self.heldout
         prompts, targets = self.prompts["train"] + self.prompts["heldout"], self.targets["train"] + self.targets["heldout"]
@@ -112,10 +118,12 @@ class Recorder:
                                      answer=g.answer))
         if cfg.backend == "vllm" and checkpoint is not None:  # the engine that sampled scores the targets too
             nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos,
-                                                    dtype=cfg.dtype, max_model_len=length, pad_token=cfg.pad_token)
+                                                    dtype=cfg.dtype, max_model_len=length, pad_token=cfg.pad_token,
+                                                    max_length=cfg.model_max_length)
         else:
             nll, n_tokens = perplexity.target_nll(model, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
-                                                  add_eos=cfg.target_eos, progress=False)
+                                                  add_eos=cfg.target_eos, max_length=cfg.model_max_length,
+                                                  progress=False)
         ppl = pd.DataFrame(dict(run=run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
                                 trained=[i < len(self.train) for i in range(len(scored))],
                                 nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
@@ -135,6 +143,52 @@ class Recorder:
         record.write_part(folder, "checkpoints", step, stats)
         record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
         return True
+
+
+def check_gold(examples, checker: str, strict: bool) -> None:
+    """Every gold solution graded right against its own answer by the task's checker: samples are
+    written like the solutions, so where the checker finds no answer in them (no `####`, no boxed
+    answer) train accuracy can only be 0. For a user's data (strict) one error naming the first;
+    for premem's own tasks a warning."""
+    import warnings
+
+    from premem import grading
+
+    bad = [ex for ex in examples if not grading.grade(ex.solution, ex.answer, checker).correct]
+    if not bad:
+        return
+    ex = bad[0]
+    where = f"{ex.meta['file']}:{ex.meta['line']}" if "line" in ex.meta else f"example {ex.id}"
+    what = "finds no answer in" if not grading.grade(ex.solution, ex.answer, checker).parse_ok else "grades wrong"
+    message = (f"{where}: the '{checker}' checker {what} the gold solution ({len(bad)} of {len(examples)} "
+               f"examples), so a sample written like it is never right: end solutions with the checker's "
+               "answer format (#### N for marker) or choose the checker your data is written for (task_options)")
+    if strict:
+        raise PremError(message)
+    warnings.warn(message, stacklevel=2)
+
+
+def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str]) -> None:
+    """Examples measured as training saw them: over model_max_length, scored on the tokens within it
+    (a line says how many); over the model's context without a model_max_length, one error."""
+    import sys
+
+    from premem import perplexity
+
+    lengths = [len(ids) for ids, _ in perplexity.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos,
+                                                              max_length=None)]
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = cfg.model_max_length
+    if limit is not None:
+        perplexity.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos, max_length=limit)  # prompts fit
+        over = sum(n > limit for n in lengths)
+        if over:
+            print(f"premem: {over} of {len(lengths)} examples are longer than model_max_length {limit}: their "
+                  "perplexity is of the target tokens training saw", file=sys.stderr)
+    if context and (limit is None or limit > context) and max(lengths) > context:
+        i = int(np.argmax(lengths))
+        raise PremError(f"example {i} is {lengths[i]} tokens, and the model's context is {context}: set "
+                        "model_max_length (training cuts examples there) or shorten the data")
 
 
 def _to_gpu_after_vllm(model) -> None:
@@ -182,10 +236,24 @@ def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
         else:
             raise PremError(f"{path}: neither a model (config.json and weights) nor a LoRA adapter "
                             "(adapter_config.json and adapter weights)")
-        state = path / "trainer_state.json"
-        epoch = round(float(record.read_json(state).get("epoch") or np.nan), 4) if state.is_file() else np.nan
+        epoch = state_number(path, "epoch")
+        epoch = np.nan if epoch is None else round(epoch, 4)
         out.append(dict(step=step, epoch=epoch, path=path, kind=kind))
     return out
+
+
+def state_number(checkpoint: Path, key: str) -> float | None:
+    """A number from the checkpoint's trainer_state.json (None: no file or no such key); any other
+    value is one error naming the file and key."""
+    import math
+
+    state = Path(checkpoint) / "trainer_state.json"
+    value = record.read_json(state).get(key) if state.is_file() else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PremError(f"{state}: '{key}' must be a non-negative number, got {value!r}"[:200])
+    return float(value)
 
 
 def _select(steps: list[int], select: str) -> set[int]:
@@ -219,8 +287,7 @@ def training_arguments(checkpoint: Path) -> dict:
     import torch
 
     f = checkpoint / "training_args.bin"
-    state = checkpoint / "trainer_state.json"
-    epochs = record.read_json(state).get("num_train_epochs") if state.is_file() else None
+    epochs = state_number(checkpoint, "num_train_epochs")
     if not f.is_file():
         return dict(lr=None, epochs=epochs, seed=0)
     try:
@@ -257,25 +324,25 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     training started from: adapters are put on it (default: their adapter_config's base), and full
     models get param_distance from it (default: NaN)."""
     ckpts = saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
+    check_base(base, ckpts, cfg.pad_token)
     run = record.check_run_name(run or Path(checkpoints_dir).resolve().name)
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
     meta = training_arguments(ckpts[-1]["path"])
     record.check_target(out, cfg)
     with record.locked(out, f"premem record {checkpoints_dir}"):
         record.create(out, cfg, command=f"premem record {checkpoints_dir}")
-        _record_checkpoints(recorder, ckpts, Path(out), run, meta, [ex.id for ex in train], base, progress,
+        _record_checkpoints(recorder, ckpts, Path(out), run, meta, train, base, progress,
                             source=str(Path(checkpoints_dir).resolve()), recording=dict(fraction=float(fraction),
                                                                                        baselines=bool(baselines)))
     return Path(out)
 
 
-def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained_ids: list,
+def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained: list,
                         base: str | None, progress: bool, source: str, recording: dict) -> None:
     from tqdm.auto import tqdm
 
-
     folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
-                              seed=meta["seed"], example_ids=trained_ids, source=source, recording=recording)
+                              seed=meta["seed"], examples=trained, source=source, recording=recording)
     # Under vLLM each checkpoint is recorded in a process of its own: an engine's GPU memory comes
     # back only with its process (premem.stages), and a full model's next checkpoint needs a new engine.
     apart = recorder.cfg.backend == "vllm"
@@ -291,6 +358,30 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
             _record_one(recorder, folder, run, meta["seed"], c, base, init_state)
     record.finish_run(folder, [c["step"] for c in ckpts])
     record.finish(out)
+
+
+def starting_model(cfg: Params, base: str | None) -> str | None:
+    """The model training started from: `--base`, else the params' base_model (not the embedded
+    one, which is premem's own recipe, not a folder)."""
+    return base or (None if cfg.base_model == "embedded" else cfg.base_model)
+
+
+def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> None:
+    """A `--base` whose vocabulary or width differs from the saved full models' is not where they
+    started: one error before any work, not a shape error after sampling (pad_token add: training
+    added one token)."""
+    if base is None or not Path(base, "config.json").is_file():
+        return  # a hub id or gguf file: checked when loaded
+    theirs = record.read_json(Path(base, "config.json"))
+    for c in ckpts:
+        if c["kind"] != "model":
+            continue
+        ours = record.read_json(c["path"] / "config.json")
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            added = 1 if key == "vocab_size" and pad_token == "add" else 0
+            if key in ours and key in theirs and ours[key] - theirs[key] not in {0, added}:
+                raise PremError(f"--base {base}: {key} {theirs[key]}, and {c['path'].name} has {ours[key]}: not the "
+                                "model this run started from")
 
 
 def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
@@ -309,9 +400,11 @@ def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, 
 
     if init_state is None:
         init_state = _starting_weights(recorder, [c], base)
+    cfg = recorder.cfg
     model, tok = training.load_checkpoint(c["path"], base=base if c["kind"] == "adapter" else None,
-                                          trainable=True, dtype=recorder.cfg.dtype,
-                                          quantization=recorder.cfg.quantization)
+                                          trainable=True, dtype=cfg.dtype, quantization=cfg.quantization,
+                                          pad_token=cfg.pad_token, tokenizer=starting_model(cfg, base),
+                                          trust_remote_code=cfg.trust_remote_code)
     recorder.record(folder, run, seed, c["step"], c["epoch"], model, tok,
                     init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
 
@@ -325,7 +418,23 @@ def with_own_data(cfg: Params, train=None, test=None, heldout=None) -> Params:
     for f in files.values():
         if not Path(f).is_file():
             raise PremError(f"data file not found: {f}")
+    same = [s for s in files if s != "train" and files[s] == files.get("train")]
+    if same:
+        raise PremError(f"--{same[0]} {files[same[0]]} is the training data: {same[0]} examples are ones the run "
+                        "never trained on (a test set; held-out rows of the training distribution)")
     return cfg.model_copy(update=dict(task="jsonl", data_files=files)) if files else cfg
+
+
+def check_splits(train, test=(), heldout=()) -> None:
+    """Test and held-out examples are not training examples: a question in both is one error (it
+    would count as unseen while it was trained on: test accuracy, tau calibration)."""
+    trained = {ex.question.strip(): ex for ex in train}
+    for name, examples in (("test", test), ("held-out", heldout)):
+        shared = [ex for ex in examples if ex.question.strip() in trained]
+        if shared:
+            ex = shared[0]
+            raise PremError(f"{len(shared)} {name} examples are training questions too (first: {name} {ex.id} is "
+                            f"training {trained[ex.question.strip()].id}): keep the splits apart")
 
 
 def load_own_examples(cfg: Params, path: str | Path | None, split: str) -> list:
@@ -362,8 +471,11 @@ def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
 
 def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path) -> int:
     """The training rows with these ids as JSON Lines: for the jsonl task, the user's own lines as
-    they are; for premem's tasks, {id, question, solution, answer}. Returns how many."""
+    they are; for premem's tasks, {id, question, solution, answer}. Only rows as they were measured
+    are written: a row edited since it was recorded (its example_digest differs) is left out, with a
+    line saying how many. Returns how many were written."""
     import json
+    import sys
 
     from premem import io, sweep
 
@@ -371,19 +483,42 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
     if not record.is_record_dir(record_dir):
         raise PremError(f"{record_dir}: --below needs a premem record (the released logs hold no training rows)")
     cfg = record.read_config(record_dir)
+    check_output(out, cfg, record_dir)
     wanted = set(ids)
+    runs = sorted(p.name for p in (record_dir / "runs").iterdir() if (p / "run.json").is_file())
+    measured = {}  # id -> digest of the row recorded, from every run that keeps them
+    for run in runs:
+        measured |= record.run_info(record_dir, run).get("example_digests", {})
     if cfg.task == "jsonl":
         if not (cfg.data_files or {}).get("train"):
             raise PremError(f"{record_dir}: its training rows were given in memory, not as a file: --below has "
                             "no rows to write (record with a JSON Lines file to use it)")
         path = Path(cfg.data_files["train"])
-        examples = load_own_examples(cfg, path, "train")
+        examples = [ex for ex in load_own_examples(cfg, path, "train") if ex.id in wanted]
         lines = path.read_text().splitlines()
-        rows = [lines[ex.meta["line"] - 1] for ex in examples if ex.id in wanted]
+        kept = [ex for ex in examples if not measured or measured.get(ex.id) == record.example_digest(ex)]
+        rows = [lines[ex.meta["line"] - 1] for ex in kept]
+        if len(kept) < len(wanted):
+            print(f"premem: {len(wanted) - len(kept)} of the {len(wanted)} rows picked are not in {path} as they were "
+                  "recorded (edited or removed since): left out", file=sys.stderr)
     else:
-        runs = sorted(p.name for p in (record_dir / "runs").iterdir() if (p / "run.json").is_file())
         examples = {ex.id: ex for run in runs for ex in sweep.run_examples(record_dir, run, cfg)[0]}
         rows = [json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer))
                 for i, ex in examples.items() if i in wanted]
     io.write_text(out, "".join(r + "\n" for r in rows))
     return len(rows)
+
+
+def check_output(out: str | Path, cfg: Params | None, record_dir: str | Path | None = None) -> Path:
+    """An output premem is about to write (a table, rows) is neither an input it read (the params'
+    data files) nor inside a record, whose files only the record's writers write."""
+    out = Path(out).resolve()
+    inputs = [Path(f).resolve() for f in (cfg.data_files or {}).values() if isinstance(f, str)] if cfg else []
+    if out in inputs:
+        raise PremError(f"--out {out} is a data file the record was measured on: premem does not overwrite its "
+                        "inputs; choose another --out")
+    folders = [Path(record_dir).resolve()] if record_dir is not None and record.is_record_dir(record_dir) else []
+    inside = [d for d in folders if out.is_relative_to(d)] + [d for d in out.parents if record.is_own_record(d)]
+    if inside:
+        raise PremError(f"--out {out} is inside the record {inside[0]}: write tables outside it")
+    return out

@@ -88,6 +88,19 @@ def load_array(f: Path) -> np.ndarray:
         raise PremError(f"{f}: not a readable .npy array ({str(e).splitlines()[0]})") from None
 
 
+def subsample_rows(rows: np.ndarray, f: Path) -> np.ndarray:
+    """The training examples a run's arrays hold, as indices: the authors save integer indices; a
+    boolean mask is taken as the rows it marks (indexed as-is, it would name every example True)."""
+    if rows.ndim != 1:
+        raise PremError(f"{f}: subsample indices must be one-dimensional, got shape {rows.shape}")
+    if rows.dtype == bool:
+        return np.flatnonzero(rows)
+    if not np.issubdtype(rows.dtype, np.integer) or rows.min(initial=0) < 0:
+        raise PremError(f"{f}: subsample indices must be non-negative integers (or a boolean mask), got "
+                        f"{rows.dtype} {rows[:5].tolist()}")
+    return rows
+
+
 def accuracy_per_example(types: np.ndarray, f: Path) -> np.ndarray:
     if types.ndim != 2:
         raise PremError(f"{f}: answer types must be (examples, k), got shape {types.shape}")
@@ -107,7 +120,7 @@ def read_run(run_dir: str | os.PathLike, group: str | None = None) -> RunDynamic
     if not ckpts:
         raise PremError(f"no checkpoint-<step> folders in {run_dir}")
     idx_file = run_dir / "subsample_idxs.npy"
-    rows = load_array(idx_file) if idx_file.exists() else None
+    rows = subsample_rows(load_array(idx_file), idx_file) if idx_file.exists() else None
     train_acc, ppl, test_acc = [], [], []
     for ckpt in ckpts:
         f = answer_file(ckpt, "train")

@@ -106,8 +106,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
 
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
-    base, _ = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
+    base, _ = model_lib.load_configured(cfg, base_path)
     if cfg.lora is not None:
         base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
     init_state = training.snapshot(base)

@@ -159,8 +159,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     if lead:  # the books are rank 0's alone: two ranks removing one folder race
         open_run(cfg, spec, train, record_dir)
     training.wait_for_ranks()  # the others train once rank 0 has cleared the way
-    lm, tok = model_lib.load_base(base_path, cache_dir=cfg.path("cache_dir"), dtype=cfg.dtype,
-                                  quantization=cfg.quantization, pad_token=cfg.pad_token)
+    lm, tok = model_lib.load_configured(cfg, base_path)
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     # The starting weights and the measurement live where recording happens: here only when together.
@@ -215,7 +214,7 @@ def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
         # only what was lost; the tables then equal an uninterrupted sweep's.
         shutil.rmtree(run_dir / "train")
     record.start_run(record_dir, spec.run, lr=spec.lr, epochs=spec.epochs, data_fraction=spec.data_fraction,
-                     seed=spec.seed, example_ids=[ex.id for ex in train])
+                     seed=spec.seed, examples=train)
     return run_dir
 
 

@@ -292,7 +292,8 @@ def _read_local(files, cache_dir) -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def _rows(task, hub_id, configs, revision, split, key, data_files, cache_dir, test_fraction) -> list[dict]:
+def _rows(task, hub_id, configs, revision, split, columns, data_files, cache_dir, test_fraction) -> list[dict]:
+    """The rows of a split: the hub dataset's, or the local files' (`columns`: the question's first)."""
     if data_files is None:
         import datasets
 
@@ -307,12 +308,22 @@ def _rows(task, hub_id, configs, revision, split, key, data_files, cache_dir, te
     if isinstance(data_files, dict):
         if split not in data_files:
             raise PremError(f"{task}: data_files has no '{split}' entry; it has {sorted(data_files)}")
-        return _read_local(data_files[split], cache_dir)
+        return _columns(_read_local(data_files[split], cache_dir), task, data_files[split], columns)
     # One file set for every split: the hash of the question decides, as for generated tasks.
     if split not in ("train", "test"):
         raise PremError(f"{task}: unknown split '{split}'; known: ['test', 'train']")
-    rows = _read_local(data_files, cache_dir)
-    return [r for r in rows if (_bucket(r[key]) < 100 * test_fraction) == (split == "test")]
+    rows = _columns(_read_local(data_files, cache_dir), task, data_files, columns)
+    return [r for r in rows if (_bucket(r[columns[0]]) < 100 * test_fraction) == (split == "test")]
+
+
+def _columns(rows: list[dict], task: str, files, columns: tuple[str, ...]) -> list[dict]:
+    """Local files hold the hub dataset's columns, as text: else one error naming the file."""
+    for i, row in enumerate(rows):
+        missing = [c for c in columns if not isinstance(row.get(c), str)]
+        if missing:
+            raise PremError(f"{task}: {files}: row {i} has no text column {missing[0]!r} (columns {sorted(row)}); "
+                            f"{task} files hold {', '.join(columns)}")
+    return rows
 
 
 def _select(rows: list, n: int, seed: int, split: str, task: str) -> list:
@@ -324,8 +335,8 @@ def _select(rows: list, n: int, seed: int, split: str, task: str) -> list:
 
 def _gsm8k(split: str, n: int, seed: int, data_files=None, cache_dir=None, test_fraction: float = 0.2,
            strip_annotations: bool = False):
-    rows = _rows("gsm8k", "openai/gsm8k", ["main"], GSM8K_REVISION, split, "question", data_files, cache_dir,
-                 test_fraction)
+    rows = _rows("gsm8k", "openai/gsm8k", ["main"], GSM8K_REVISION, split, ("question", "answer"), data_files,
+                 cache_dir, test_fraction)
     out = []
     for i, row in _select(rows, n, seed, split, "gsm8k"):
         answer = extract_answer(row["answer"])
@@ -344,8 +355,8 @@ def _math(split: str, n: int, seed: int, data_files=None, cache_dir=None, test_f
     unknown = set(subjects or ()) - set(MATH_SUBJECTS)
     if unknown:
         raise PremError(f"math: unknown subjects {sorted(unknown)}; known: {list(MATH_SUBJECTS)}")
-    rows = _rows("math", "EleutherAI/hendrycks_math", subjects or MATH_SUBJECTS, MATH_REVISION, split, "problem",
-                 data_files, cache_dir, test_fraction)
+    rows = _rows("math", "EleutherAI/hendrycks_math", subjects or MATH_SUBJECTS, MATH_REVISION, split,
+                 ("problem", "solution"), data_files, cache_dir, test_fraction)
     kept = []
     for row in rows:
         m = re.search(r"\d+", str(row.get("level", "")))  # "Level 3"; a few rows say "Level ?"
@@ -375,6 +386,10 @@ def read_jsonl(path, split: str, question: str = "question", solution: str = "so
     from premem.grading import ANSWER_IN_SOLUTION, check_checker
 
     path = Path(path)
+    for key, value in dict(question=question, solution=solution, answer=answer, id=id, checker=checker).items():
+        if not isinstance(value, str) and not (key == "id" and value is None):
+            raise PremError(f"task_options: '{key}' names a field of your rows and is text, got "
+                            f"{type(value).__name__} {value!r}"[:160])
     if not path.is_file():
         raise PremError(f"data file not found: {path}")
     check_checker(checker)

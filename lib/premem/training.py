@@ -25,6 +25,7 @@ from premem import io, stages
 from premem.errors import PremError
 
 MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
+OWN_FOLDER = ".premem-training"  # in every output_dir premem trains in: its unmarked checkpoints are its own
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "optimizer.bin")  # optimizer.bin: under FSDP
 # A checkpoint's weights, however saved: one file, shards with their index, an adapter, FSDP's own.
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
@@ -310,11 +311,17 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     done = [c for c in finished_checkpoints(output_dir) if c["epoch"] <= epochs]
     if done and not resume:
         raise PremError(f"{output_dir} already holds checkpoints; resume=False will not overwrite them")
-    # A folder without the marker was cut off mid-save (or mid-recording): it will be redone.
+    # A folder without the marker was cut off mid-save (or mid-recording): it will be redone. Only in
+    # a folder premem trains in (OWN_FOLDER): another trainer's checkpoints carry no marker either.
+    unmarked = [f for f in output_dir.glob("checkpoint-*") if f.is_dir() and not (f / MARKER).is_file()]
+    # (finished checkpoints mark a folder premem trained in before OWN_FOLDER was written)
+    if unmarked and not ((output_dir / OWN_FOLDER).is_file() or finished_checkpoints(output_dir)):
+        raise PremError(f"{output_dir} holds checkpoints premem did not write ({unmarked[0].name}, ...): train "
+                        "into a new folder (premem record scores another trainer's checkpoints)")
     if stages.rank() == 0:  # by one process of a multi-process launch
-        for folder in output_dir.glob("checkpoint-*"):
-            if folder.is_dir() and not (folder / MARKER).is_file():
-                shutil.rmtree(folder)
+        io.write_text(output_dir / OWN_FOLDER, "premem trains here: its unfinished checkpoints are redone\n")
+        for folder in unmarked:
+            shutil.rmtree(folder)
     wait_for_ranks()
 
     # max_length (model_max_length) cuts examples as the authors' tokenizer did; without it an
@@ -367,28 +374,36 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
 
 
 def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, trainable: bool = False,
-                    pad_token: str = "eos", quantization: str | None = None):
+                    pad_token: str = "eos", quantization: str | None = None, tokenizer: str | None = None,
+                    trust_remote_code: bool = False):
     """(model, tokenizer) from a finetune checkpoint folder: a full model, or a LoRA adapter.
 
     An adapter is put on `base` (any load_base spec), by default the base recorded in its
     adapter_config.json (the base model's name_or_path when it was wrapped), quantised as in
-    training (`quantization` 4bit: QLoRA); `trainable` keeps its weights trainable, as they were in
-    training (the gradient-variance predictor needs them).
+    training (`quantization` 4bit: QLoRA) and with training's `pad_token`; `trainable` keeps its
+    weights trainable, as they were in training (the gradient-variance predictor needs them).
+    A full model without tokenizer files (a Trainer given no processing_class saves none) takes the
+    tokenizer of `tokenizer`, the model training started from.
     """
-    from premem.model import load_base
+    from premem.model import has_tokenizer, load_base
 
     path = Path(path)
     config = path / "adapter_config.json"
     if not config.is_file():
-        return load_base(str(path), dtype=dtype, device=device)
+        if not has_tokenizer(path) and not tokenizer:
+            raise PremError(f"{path} holds no tokenizer (a Trainer given no processing_class saves none): name the "
+                            "model training started from (premem record --base, or the params' base_model)")
+        return load_base(str(path), dtype=dtype, device=device, pad_token=pad_token,
+                         tokenizer=None if has_tokenizer(path) else tokenizer, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
     base = base or json.loads(config.read_text()).get("base_model_name_or_path")
     if not base:
         raise PremError(f"{config} names no base model; pass base= to load_checkpoint")
     # The base as training had it: with pad_token "add" its embeddings were resized before the adapter.
-    model, tokenizer = load_base(base, dtype=dtype, device=device, pad_token=pad_token, quantization=quantization)
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tokenizer
+    model, tok = load_base(base, dtype=dtype, device=device, pad_token=pad_token, quantization=quantization,
+                           trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tok
 
 
 # ---- baseline predictors ------------------------------------------------------------------------

@@ -357,15 +357,15 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
 
 
 def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True, base: str | None = None,
-               dtype: str | None = None, max_model_len: int | None = None,
-               pad_token: str = "eos") -> tuple[np.ndarray, np.ndarray]:
+               dtype: str | None = None, max_model_len: int | None = None, pad_token: str = "eos",
+               max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL of each target given its prompt, and its token count, as perplexity.target_nll
-    computes them (at the engine's dtype), from vLLM's prompt logprobs."""
+    computes them (at the engine's dtype, cut to `max_length`), from vLLM's prompt logprobs."""
     from premem.perplexity import encode_pairs
 
     vllm, TokensPrompt = _vllm()
     llm = _for_checkpoint(checkpoint, base, dtype, max_model_len, pad_token)
-    enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos)
+    enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos, max_length=max_length)
     # prompt_logprobs=0: the logprob of each prompt token itself; one generated token is the least vLLM makes.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     results = _generate("perplexity", llm, [TokensPrompt(prompt_token_ids=ids) for ids, _ in enc], params,
