@@ -17,6 +17,7 @@ import yaml
 
 from premem import metrics, record, recorder, tasks, training
 from premem.cli import main
+from premem.config import load_params
 from premem.errors import PremError
 from tiny_lm import single_thread
 
@@ -67,6 +68,14 @@ def logs_callback():
 def train_hf(out_dir, user, *, callback: dict | None = None, lora: bool = False, epochs: int = 3):
     """The user's own script: the plain transformers Trainer on their data, optionally with
     PreMemCallback (keyword arguments `callback`); returns (trainer, logs)."""
+    trainer, logs = hf_trainer(out_dir, user, callback=callback, lora=lora, epochs=epochs)
+    with torch.random.fork_rng(), single_thread():
+        trainer.train()
+    return trainer, logs
+
+
+def hf_trainer(out_dir, user, *, callback: dict | None = None, lora: bool = False, epochs: int = 3):
+    """train_hf's Trainer (and its logs callback), not yet trained."""
     from transformers import Trainer, TrainingArguments
 
     from premem import PreMemCallback, model as model_lib
@@ -90,8 +99,6 @@ def train_hf(out_dir, user, *, callback: dict | None = None, lora: bool = False,
     if callback is not None:
         trainer.add_callback(PreMemCallback(trainer, user["train"], params=user["params"], test=user["test"],
                                             heldout=user["heldout"], **callback))
-    with torch.random.fork_rng(), single_thread():
-        trainer.train()
     return trainer, logs
 
 
@@ -376,7 +383,6 @@ def test_saved_checkpoint_folders_are_checked_before_any_work(hf_run, tmp_path):
 
 
 def test_force_deletes_only_a_record(tmp_path):
-    from premem.config import load_params
 
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -463,3 +469,88 @@ def test_training_args_bin_is_never_unpickled_bare(tmp_path):
     torch.save(TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, seed=7, num_train_epochs=2,
                                  report_to="none", use_cpu=True), ckpt / "training_args.bin")
     assert recorder.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)
+
+
+# ---- trust: the plain Trainer door, interrupted runs, rows edited after recording -----------------
+
+def test_a_callback_run_interrupted_and_trained_again_finishes(hf_run, user):
+    """Ctrl-C in a notebook (KeyboardInterrupt from inside training) leaves the callback's lock held
+    by this process: training again (resumed from the last save) takes it back and finishes."""
+    from transformers import TrainerCallback
+
+    class CtrlC(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 6 and not hasattr(self, "done"):
+                self.done = True
+                raise KeyboardInterrupt
+
+    out, rec = user["tmp"] / "hf_stopped", user["tmp"] / "rec_stopped"
+    trainer, _ = hf_trainer(out, user, callback=dict(out=rec))
+    trainer.add_callback(CtrlC())  # after PreMemCallback: step 6 is recorded, then the run stops
+    with torch.random.fork_rng(), single_thread():
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+        assert "hf_stopped" in (rec / record.LOCK).read_text()  # still held: nothing released it
+        trainer.train(resume_from_checkpoint=True)
+    assert (rec / record.LOCK).read_text() == ""  # released at the end
+    got, want = tables(rec)["samples"], tables(hf_run["record"])["samples"]
+    assert sorted(got.step.unique()) == [3, 6, 9] and (got[got.split == "train"].groupby("step").size() == 24).all()
+    before = got[got.step < 9].drop(columns="run").reset_index(drop=True)  # trained alike before the stop
+    pd.testing.assert_frame_equal(before, want[want.step < 9].drop(columns="run").reset_index(drop=True))
+
+
+def test_the_callback_keeps_its_record_apart_from_the_checkpoints(user):
+    from types import SimpleNamespace
+
+    from premem.callback import PreMemCallback
+
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(user["tmp"] / "ckpts"), save_strategy="epoch",
+                                                   world_size=1))
+    for out in (user["tmp"] / "ckpts", user["tmp"] / "ckpts" / "record", user["tmp"]):
+        with pytest.raises(PremError, match="the record and the Trainer's output_dir .* must be apart"):
+            PreMemCallback(trainer, user["train"], params=user["params"], out=out)
+
+
+def test_checkpoints_without_a_tokenizer_take_the_base_models(hf_run, user, tmp_path, capsys, monkeypatch):
+    """A Trainer given no processing_class saves no tokenizer files: `premem record` takes the
+    tokenizer of the model training started from (--base or the params' base_model), with the
+    params' pad token, and records what the callback recorded."""
+    from premem import model as model_lib
+
+    plain = tmp_path / "plain"
+    shutil.copytree(hf_run["out"] / "checkpoint-9", plain / "checkpoint-9")
+    for name in model_lib.TOKENIZER_FILES + ("special_tokens_map.json", "chat_template.jinja"):
+        (plain / "checkpoint-9" / name).unlink(missing_ok=True)
+    assert not model_lib.has_tokenizer(plain / "checkpoint-9")
+    argv = ["record", str(plain), "--data", str(user["train"]), "--test", str(user["test"]), "--heldout",
+            str(user["heldout"]), "--params", str(user["params"]), "--out", str(tmp_path / "rec"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds no tokenizer" in err and "--base" in err and "\n" not in err.strip()
+    loads = []
+    real = training.load_checkpoint
+    monkeypatch.setattr(training, "load_checkpoint", lambda *a, **k: loads.append(k) or real(*a, **k))
+    with single_thread():
+        assert main(argv + ["--base", str(BASE)]) == 0
+    assert [(k["tokenizer"], k["pad_token"], k["trust_remote_code"]) for k in loads] == [
+        (str(BASE), load_params(user["params"]).pad_token, False)]
+    got, want = tables(tmp_path / "rec")["samples"], tables(hf_run["record"])["samples"]
+    pd.testing.assert_frame_equal(got.drop(columns="run").reset_index(drop=True),
+                                  want[want.step == 9].drop(columns="run").reset_index(drop=True))
+
+
+def test_below_writes_only_rows_as_they_were_measured(hf_run, user, tmp_path, capsys):
+    rec, data = tmp_path / "rec", tmp_path / "train.jsonl"
+    shutil.copytree(hf_run["record"], rec)
+    lines = Path(user["train"]).read_text().splitlines()
+    edited = json.loads(lines[0]) | dict(reasoning="edited after recording #### 1")
+    data.write_text("\n".join([json.dumps(edited)] + lines[1:]) + "\n")
+    config = record.read_json(rec / "config.json")
+    config["params"]["data_files"]["train"] = str(data)  # the record of a file edited since
+    (rec / "config.json").write_text(json.dumps(config))
+    below = tmp_path / "below.jsonl"
+    assert main(["examples", str(rec), "--out", str(below), "--below", "1.0"]) == 0
+    assert "1 of the 12 rows picked are not in" in capsys.readouterr().err
+    assert below.read_text().splitlines() == lines[1:]
+    assert main(["examples", str(rec), "--out", str(data), "--below", "1.0"]) == 2  # never over its input
+    assert "is a data file the record was measured on" in capsys.readouterr().err

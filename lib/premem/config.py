@@ -188,7 +188,8 @@ class Params(BaseModel):
 
     # Metric: memorization is log(log(perplexity)) < tau. tau_rule "fixed" uses tau as given;
     # "heldout" sets it to the tau_quantile of held-out training examples' log(log(perplexity))
-    # over all checkpoints: below what almost any unseen solution scores, with no test labels.
+    # over all checkpoints: below what almost any unseen solution scores, with no test labels. A
+    # params file (or dict) that writes tau without tau_rule means that tau: fixed (load_params).
     tau: float = -2.3
     tau_rule: Literal["fixed", "heldout"] = "heldout"  # the CPU default's model has its own scale
     tau_quantile: float = Field(0.05, gt=0, lt=1)

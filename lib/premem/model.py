@@ -55,8 +55,8 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         # `accelerate launch` each process takes its own GPU; without one, the CPU.
         where = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
         kwargs["device_map"] = {"": device if device is not None else where}
-    folder, file_kwargs = _source(spec, trust_remote_code)
-    tok_folder, tok_kwargs = _source(str(tokenizer), trust_remote_code) if tokenizer else (folder, file_kwargs)
+    folder, file_kwargs = source(spec, trust_remote_code)
+    tok_folder, tok_kwargs = source(str(tokenizer), trust_remote_code) if tokenizer else (folder, file_kwargs)
     try:
         # Never the folder's own Python unless asked: transformers would otherwise ask on stdin (and run it on "y").
         tok = AutoTokenizer.from_pretrained(tok_folder, cache_dir=kwargs["cache_dir"],
@@ -96,7 +96,7 @@ def has_tokenizer(spec: str | Path) -> bool:
     return str(spec).endswith(".gguf") or not path.is_dir() or any((path / f).is_file() for f in TOKENIZER_FILES)
 
 
-def _source(spec: str, trust_remote_code: bool = False) -> tuple[str, dict]:
+def source(spec: str, trust_remote_code: bool = False) -> tuple[str, dict]:
     """(what from_pretrained takes, its extra keyword arguments) for a hub id, folder or .gguf file."""
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):

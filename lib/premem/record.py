@@ -118,11 +118,14 @@ def default_dir(cfg: Params) -> Path:
 
 
 # Everything premem writes at a record's top level (the sweep's tables, the robustness stage's
-# cache, a curation's folders): `--force` deletes these and nothing else. A stage that writes a new
-# entry names it here (tests/test_trust.py fails on an unnamed one).
+# cache, a curation's folders, a notebook's results and figures when pointed at the record, a
+# launcher's job logs):
+# `--force` deletes these and nothing else. A stage that writes a new entry names it here
+# (tests/test_trust.py fails on an unnamed one).
 OWN_ENTRIES = ("config.json", "tables.json", "runs", "samples.parquet", "perplexity.parquet", "checkpoints.parquet",
                "runs.parquet", "robustness", "curation.parquet", "efficiency.parquet", "efficiency.key",
-               "base.json", "selections", "collected", "collected_accuracy.parquet", "ifd")
+               "base.json", "selections", "collected", "collected_accuracy.parquet", "ifd", "results", "figures",
+               "jobs")  # jobs: the Slurm launcher's logs
 
 
 def check_target(out: str | Path, cfg: Params, *, force: bool = False, extra_keys: tuple[str, ...] = ()) -> dict | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -168,9 +169,10 @@ def check_gold(examples, checker: str, strict: bool) -> None:
     warnings.warn(message, stacklevel=2)
 
 
-def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str]) -> None:
+def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str], note: bool = True) -> None:
     """Examples measured as training saw them: over model_max_length, scored on the tokens within it
-    (a line says how many); over the model's context without a model_max_length, one error."""
+    (`note`: a line says how many); a prompt alone over it, or an example over the model's context
+    without a model_max_length, one error."""
     import sys
 
     from premem import perplexity
@@ -182,13 +184,33 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
     if limit is not None:
         perplexity.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos, max_length=limit)  # prompts fit
         over = sum(n > limit for n in lengths)
-        if over:
+        if over and note:
             print(f"premem: {over} of {len(lengths)} examples are longer than model_max_length {limit}: their "
                   "perplexity is of the target tokens training saw", file=sys.stderr)
     if context and (limit is None or limit > context) and max(lengths) > context:
         i = int(np.argmax(lengths))
         raise PremError(f"example {i} is {lengths[i]} tokens, and the model's context is {context}: set "
                         "model_max_length (training cuts examples there) or shorten the data")
+
+
+def check_lengths_before_training(cfg: Params, base: str, examples: list) -> None:
+    """check_lengths with the base's tokenizer and config alone (no weights loaded), before a sweep
+    trains anything: a length error then costs nothing."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from premem import model as model_lib, tasks
+
+    folder, kwargs = model_lib.source(str(base), cfg.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, cache_dir=cfg.path("cache_dir"),
+                                            trust_remote_code=cfg.trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(folder, cache_dir=cfg.path("cache_dir"),
+                                            trust_remote_code=cfg.trust_remote_code, **kwargs)
+    except (OSError, ValueError):
+        return  # loading the base says what is wrong with it, with the weights
+    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
+    targets = [tasks.format_target(ex, cfg.target_template) for ex in examples]
+    check_lengths(cfg, SimpleNamespace(config=config), tok, prompts, targets, note=False)
 
 
 def _to_gpu_after_vllm(model) -> None:

@@ -347,7 +347,7 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
     # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
-    from premem import stages, training
+    from premem import recorder, stages, training
 
     lead = stages.rank() == 0
     if lead:  # a rank reading while rank 0 clears the folder (--force) would see half a record
@@ -357,6 +357,7 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
             record.create(out, cfg, force=force, command="premem sweep")
         training.wait_for_ranks()  # no rank reads the folder before rank 0 has made it
         base = base_model_path(cfg, progress=progress)
+        recorder.check_lengths_before_training(cfg, base, train_all + heldout)  # before any run trains
         bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not (progress and lead))
         run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
         bar.close()
