@@ -60,6 +60,13 @@ def test_bad_params_before_any_work(tmp_path, capsys, text, words):
     assert not out.exists()  # nothing written
 
 
+def test_curate_checks_its_params_before_any_work(tmp_path, capsys):
+    params = write_params(tmp_path, f"curation_strategies: [premem, nope]\nout_dir: {tmp_path / 'runs'}\n")
+    err = run_cli(["curate", "--params", params], capsys)
+    assert "nope" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_reproduce_checks_its_params_before_any_notebook(tmp_path, capsys):
     err = run_cli(["reproduce", "--params", tmp_path / "missing.yaml"], capsys)
     assert "params file not found" in err and "missing.yaml" in err

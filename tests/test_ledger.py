@@ -114,7 +114,10 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     missing, _ = ledger.build(None, cfg)
     assert missing.live.iloc[:4].str.startswith("(no record at").all() and (missing["verdict (live)"] == "").all()
     assert "premem sweep" in missing.live.iloc[0] and missing.live.iloc[4].startswith("(no finished curation at")
-    assert "premem curate" in missing.live.iloc[4]
+    assert "premem curate --params" in missing.live.iloc[4]  # a command that exists:
+    from premem.cli import build_parser
+
+    assert build_parser().parse_args(["curate", "--params", "p.yaml"]).func.__name__ == "cmd_curate"
     with pytest.raises(claims.Missing, match="premem sweep"):
         claims.open_sweep(cfg, compute=False)
     assert cfg.hash() == shared.hash()  # the same record: copied in, as `premem sweep` would have made it
@@ -214,6 +217,10 @@ def test_stored_notebooks_hold_the_default_run_and_the_switch_has_references():
                 o.get("text", "") for c in code for o in c.outputs) or book.name[:2] == "07", book.name
         refs = json.loads((ROOT / notebooks.REFERENCES / "smoke" / f"{book.stem}.json").read_text())
         assert set(refs) == set(notebooks.checked_outputs(nb)), book.name
+        texts = "".join(str(o.get("text", "")) + "".join(str(v) for k, v in o.get("data", {}).items()
+                                                         if k.startswith("text/")) for c in code for o in c.outputs)
+        machine = re.findall(r"(?:/work|/home|/root|/tmp|/Users|/private)/[^\s'\"]*", texts)
+        assert not machine, f"{book.name} prints paths of the machine that stored it: {machine[:2]}"
 
 
 def test_the_switch_swaps_in_the_references(monkeypatch, tmp_path):

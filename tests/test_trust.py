@@ -287,6 +287,15 @@ def test_remote_code_runs_only_when_the_params_say_so(tmp_path):
     assert load_params(dict(trust_remote_code=True)).hash() == load_params().hash()  # the same model
 
 
+def test_one_checkpoint_folder_a_step(tmp_path):
+    for name in ("checkpoint-5", "checkpoint-05", "checkpoint-9"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(PremError, match="checkpoint-05 and checkpoint-5 are both step 5: one folder a step"):
+        recorder.saved_checkpoints(tmp_path)
+    (tmp_path / "checkpoint-05").rmdir()
+    assert [s for s, _ in recorder.checkpoint_folders(tmp_path)] == [5, 9]
+
+
 def test_a_base_of_another_model_is_refused_before_any_work(tmp_path):
     base, ckpt = tmp_path / "base", tmp_path / "run" / "checkpoint-3"
     for folder, vocab in ((base, 536), (ckpt, 537)):

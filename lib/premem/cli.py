@@ -222,6 +222,14 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_curate(args) -> int:
+    from premem import curation
+    from premem.config import load_params
+
+    print(curation.curate(load_params(args.params), force=args.force, progress=not args.quiet))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from premem.config import load_params
     from premem.sweep import sweep
@@ -308,9 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="finetune over the params grid and record every checkpoint")
     p.add_argument("--params", required=True, help="params YAML file, e.g. params/tiny.yaml")
     p.add_argument("--out", help="record folder (default <out_dir>/<name>-<config hash>)")
-    p.add_argument("--force", action="store_true", help="discard an existing record folder and redo everything")
+    p.add_argument("--force", action="store_true",
+                   help="start an existing record of another config afresh (deletes only what premem wrote there)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("curate", help="run claim 4's curation rounds of a params file (cached, resumable)")
+    p.add_argument("--params", required=True, help="params YAML file, e.g. params/tiny.yaml")
+    p.add_argument("--force", action="store_true",
+                   help="start an existing curation of another config afresh (deletes only what premem wrote there)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_curate)
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")

@@ -131,9 +131,18 @@ def open_record(namespace: dict):
         s = claims.open_sweep(cfg, record_dir)
     else:
         s = claims.open_sweep(notebook_params(namespace))
-    print(f"{s.cfg.name}: {len(s.runs)} runs from {s.record_dir}")
+    print(f"{s.cfg.name}: {len(s.runs)} runs from {shown(s.record_dir)}")
     print(s.threshold)
     return s
+
+
+def shown(path: str | Path) -> str:
+    """A path as a notebook or table prints it: relative to the project root (stored outputs carry
+    no machine's folders), a user's own path elsewhere as given."""
+    from premem.config import project_root
+
+    path, root = Path(path), project_root()
+    return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
 
 
 # Notebooks whose data come from a params file of their own, whatever `--params` says.
@@ -219,16 +228,13 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
     out_dir = root / "runs" / "reproduce"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def named(f: Path) -> str:
-        return str(f.relative_to(root) if f.is_relative_to(root) else f)  # a user's own file as given
-
     rows, numbers = [], {b.name[:2] for b in books}
     for stage, users in STAGES.items():
         if numbers & set(users):
             print(f"reproduce: {stage} {live.name} (cached parts are not redone)", file=sys.stderr, flush=True)
             start = time.time()
             _stage(stage, live, progress)
-            rows.append(dict(stage=stage, params=named(live_file), config_hash=live.hash(),
+            rows.append(dict(stage=stage, params=shown(live_file), config_hash=live.hash(),
                              seconds=round(time.time() - start, 1), executed=""))
     for book in books:
         params_file, cfg = files[book], configs[book]
@@ -242,7 +248,7 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
             papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
                                        cwd=str(book.parent), progress_bar=False, kernel_name="python3",
                                        kernel_manager_class=_kernel_manager())
-        rows.append(dict(stage=book.name, params=named(params_file), config_hash=cfg.hash(),
+        rows.append(dict(stage=book.name, params=shown(params_file), config_hash=cfg.hash(),
                          seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
         if store and live_file.resolve() == (root / DEFAULT_PARAMS).resolve():
             store_executed(out_dir / book.name, book)

@@ -229,8 +229,9 @@ def _to_gpu_after_vllm(model) -> None:
 
 def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every checkpoint-<step> folder a trainer saved in `folder`, by step."""
-    return sorted((int(d.name.split("-")[1]), d) for d in Path(folder).glob("checkpoint-*")
-                  if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name))
+    from premem import released
+
+    return [(int(d.name.split("-")[1]), d) for d in released.checkpoint_dirs(folder)] if Path(folder).is_dir() else []
 
 
 def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:

@@ -68,8 +68,15 @@ def tau_for(dataset: str, taus: dict | None = None) -> tuple[float, str]:
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    dirs = [d for d in run_dir.iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+    """The checkpoint-<step> folders of a run, by step: one folder a step (checkpoint-5 beside
+    checkpoint-05 is one error, not two measurements of step 5)."""
+    dirs = [d for d in Path(run_dir).iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)]
+    dirs = sorted(dirs, key=lambda d: (int(d.name.split("-")[1]), d.name))
+    for a, b in zip(dirs, dirs[1:]):
+        if int(a.name.split("-")[1]) == int(b.name.split("-")[1]):
+            raise PremError(f"{run_dir}: {a.name} and {b.name} are both step {int(a.name.split('-')[1])}: one folder "
+                            "a step (remove or rename one)")
+    return dirs
 
 
 def answer_file(ckpt: Path, split: str) -> Path:
