@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def user_files(cfg, folder: Path) -> dict:
     """params/tiny.yaml's train, test and held-out examples as a user's JSON Lines."""
-    from premem import sweep
+    from premem import data as data_lib
 
-    train, test, heldout = sweep.load_examples(cfg, heldout=True)
+    train, test, heldout = data_lib.load_examples(cfg, heldout=True)
     files = {}
     for split, examples in (("train", train), ("test", test), ("heldout", heldout)):
         files[split] = folder / f"{split}.jsonl"
@@ -40,18 +40,18 @@ def user_files(cfg, folder: Path) -> dict:
 def train_once(cfg, base: str, files: dict, out: Path, *, lr: float, epochs: int, callback: dict | None) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from premem import PreMemCallback, model as model_lib, tasks, training
+    from premem import PreMemCallback, encoding, model as model_lib, tasks
 
     lm, tok = model_lib.load_base(base)
     train = tasks.read_jsonl(files["train"], "train", id="id")
-    features = training.build_features(tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
+    features = encoding.build_features(tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
                                        [tasks.format_target(ex, cfg.target_template) for ex in train])
     args = TrainingArguments(output_dir=str(out / "train"), num_train_epochs=epochs, learning_rate=lr,
                              per_device_train_batch_size=cfg.batch_size, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio
                              save_strategy="epoch", save_only_model=True, logging_strategy="epoch", report_to="none",
                              seed=0, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=lm, args=args, train_dataset=training._ListDataset(features),
-                      data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok)
+    trainer = Trainer(model=lm, args=args, train_dataset=encoding.ListDataset(features),
+                      data_collator=encoding.CompletionCollator(tok.pad_token_id), processing_class=tok)
     logged = []
 
     class Keep(TrainerCallback):

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from premem import llama_decode, record, recorder, sweep, training
+from premem import llama_decode, record, recorder, training
+from premem import data as data_lib
 from premem.config import load_params, project_root
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     folder = record.default_dir(cfg)
     ckpt = record.final_checkpoint(folder, args.run)
     lm, tok = training.load_checkpoint(ckpt)
-    _, test = sweep.load_examples(cfg)
+    _, test = data_lib.load_examples(cfg)
     prompts = [cfg.prompt_template.format(question=ex.question) for ex in test[:args.prompts]]
     lean_supported = llama_decode.supports
     results, times = {}, {}

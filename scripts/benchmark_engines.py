@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from premem import model as model_lib, perplexity, recorder, tasks, vllm_backend
+from premem import encoding, model as model_lib, perplexity, recorder, tasks, vllm_backend
 from premem.config import load_params, project_root
 
 SIZES = {"embedded": dict(n_train=64, n_test=32, n_heldout=16, k=4), "smollm2-135m": dict(n_train=16, n_test=8,
@@ -78,7 +78,7 @@ def measure(backend: str, folder: str, name: str, threads: int) -> dict:
         perplexity.target_nll(lm, tok, work["scored"], work["targets"], batch_size=cfg.perplexity_batch_size,
                               progress=False)
     out["perplexity_s"] = time.perf_counter() - start
-    out["perplexity_tokens"] = sum(len(ids) for ids, _ in perplexity.encode_pairs(tok, work["scored"], work["targets"]))
+    out["perplexity_tokens"] = sum(len(ids) for ids, _ in encoding.encode_pairs(tok, work["scored"], work["targets"]))
     vllm_backend.release()
     return out
 

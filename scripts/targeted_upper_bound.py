@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from premem import config, curation, grading, model, recorder, sweep, tasks
+from premem import data as data_lib
 
 
 def held_back(ex, seen: int) -> list[str]:
@@ -43,7 +44,7 @@ def main():
     seen = (cfg.embedded_pretrain_task_options or {}).get("step_phrasings")
     if cfg.task != "arith" or seen is None:
         raise SystemExit(f"{args.params}: needs task arith and embedded_pretrain_task_options.step_phrasings")
-    originals, test = sweep.load_examples(cfg)
+    originals, test = data_lib.load_examples(cfg)
     # Fresh problems from the training split (another seed), none of them an original.
     taken = {ex.id for ex in originals}
     fresh = tasks.load_task("arith", "train", 20 * args.n_new, seed=cfg.data_seed + 7 + 1000 * args.seed,

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import curation, perplexity, record, sampling, tasks, training
+from premem import curation, encoding, perplexity, record, sampling, tasks, training
 from premem.config import CURATION_KEYS, load_params
 from premem.errors import PremError
 
@@ -153,7 +153,7 @@ def test_ifd_is_the_ratio_of_mean_token_nlls(bos):
     targets = [tasks.format_target(ex) for ex in examples]
     uncond = {True: "", False: "<s>", None: "\n"}[bos]
     assert curation.unconditional_prompt(tok) == uncond
-    assert perplexity.encode_pairs(tok, [uncond], targets[:1])[0][1] == 1  # one token: BOS or newline
+    assert encoding.encode_pairs(tok, [uncond], targets[:1])[0][1] == 1  # one token: BOS or newline
     with single_thread():
         got = curation.ifd_scores(lm, tok, examples, batch_size=2)
         cond, n = perplexity.target_nll(lm, tok, [tasks.format_prompt(ex) for ex in examples], targets, progress=False)

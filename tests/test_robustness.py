@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import grading, metrics, record, robustness, sampling, sweep, tasks
+from premem import grading, metrics, record, robustness, sampling, tasks
+from premem import data as data_lib
 from premem.errors import PremError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def fake_sampler(gold_of: dict, calls: list):
 def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monkeypatch):
     cfg, out = smoke_record
     run = robustness.default_run(out)
-    examples, _ = sweep.run_examples(out, run)
+    examples, _ = data_lib.run_examples(out, run)
     prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "first") for ex in examples]
     calls, graded = [], []
     monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
@@ -100,7 +101,7 @@ def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monk
 def test_problem_perturbation_is_graded_against_the_new_answer(smoke_record, monkeypatch):
     cfg, out = smoke_record
     run = robustness.default_run(out)
-    examples, _ = sweep.run_examples(out, run)
+    examples, _ = data_lib.run_examples(out, run)
     new = [tasks.perturb_problem(ex, 5) for ex in examples]
     gold_of = {tasks.format_prompt(ex, cfg.prompt_template): ex.answer for ex in new}
     monkeypatch.setattr(sampling, "sample", fake_sampler(gold_of, []))
@@ -112,7 +113,7 @@ def test_cache_is_reused(smoke_record, monkeypatch):
     cfg, out = smoke_record
     calls = []
     run = robustness.default_run(out)
-    examples, _ = sweep.run_examples(out, run)
+    examples, _ = data_lib.run_examples(out, run)
     prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "we_know_that") for ex in examples]
     monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
     first = robustness.robustness_table(out, None, perturbation="we_know_that", k=2, seed=202, progress=False)

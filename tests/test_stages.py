@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from premem import record, stages, sweep
+from premem import launcher, record, stages, sweep
+from premem import data as data_lib
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -74,7 +75,7 @@ def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, m
     (run / "done.json").unlink()
     here = small(cache, stages="separate")
     (spec,) = sweep.grid(here)
-    train, test, held = sweep.load_examples(here, heldout=True)
+    train, test, held = data_lib.load_examples(here, heldout=True)
     result = {}
     monkeypatch.setattr(stages, "POLL_S", 0.5)
     recorder = threading.Thread(target=lambda: result.update(steps=stages.record_run(
@@ -98,7 +99,7 @@ def test_torchrun_ranks_train_as_one_and_rank_0_records(together, tmp_path):
     cache, reference = together
     params = yaml.safe_load(SMOKE.read_text()) | SMALL | dict(cache_dir=str(cache), stages="separate")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if k not in stages.RENDEZVOUS}
+    env = {k: v for k, v in os.environ.items() if k not in launcher.RENDEZVOUS}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "premem", "sweep", "--params", str(tmp_path / "p.yaml"), "--out",
                            str(tmp_path / "ranks"), "--quiet"], env=env, capture_output=True, text=True, timeout=400)
@@ -125,7 +126,7 @@ def test_a_fresh_process_is_no_rank_of_its_parent(monkeypatch, tmp_path):
     for name, value in dict(RANK="0", WORLD_SIZE="2", MASTER_PORT="29500", TORCHELASTIC_RUN_ID="x",
                             ACCELERATE_USE_FSDP="true").items():
         monkeypatch.setenv(name, value)
-    stages.in_fresh_process(_assert_alone, ())
+    launcher.in_fresh_process(_assert_alone, ())
     # A rank waiting on a run that rank 0 failed to record stops, saying why.
     stages.mark_failed(tmp_path, ValueError("no"))
     with pytest.raises(PremError, match="rank 0 failed to record it: ValueError: no"):
@@ -133,15 +134,15 @@ def test_a_fresh_process_is_no_rank_of_its_parent(monkeypatch, tmp_path):
 
 
 def _assert_alone():
-    assert not [k for k in os.environ if k in stages.RENDEZVOUS or k.startswith(stages.RENDEZVOUS_PREFIXES)]
+    assert not [k for k in os.environ if k in launcher.RENDEZVOUS or k.startswith(launcher.RENDEZVOUS_PREFIXES)]
 
 
 def test_a_fresh_process_ends_with_its_parent(tmp_path):
     """A recording process whose parent is killed (kill -9, a preempted job) does not linger with
     its memory: a pool's worker would otherwise wait for work forever."""
     told = tmp_path / "pid"
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_stages; from premem import stages; "
-            f"stages.in_fresh_process(test_stages._tell_and_sleep, ({str(told)!r},))")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_stages; from premem import launcher; "
+            f"launcher.in_fresh_process(test_stages._tell_and_sleep, ({str(told)!r},))")
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     while not told.exists() and time.time() < deadline:

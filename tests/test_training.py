@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from premem import model as pm
+from premem import checkpoints, encoding, model as pm
 from premem import training as tr
 from premem.errors import PremError
 
@@ -20,7 +20,7 @@ def tiny():
 
 
 def mean_loss(model, tok):
-    batch = tr.CompletionCollator(tok.pad_token_id)(tr.build_features(tok, PROMPTS, TARGETS))
+    batch = encoding.CompletionCollator(tok.pad_token_id)(encoding.build_features(tok, PROMPTS, TARGETS))
     with torch.no_grad():
         return model(**batch).loss.item()
 
@@ -29,15 +29,15 @@ def test_label_mask_by_hand():
     tok = pm.char_tokenizer()
     assert tok.bos_token_id is not None
     prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
-    ids, n_prompt = tr.encode_example(tok, prompt, target)
+    ids, n_prompt = encoding.encode_example(tok, prompt, target)
     assert n_prompt == 1 + len(prompt)  # BOS + one token per character, measured not assumed
     assert ids == tok(prompt + target)["input_ids"] + [tok.eos_token_id]
-    (feat,) = tr.build_features(tok, [prompt], [target])
+    (feat,) = encoding.build_features(tok, [prompt], [target])
     assert feat["labels"][:n_prompt] == [-100] * n_prompt
     assert feat["labels"][n_prompt:] == ids[n_prompt:]
     assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == target
     assert feat["labels"][-1] == tok.eos_token_id
-    batch = tr.CompletionCollator(tok.pad_token_id)([feat, {"input_ids": [5, 6], "labels": [-100, 6]}])
+    batch = encoding.CompletionCollator(tok.pad_token_id)([feat, {"input_ids": [5, 6], "labels": [-100, 6]}])
     assert batch["labels"][1].tolist() == [-100, 6] + [-100] * (len(ids) - 2)
     assert batch["attention_mask"][1].sum() == 2 and batch["input_ids"][1, 2] == tok.pad_token_id
 
@@ -80,7 +80,7 @@ def test_resume_does_not_redo_finished_epochs(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path / "run", epochs=3,
                     on_checkpoint=crash_at_2, **FAST)
-    assert [c["epoch"] for c in tr.finished_checkpoints(tmp_path / "run")] == [1]
+    assert [c["epoch"] for c in checkpoints.finished_checkpoints(tmp_path / "run")] == [1]
     first = tmp_path / "run" / "checkpoint-3" / "model.safetensors"
     stamp = first.stat().st_mtime_ns
     seen = []
@@ -175,13 +175,13 @@ def test_the_authors_target_format_and_truncation():
     examples, labels with them, where the model's own context is an error."""
     tok = pm.char_tokenizer()
     prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
-    (with_eos,) = tr.build_features(tok, [prompt], [target])
-    (without,) = tr.build_features(tok, [prompt], [target], add_eos=False)
+    (with_eos,) = encoding.build_features(tok, [prompt], [target])
+    (without,) = encoding.build_features(tok, [prompt], [target], add_eos=False)
     assert without["input_ids"] == with_eos["input_ids"][:-1] and without["labels"][-1] == tok.convert_tokens_to_ids(".")
-    (cut,) = tr.build_features(tok, [prompt], [target], max_length=20, truncate=True)
+    (cut,) = encoding.build_features(tok, [prompt], [target], max_length=20, truncate=True)
     assert len(cut["input_ids"]) == len(cut["labels"]) == 20 and cut["labels"] == with_eos["labels"][:20]
     with pytest.raises(PremError, match="more than the model's 20"):
-        tr.build_features(tok, [prompt], [target], max_length=20)
+        encoding.build_features(tok, [prompt], [target], max_length=20)
 
 
 def test_gradient_accumulation_makes_the_batch(tmp_path, monkeypatch):
@@ -211,7 +211,7 @@ def test_weight_files_find_every_way_a_checkpoint_is_saved(tmp_path):
              "pytorch_model_fsdp.bin", "adapter_model.safetensors", "config.json", "optimizer.pt", "tokenizer.json"]
     for n in names:
         (tmp_path / n).write_text("x")
-    assert [f.name for f in tr.weight_files(tmp_path)] == sorted(names[:5])
+    assert [f.name for f in checkpoints.weight_files(tmp_path)] == sorted(names[:5])
 
 
 def test_an_added_pad_token_resizes_the_embeddings_to_their_mean():

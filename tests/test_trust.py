@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from premem import io, model as model_lib, perplexity, record, recorder, released, tasks, training
+from premem import checkpoints, encoding, io, model as model_lib, perplexity, record, recorder, released, tasks, training
+from premem import data as data_lib
 from premem.config import load_params
 from premem.errors import PremError
 from test_bad_input import run_cli, snapshot
@@ -58,7 +59,7 @@ def test_out_an_existing_file_or_a_name_too_long_is_one_line(tmp_path, capsys):
 
 def test_outputs_never_land_on_an_input_or_inside_a_record(tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [example(0)])
-    cfg = recorder.with_own_data(load_params(OWN), data)
+    cfg = data_lib.with_own_data(load_params(OWN), data)
     rec = record.create(tmp_path / "rec", cfg)
     with pytest.raises(PremError, match="is a data file the record was measured on"):
         recorder.check_output(data, cfg, rec)
@@ -115,7 +116,7 @@ def test_a_dead_holders_lock_is_taken_over_and_its_temporaries_removed(tmp_path,
 
 def test_a_data_file_changed_since_it_was_recorded_is_refused(tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [example(i) for i in range(3)])
-    cfg = recorder.with_own_data(load_params(OWN), data)
+    cfg = data_lib.with_own_data(load_params(OWN), data)
     rec = record.create(tmp_path / "rec", cfg)
     assert set(record.read_json(rec / "config.json")["data"]) == {"train"}
     record.create(rec, cfg)  # unchanged: resumes
@@ -145,14 +146,14 @@ def test_a_resumed_run_with_other_rows_under_its_ids_is_refused(tmp_path):
 def test_splits_are_kept_apart(tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [example(0)])
     with pytest.raises(PremError, match="--test .* is the training data"):
-        recorder.with_own_data(load_params(OWN), data, test=str(data))
+        data_lib.with_own_data(load_params(OWN), data, test=str(data))
     with pytest.raises(PremError, match="--heldout .* is the training data"):
-        recorder.with_own_data(load_params(OWN), data, heldout=str(data))
+        data_lib.with_own_data(load_params(OWN), data, heldout=str(data))
     other = tasks.Example(id="t7", question=" What is 1 + 1?", solution="#### 2", answer="2")
     with pytest.raises(PremError, match="1 held-out examples are training questions too \\(first: held-out t7 is "
                                         "training q1\\)"):
-        recorder.check_splits([example(0), example(1)], [example(5)], [other])
-    recorder.check_splits([example(0)], [example(5)], [example(6)])
+        data_lib.check_splits([example(0), example(1)], [example(5)], [other])
+    data_lib.check_splits([example(0)], [example(5)], [example(6)])
 
 
 def test_gold_solutions_the_checker_cannot_grade(tmp_path):
@@ -178,7 +179,7 @@ def base():
 def test_perplexity_scores_only_what_model_max_length_lets_training_see(base):
     lm, tok = base
     prompts, targets = ["What is 12 + 30?\nAnswer:"] * 2, [" 12 + 30 = 42 #### 42\nDone.", " 42"]
-    full = perplexity.encode_pairs(tok, prompts, targets)
+    full = encoding.encode_pairs(tok, prompts, targets)
     n_prompt = full[0][1]
     cut = n_prompt + 4  # within the first target, past the second
     assert len(full[0][0]) > cut >= len(full[1][0])
@@ -190,16 +191,16 @@ def test_perplexity_scores_only_what_model_max_length_lets_training_see(base):
     # The first four tokens alone, scored as a target of their own, give the same sum.
     four = tok.decode(full[0][0][n_prompt:cut])
     alone, _ = perplexity.target_nll(lm, tok, prompts[:1], [four], add_eos=False, progress=False)
-    assert perplexity.encode_pairs(tok, prompts[:1], [four], add_eos=False)[0][0] == full[0][0][:cut]
+    assert encoding.encode_pairs(tok, prompts[:1], [four], add_eos=False)[0][0] == full[0][0][:cut]
     np.testing.assert_allclose(nll_cut[0], alone[0], rtol=1e-5)
     with pytest.raises(PremError, match="example 0: its prompt alone is .* tokens, and model_max_length 4"):
-        perplexity.encode_pairs(tok, prompts, targets, max_length=4)
+        encoding.encode_pairs(tok, prompts, targets, max_length=4)
 
 
 def test_lengths_checked_against_the_models_context(base, capsys):
     _, tok = base
     prompts, targets = ["What is 12 + 30?\nAnswer:"], [" 12 + 30 = 42 #### 42\nDone."]
-    n = len(perplexity.encode_pairs(tok, prompts, targets)[0][0])
+    n = len(encoding.encode_pairs(tok, prompts, targets)[0][0])
     short = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=n - 1))
     with pytest.raises(PremError, match=f"example 0 is {n} tokens, and the model's context is {n - 1}: set "
                                         "model_max_length"):
@@ -229,12 +230,12 @@ def test_a_boolean_subsample_mask_is_the_rows_it_marks(tmp_path):
 @pytest.mark.parametrize("value", ["three", True, -1, None])
 def test_trainer_state_numbers_are_checked(tmp_path, value):
     (tmp_path / "trainer_state.json").write_text(json.dumps(dict(epoch=value, num_train_epochs=3)))
-    assert recorder.state_number(tmp_path, "num_train_epochs") == 3.0
+    assert checkpoints.state_number(tmp_path, "num_train_epochs") == 3.0
     if value is None:
-        assert recorder.state_number(tmp_path, "epoch") is None
+        assert checkpoints.state_number(tmp_path, "epoch") is None
     else:
         with pytest.raises(PremError, match="trainer_state.json: 'epoch' must be a non-negative number"):
-            recorder.state_number(tmp_path, "epoch")
+            checkpoints.state_number(tmp_path, "epoch")
 
 
 def test_a_tau_written_out_is_the_tau_used(tmp_path):
@@ -291,9 +292,9 @@ def test_one_checkpoint_folder_a_step(tmp_path):
     for name in ("checkpoint-5", "checkpoint-05", "checkpoint-9"):
         (tmp_path / name).mkdir()
     with pytest.raises(PremError, match="checkpoint-05 and checkpoint-5 are both step 5: one folder a step"):
-        recorder.saved_checkpoints(tmp_path)
+        checkpoints.saved_checkpoints(tmp_path)
     (tmp_path / "checkpoint-05").rmdir()
-    assert [s for s, _ in recorder.checkpoint_folders(tmp_path)] == [5, 9]
+    assert [s for s, _ in checkpoints.checkpoint_folders(tmp_path)] == [5, 9]
 
 
 def test_a_base_of_another_model_is_refused_before_any_work(tmp_path):

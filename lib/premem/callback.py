@@ -26,6 +26,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from premem import record
+from premem import data as data_lib
 from premem.config import Params, load_params
 from premem.errors import PremError
 
@@ -51,7 +52,7 @@ class PreMemCallback(TrainerCallback):
         cfg = params if isinstance(params, Params) else load_params(params)
         if tau is not None:
             cfg = load_params({**cfg.model_dump(), "tau": tau, "tau_rule": "fixed"})
-        self.cfg = recorder.with_own_data(cfg, data, test, heldout)
+        self.cfg = data_lib.with_own_data(cfg, data, test, heldout)
         if every_epochs is not None and every_epochs < 1:
             raise PremError(f"every_epochs must be >= 1 or None, got {every_epochs}")
         strategy = trainer.args.save_strategy
@@ -64,9 +65,9 @@ class PreMemCallback(TrainerCallback):
         if cfg.backend == "vllm" and trainer.args.world_size > 1:  # vLLM's teardown ends the Trainer's group
             raise PremError("backend vllm: an engine inside a Trainer of several processes would take down their "
                             "process group; record the saved checkpoints with `premem record` instead")
-        train, test, heldout = (recorder.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
+        train, test, heldout = (data_lib.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
                                 else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
-        recorder.check_splits(train, test, heldout)
+        data_lib.check_splits(train, test, heldout)
         self.train_examples = train
         self.recorder = recorder.Recorder(self.cfg, recorder.subsample(train, fraction, self.cfg.data_seed),
                                           test, heldout, baselines=baselines)
@@ -120,7 +121,7 @@ class PreMemCallback(TrainerCallback):
         param_distance, which is then NaN) and which saved checkpoints a kill left unrecorded."""
         import sys
 
-        from premem.recorder import checkpoint_folders
+        from premem.checkpoints import checkpoint_folders
 
         lost = [s for s, _ in checkpoint_folders(args.output_dir)
                 if s <= state.global_step and not record.part_done(self.folder, s)]

@@ -162,13 +162,13 @@ def tau_arg(text: str):
 
 
 def cmd_record(args) -> int:
-    from premem import record, recorder
+    from premem import data as data_lib, record, recorder
     from premem.config import load_params
 
-    cfg = recorder.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
+    cfg = data_lib.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
     # Every input is read and checked before any model is loaded (record_saved checks the checkpoints).
-    splits = {s: recorder.load_own_examples(cfg, cfg.data_files.get(s), s) for s in ("train", "test", "heldout")}
-    recorder.check_splits(splits["train"], splits["test"], splits["heldout"])
+    splits = {s: data_lib.load_own_examples(cfg, cfg.data_files.get(s), s) for s in ("train", "test", "heldout")}
+    data_lib.check_splits(splits["train"], splits["test"], splits["heldout"])
     out = Path(args.out) if args.out else record.default_dir(cfg)
     print(recorder.record_saved(cfg, args.checkpoints_dir, out, splits["train"], splits["test"], splits["heldout"],
                                 select=args.checkpoints, base=args.base, run=args.run, fraction=args.fraction,

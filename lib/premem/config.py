@@ -322,6 +322,11 @@ NOT_SHAPING = (
 )  # (a curation's selections do read the threshold: CURATION_KEYS holds tau, tau_rule and tau_quantile)
 
 
+DEFAULT_PARAMS = "params/tiny.yaml"  # the CPU default: what `premem reproduce`, the ledger and the notebooks run
+# Notebooks whose data come from a params file of their own, whatever `--params` says.
+NOTEBOOK_PARAMS = {"01": "params/released_llama3-8b.yaml"}
+
+
 def project_root() -> Path:
     """$PREMEM_ROOT, else the nearest folder at or above the working directory with params/ and
     pyproject.toml (a premem checkout), else the working directory."""

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from premem import io, launcher, metrics, record, sweep, tasks
+from premem import data as data_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
 from premem.curation_efficiency import (data_efficiency, iid_examples_needed, paired_gaps,  # noqa: F401
@@ -160,7 +161,7 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     launcher.quiet_libraries()
     out = Path(out) if out else folder_of(cfg)
     cfg = curation_params(cfg)
-    originals, test, held = sweep.load_examples(cfg, heldout=True)  # bad input fails before the folder is made
+    originals, test, held = data_lib.load_examples(cfg, heldout=True)  # bad input fails before the folder is made
     source = source_for(cfg)
     record.check_target(out, cfg, force=force, extra_keys=CURATION_KEYS)
     with record.locked(out, "premem curate"):

@@ -8,6 +8,8 @@ import re
 import uuid
 from pathlib import Path
 
+from premem.errors import PremError
+
 # atomic_target's temporaries: .<stem>.<32 hex digits><suffix>, beside their target.
 _TEMPORARY = re.compile(r"\.(.*)\.[0-9a-f]{32}(\.[^.]*)?")
 
@@ -90,3 +92,15 @@ def save_result(cfg, notebook: str, table_name: str, df) -> Path:
     folder = cfg.path("out_dir") / "results" / notebook / cfg.name
     write_json(folder / "config.json", dict(hash=cfg.hash(), params=cfg.model_dump(mode="json")))
     return write_parquet(folder / f"{table_name}.parquet", df)
+
+
+def read_json(f: Path) -> dict:
+    try:
+        data = json.loads(Path(f).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise PremError(f"{f}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise PremError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise PremError(f"{f}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -181,3 +181,33 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+# What torchrun, accelerate and submitit set to make a process one rank of a group.
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+              "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS")
+RENDEZVOUS_PREFIXES = ("TORCHELASTIC_", "ACCELERATE_", "FSDP_")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _alone(parent: int) -> None:
+    """A spawned process's start: not a rank of its parent's launch (else joining the parent's
+    process group would wait for ranks that never come), and gone when its parent is."""
+    die_with_parent(parent)
+    for name in list(os.environ):
+        if name in RENDEZVOUS or name.startswith(RENDEZVOUS_PREFIXES):
+            del os.environ[name]
+
+
+def in_fresh_process(fn, args: tuple) -> None:
+    """fn(*args) in a new spawned process of its own (one torch thread on a CPU), waited for; its
+    error is raised here."""
+    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone, initargs=(os.getpid(),)) as pool:
+        pool.submit(Job(fn), *args).result()

@@ -110,8 +110,7 @@ def write_for(params: str | Path | None = None) -> Path:
     """The ledger of a live params file (default params/tiny.yaml) beside the released logs' claim,
     into that file's figures_dir; the README's copy only for the default, so a smoke run never
     overwrites the numbers the README shows."""
-    from premem.config import load_params, project_root
-    from premem.notebooks import DEFAULT_PARAMS, NOTEBOOK_PARAMS
+    from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, load_params, project_root
 
     root = project_root()
     live = load_params(root / (params or DEFAULT_PARAMS))

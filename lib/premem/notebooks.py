@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS
+
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
 REFERENCES = "notebooks/outputs"
@@ -144,10 +146,6 @@ def shown(path: str | Path) -> str:
     path, root = Path(path), project_root()
     return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
 
-
-# Notebooks whose data come from a params file of their own, whatever `--params` says.
-NOTEBOOK_PARAMS = {"01": "params/released_llama3-8b.yaml"}
-DEFAULT_PARAMS = "params/tiny.yaml"
 
 
 def numbered_notebooks(root: Path) -> list[Path]:

@@ -32,28 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from premem.encoding import encode_pairs  # noqa: F401 (part of this module's API, __all__)
 from premem.errors import PremError
 
 __all__ = ["encode_pairs", "target_nll", "one_at_a_time_nll", "perplexity"]
-
-
-def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
-                 add_eos: bool = True, max_length: int | None = None) -> list[tuple[list[int], int]]:
-    """Token ids of ``prompt ++ target`` and the prompt's length in tokens, per example, encoded
-    exactly as training encodes them (`premem.training.encode_example`), and cut to `max_length`
-    as training cuts them (model_max_length): the tokens training never saw are not scored."""
-    from premem.training import encode_example
-
-    if len(prompts) != len(targets):
-        raise PremError(f"prompts and targets differ in length: {len(prompts)} != {len(targets)}")
-    out = [encode_example(tokenizer, p, t, add_eos=add_eos) for p, t in zip(prompts, targets)]
-    if max_length is None:
-        return out
-    for i, (ids, n_prompt) in enumerate(out):
-        if n_prompt >= max_length:
-            raise PremError(f"example {i}: its prompt alone is {n_prompt} tokens, and model_max_length {max_length} "
-                            "cuts training examples there: training saw none of its target")
-    return [(ids[:max_length], n_prompt) for ids, n_prompt in out]
 
 
 def _device(model) -> torch.device:

@@ -31,9 +31,11 @@ import numpy as np
 import pandas as pd
 
 from premem import io
+from premem.checkpoints import finished_checkpoints
 from premem.config import Params
 from premem.dynamics import RunDynamics
 from premem.errors import PremError
+from premem.io import read_json  # noqa: F401 (record.read_json: callers read a record's files with it)
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,6 @@ def reopen_run(folder: Path) -> None:
 
 def final_checkpoint(record_dir: str | Path, run: str) -> Path:
     """The last checkpoint folder of a run premem trained (its weights are always kept)."""
-    from premem.training import finished_checkpoints
 
     train = run_dir(record_dir, run) / "train"
     ckpts = finished_checkpoints(train)
@@ -432,17 +433,6 @@ def _finished(record_dir: Path) -> bool:
 
 
 # ---- reading --------------------------------------------------------------------------------------
-
-def read_json(f: Path) -> dict:
-    try:
-        data = json.loads(Path(f).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise PremError(f"{f}: cannot be read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise PremError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); the file is damaged") from None
-    if not isinstance(data, dict):
-        raise PremError(f"{f}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 _KIND_CHECKS = {

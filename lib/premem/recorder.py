@@ -13,19 +13,18 @@ resumable per checkpoint.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
-from premem import record
+from premem import checkpoints, launcher, record
+from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
 
 GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-variance predictor
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
@@ -175,14 +174,14 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
     without a model_max_length, one error."""
     import sys
 
-    from premem import perplexity
+    from premem import encoding
 
-    lengths = [len(ids) for ids, _ in perplexity.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos,
+    lengths = [len(ids) for ids, _ in encoding.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos,
                                                               max_length=None)]
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     limit = cfg.model_max_length
     if limit is not None:
-        perplexity.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos, max_length=limit)  # prompts fit
+        encoding.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos, max_length=limit)  # prompts fit
         over = sum(n > limit for n in lengths)
         if over and note:
             print(f"premem: {over} of {len(lengths)} examples are longer than model_max_length {limit}: their "
@@ -227,117 +226,6 @@ def _to_gpu_after_vllm(model) -> None:
 
 # ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------
 
-def checkpoint_folders(folder: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every checkpoint-<step> folder a trainer saved in `folder`, by step."""
-    from premem import released
-
-    return [(int(d.name.split("-")[1]), d) for d in released.checkpoint_dirs(folder)] if Path(folder).is_dir() else []
-
-
-def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
-    """The `checkpoint-<step>` folders a trainer saved, by step, that `select` names ("all", a list
-    "100,200", or an inclusive step range "100-300"): dicts of step, epoch, path and kind (model
-    or adapter). Each is checked before anything is recorded."""
-    from premem import training
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PremError(f"checkpoints folder not found: {folder}")
-    found = checkpoint_folders(folder)
-    if not found:
-        raise PremError(f"no checkpoint-<step> folders in {folder}")
-    steps = [s for s, _ in found]
-    chosen = _select(steps, select)
-    out = []
-    for step, path in found:
-        if step not in chosen:
-            continue
-        if (path / "adapter_config.json").is_file() and any((path / f).is_file() for f in ADAPTER_FILES):
-            kind = "adapter"
-        elif (path / "config.json").is_file() and training.weight_files(path):
-            kind = "model"
-        else:
-            raise PremError(f"{path}: neither a model (config.json and weights) nor a LoRA adapter "
-                            "(adapter_config.json and adapter weights)")
-        epoch = state_number(path, "epoch")
-        epoch = np.nan if epoch is None else round(epoch, 4)
-        out.append(dict(step=step, epoch=epoch, path=path, kind=kind))
-    return out
-
-
-def state_number(checkpoint: Path, key: str) -> float | None:
-    """A number from the checkpoint's trainer_state.json (None: no file or no such key); any other
-    value is one error naming the file and key."""
-    import math
-
-    state = Path(checkpoint) / "trainer_state.json"
-    value = record.read_json(state).get(key) if state.is_file() else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PremError(f"{state}: '{key}' must be a non-negative number, got {value!r}"[:200])
-    return float(value)
-
-
-def _select(steps: list[int], select: str) -> set[int]:
-    text = str(select).strip()
-    if text == "all":
-        return set(steps)
-    try:
-        if re.fullmatch(r"\d+\s*-\s*\d+", text):
-            lo, hi = (int(x) for x in text.split("-"))
-            chosen = {s for s in steps if lo <= s <= hi}
-        else:
-            chosen = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise PremError(f"--checkpoints: {select!r} is not 'all', a list of steps (100,200) or a range (100-300)") \
-            from None
-    missing = sorted(chosen - set(steps))
-    if missing or not chosen:
-        raise PremError(f"--checkpoints {select}: no checkpoint at step {missing or '(none chosen)'}; "
-                        f"saved steps: {', '.join(map(str, steps))}")
-    return chosen
-
-
-def training_arguments(checkpoint: Path) -> dict:
-    """lr, epochs and seed of the run that saved `checkpoint`, from the Trainer's training_args.bin
-    (HF Trainer and TRL save it in every checkpoint); None (seed 0) where it is absent or cannot be
-    read safely. The file is a pickle from a user's folder: it is read with torch's weights-only
-    unpickler and an allowlist of the classes a TrainingArguments pickle names (`_trainer_classes`),
-    never a bare unpickle, which would run whatever the file says."""
-    import warnings
-
-    import torch
-
-    f = checkpoint / "training_args.bin"
-    epochs = state_number(checkpoint, "num_train_epochs")
-    if not f.is_file():
-        return dict(lr=None, epochs=epochs, seed=0)
-    try:
-        with torch.serialization.safe_globals(_trainer_classes()):
-            args = torch.load(f, weights_only=True)
-        return dict(lr=float(args.learning_rate), epochs=epochs if epochs is not None else args.num_train_epochs,
-                    seed=int(args.seed))
-    except Exception as e:  # another library version's classes, or not a TrainingArguments at all
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        warnings.warn(f"{f}: not read (only a TrainingArguments pickle of known classes is: {reason}); "
-                      "the run's lr and seed are left empty", stacklevel=2)
-        return dict(lr=None, epochs=epochs, seed=0)
-
-
-def _trainer_classes() -> list:
-    """The classes a transformers TrainingArguments pickle names (transformers 5, accelerate 1)."""
-    from accelerate.state import PartialState
-    from accelerate.utils.dataclasses import DistributedType
-    from transformers.trainer_pt_utils import AcceleratorConfig
-    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
-    from transformers.training_args import OptimizerNames, TrainingArguments
-
-    import torch
-
-    return [TrainingArguments, OptimizerNames, PartialState, DistributedType, AcceleratorConfig, HubStrategy,
-            IntervalStrategy, SaveStrategy, SchedulerType, torch.device]
-
 
 def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, train, test=(), heldout=(), *,
                  select: str = "all", base: str | None = None, run: str | None = None, fraction: float = 1.0,
@@ -346,11 +234,11 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     resumed: checkpoints already recorded are skipped), then finish its tables. `base` is the model
     training started from: adapters are put on it (default: their adapter_config's base), and full
     models get param_distance from it (default: NaN)."""
-    ckpts = saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
+    ckpts = checkpoints.saved_checkpoints(checkpoints_dir, select)  # every bad folder fails before any work
     check_base(base, ckpts, cfg.pad_token)
     run = record.check_run_name(run or Path(checkpoints_dir).resolve().name)
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
-    meta = training_arguments(ckpts[-1]["path"])
+    meta = checkpoints.training_arguments(ckpts[-1]["path"])
     record.check_target(out, cfg)
     with record.locked(out, f"premem record {checkpoints_dir}"):
         record.create(out, cfg, command=f"premem record {checkpoints_dir}")
@@ -374,9 +262,7 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
         if record.part_done(folder, c["step"]):
             continue
         if apart:
-            from premem import stages
-
-            stages.in_fresh_process(_record_one, (recorder, folder, run, meta["seed"], c, base, None))
+            launcher.in_fresh_process(_record_one, (recorder, folder, run, meta["seed"], c, base, None))
         else:
             _record_one(recorder, folder, run, meta["seed"], c, base, init_state)
     record.finish_run(folder, [c["step"] for c in ckpts])
@@ -432,47 +318,6 @@ def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, 
                     init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
 
 
-def with_own_data(cfg: Params, train=None, test=None, heldout=None) -> Params:
-    """The params of a record of a user's own data files: the jsonl task over them, at absolute
-    paths (the record's hash then does not depend on where it ran, and `premem examples --below`
-    finds the rows again). Arguments that are not paths (lists of Examples) are left out."""
-    files = {split: str(Path(f).resolve()) for split, f in (("train", train), ("test", test), ("heldout", heldout))
-             if isinstance(f, (str, Path))}
-    for f in files.values():
-        if not Path(f).is_file():
-            raise PremError(f"data file not found: {f}")
-    same = [s for s in files if s != "train" and files[s] == files.get("train")]
-    if same:
-        raise PremError(f"--{same[0]} {files[same[0]]} is the training data: {same[0]} examples are ones the run "
-                        "never trained on (a test set; held-out rows of the training distribution)")
-    return cfg.model_copy(update=dict(task="jsonl", data_files=files)) if files else cfg
-
-
-def check_splits(train, test=(), heldout=()) -> None:
-    """Test and held-out examples are not training examples: a question in both is one error (it
-    would count as unseen while it was trained on: test accuracy, tau calibration)."""
-    trained = {ex.question.strip(): ex for ex in train}
-    for name, examples in (("test", test), ("held-out", heldout)):
-        shared = [ex for ex in examples if ex.question.strip() in trained]
-        if shared:
-            ex = shared[0]
-            raise PremError(f"{len(shared)} {name} examples are training questions too (first: {name} {ex.id} is "
-                            f"training {trained[ex.question.strip()].id}): keep the splits apart")
-
-
-def load_own_examples(cfg: Params, path: str | Path | None, split: str) -> list:
-    """Every example of a user's data file (the jsonl task with cfg.task_options), or [] for None."""
-    from premem import tasks
-
-    if path is None:
-        return []
-    unknown = sorted(set(cfg.task_options) - set(tasks.JSONL_OPTIONS))
-    if unknown:
-        raise PremError(f"task_options: unknown keys {unknown} for your own data (the jsonl task); "
-                        f"known: {', '.join(tasks.JSONL_OPTIONS)}")
-    return tasks.read_jsonl(path, split, **cfg.task_options)
-
-
 def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
     """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
     checkpoint, with the 95% interval of the pre-mem estimate over the recorded examples (finite
@@ -500,7 +345,7 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
     import json
     import sys
 
-    from premem import io, sweep
+    from premem import io
 
     record_dir = Path(record_dir)
     if not record.is_record_dir(record_dir):
@@ -517,7 +362,7 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
             raise PremError(f"{record_dir}: its training rows were given in memory, not as a file: --below has "
                             "no rows to write (record with a JSON Lines file to use it)")
         path = Path(cfg.data_files["train"])
-        examples = [ex for ex in load_own_examples(cfg, path, "train") if ex.id in wanted]
+        examples = [ex for ex in data_lib.load_own_examples(cfg, path, "train") if ex.id in wanted]
         lines = path.read_text().splitlines()
         kept = [ex for ex in examples if not measured or measured.get(ex.id) == record.example_digest(ex)]
         rows = [lines[ex.meta["line"] - 1] for ex in kept]
@@ -525,7 +370,7 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
             print(f"premem: {len(wanted) - len(kept)} of the {len(wanted)} rows picked are not in {path} as they were "
                   "recorded (edited or removed since): left out", file=sys.stderr)
     else:
-        examples = {ex.id: ex for run in runs for ex in sweep.run_examples(record_dir, run, cfg)[0]}
+        examples = {ex.id: ex for run in runs for ex in data_lib.run_examples(record_dir, run, cfg)[0]}
         rows = [json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer))
                 for i, ex in examples.items() if i in wanted]
     io.write_text(out, "".join(r + "\n" for r in rows))

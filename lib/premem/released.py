@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from premem.dynamics import RunDynamics, by_dataset
+from premem.checkpoints import checkpoint_dirs, existing_checkpoint_dirs
 from premem.errors import PremError
 
 # The authors' analysis takes the first of these sample files that exists in a checkpoint.
@@ -67,18 +68,6 @@ def tau_for(dataset: str, taus: dict | None = None) -> tuple[float, str]:
                     f"(premem fit --tau {dataset}=T, or the released_taus params key)")
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """The checkpoint-<step> folders of a run, by step: one folder a step (checkpoint-5 beside
-    checkpoint-05 is one error, not two measurements of step 5)."""
-    dirs = [d for d in Path(run_dir).iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)]
-    dirs = sorted(dirs, key=lambda d: (int(d.name.split("-")[1]), d.name))
-    for a, b in zip(dirs, dirs[1:]):
-        if int(a.name.split("-")[1]) == int(b.name.split("-")[1]):
-            raise PremError(f"{run_dir}: {a.name} and {b.name} are both step {int(a.name.split('-')[1])}: one folder "
-                            "a step (remove or rename one)")
-    return dirs
-
-
 def answer_file(ckpt: Path, split: str) -> Path:
     for suffix in SAMPLE_PRIORITY:
         f = ckpt / f"{split}_answer_{suffix}.npy"
@@ -121,11 +110,7 @@ def accuracy_per_example(types: np.ndarray, f: Path) -> np.ndarray:
 def read_run(run_dir: str | os.PathLike, group: str | None = None) -> RunDynamics:
     """One run; its dataset is its name's prefix, else `group` (default: the run's own folder name)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PremError(f"run folder not found: {run_dir}")
-    ckpts = checkpoint_dirs(run_dir)
-    if not ckpts:
-        raise PremError(f"no checkpoint-<step> folders in {run_dir}")
+    ckpts = existing_checkpoint_dirs(run_dir, "run folder")
     idx_file = run_dir / "subsample_idxs.npy"
     rows = subsample_rows(load_array(idx_file), idx_file) if idx_file.exists() else None
     train_acc, ppl, test_acc = [], [], []

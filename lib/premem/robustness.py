@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import grading, io, launcher, metrics, record, recorder, sweep, tasks
+from premem import checkpoints, grading, io, launcher, metrics, record, recorder, tasks
+from premem import data as data_lib
 from premem.dynamics import RunDynamics, pick_run
 from premem.errors import Missing, PremError
 
@@ -82,10 +83,10 @@ def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: s
     cached = cache_path(record_dir, run, perturbation, k, seed, tau)
     if cached.exists():
         return pd.read_parquet(cached)
-    examples, _ = sweep.run_examples(record_dir, run, cfg)
+    examples, _ = data_lib.run_examples(record_dir, run, cfg)
     acc = recorded_accuracy(dyn, tau).set_index("example_id")
     ckpt = record.final_checkpoint(record_dir, run)
-    step = json.loads((ckpt / training.MARKER).read_text())["step"]
+    step = json.loads((ckpt / checkpoints.MARKER).read_text())["step"]
     if step != acc.step.iloc[0]:  # weights and record must be the same checkpoint
         raise PremError(f"run {run}: final checkpoint is step {step} but the record ends at step {acc.step.iloc[0]}")
     prompts, forced, golds = perturbed_queries(examples, perturbation, cfg.prompt_template, seed)

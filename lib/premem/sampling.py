@@ -35,19 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from premem import llama_decode
+from premem.encoding import truncate_at_stop
 from premem.errors import PremError
 
 __all__ = ["sample", "truncate_at_stop"]
 
 BACKENDS = ("auto", "transformers", "vllm")
-
-
-def truncate_at_stop(text: str, stop: str | None) -> str:
-    """``text`` up to (not including) the first occurrence of ``stop``."""
-    if not stop:
-        return text
-    cut = text.find(stop)
-    return text if cut < 0 else text[:cut]
 
 
 def _is_vllm_llm(model) -> bool:

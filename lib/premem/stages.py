@@ -19,29 +19,15 @@ processes' group, so it starts with the launch's rendezvous variables removed.
 from __future__ import annotations
 
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from premem import io, record
+from premem import checkpoints, io, launcher, record
 from premem.errors import PremError
 
 TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
 POLL_S = 2.0  # how often a waiting process looks at the file system; a glob costs nothing
 LISTING_PATIENCE = 30  # polls a recorder waits for a checkpoint the trained mark names but no listing shows
-# What torchrun, accelerate and submitit set to make a process one rank of a group.
-RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-              "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS")
-RENDEZVOUS_PREFIXES = ("TORCHELASTIC_", "ACCELERATE_", "FSDP_")
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def mark_trained(run_dir: Path, steps: list[int]) -> None:
@@ -63,24 +49,22 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
     Under vLLM each checkpoint gets a process of its own (an engine's memory goes only with its
     process); with the transformers backend the checkpoints at hand share one fresh process, or
     this one (`here`: a process that never trained, such as a recording job)."""
-    from premem import training
-
     run_dir = record.run_dir(record_dir, spec.run)
     args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only)
     patience = LISTING_PATIENCE
     while True:
         steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
         # A checkpoint without its weights (lost from outside) is not recordable: training redoes it.
-        todo = [c["step"] for c in training.finished_checkpoints(run_dir / "train")
+        todo = [c["step"] for c in checkpoints.finished_checkpoints(run_dir / "train")
                 if c["epoch"] <= spec.epochs and not record.part_done(run_dir, c["step"])
-                and training.weight_files(c["path"])]
+                and checkpoints.weight_files(c["path"])]
         if cfg.backend == "vllm":
             for step in todo:
-                in_fresh_process(record_checkpoints, (*args, [step]))
+                launcher.in_fresh_process(record_checkpoints, (*args, [step]))
         elif todo and here:
             record_checkpoints(*args, todo)
         elif todo:
-            in_fresh_process(record_checkpoints, (*args, todo))
+            launcher.in_fresh_process(record_checkpoints, (*args, todo))
         unrecorded = [s for s in steps or () if not record.part_done(run_dir, s)]
         if steps is not None and not todo and unrecorded and wait and patience > 0:
             patience -= 1  # marked trained, a checkpoint not listed yet: a shared file system's lag
@@ -114,7 +98,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     free_memory()  # a quantised base sits on the GPU: gone before any engine starts
     gpu = torch.cuda.is_available() and cfg.backend != "vllm"  # the baselines' passes on the GPU, as in training
     measure = recorder.Recorder(cfg, recorded, test, heldout)
-    for c in training.finished_checkpoints(run_dir / "train"):
+    for c in checkpoints.finished_checkpoints(run_dir / "train"):
         if c["step"] not in steps:
             continue
         lm, tok = training.load_checkpoint(c["path"], base=base_path if cfg.lora is not None else None,
@@ -152,21 +136,3 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
     io.write_json(run_dir / "failed.json", {"error": f"{type(error).__name__}: {last}".rstrip(": ")})
 
 
-def _alone(parent: int) -> None:
-    """A spawned process's start: not a rank of its parent's launch (else joining the parent's
-    process group would wait for ranks that never come), and gone when its parent is."""
-    from premem.launcher import die_with_parent
-
-    die_with_parent(parent)
-    for name in list(os.environ):
-        if name in RENDEZVOUS or name.startswith(RENDEZVOUS_PREFIXES):
-            del os.environ[name]
-
-
-def in_fresh_process(fn, args: tuple) -> None:
-    """fn(*args) in a new spawned process of its own (one torch thread on a CPU), waited for; its
-    error is raised here."""
-    from premem.launcher import Job, spawn_context
-
-    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone, initargs=(os.getpid(),)) as pool:
-        pool.submit(Job(fn), *args).result()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from premem import record
+from premem import checkpoints, launcher, record
+from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
 
@@ -53,26 +54,6 @@ def grid(cfg: Params) -> list[RunSpec]:
         # The name is for people; the values live in runs.parquet and are never parsed back.
         specs.append(RunSpec(f"lr{lr:g}_ep{epochs}_frac{frac:g}_seed{seed}", lr, epochs, frac, seed))
     return specs
-
-
-def load_examples(cfg: Params, heldout: bool = False):
-    """(train, test) examples; with heldout=True also the held-out training examples.
-
-    Held-out examples come from the training split but no run trains on them: their perplexity at
-    every checkpoint shows what a solution the model never saw scores, which calibrates the
-    memorization threshold without test labels (`premem.metrics.calibrate_tau`).
-    """
-    from premem import tasks
-
-    options = dict(cfg.task_options)
-    if cfg.data_files:
-        options["data_files"] = cfg.data_files
-    pool = tasks.load_task(cfg.task, split="train", n=cfg.n_train + cfg.n_heldout, seed=cfg.data_seed, **options)
-    train, held = pool[:cfg.n_train], pool[cfg.n_train:]
-    test = tasks.load_task(cfg.task, split="test", n=cfg.n_test, seed=cfg.data_seed, **options)
-    if not train:
-        raise PremError(f"task '{cfg.task}' gave an empty training set")
-    return (train, test, held) if heldout else (train, test)
 
 
 def train_subset(train, spec: RunSpec):
@@ -154,7 +135,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         return run_dir
     if not train:
         raise PremError(f"run {spec.run}: empty training set")
-    separate, lead = cfg.stages == "separate", stages.rank() == 0
+    separate, lead = cfg.stages == "separate", launcher.rank() == 0
     recorded = train if recorded is None else recorded
     if lead:  # the books are rank 0's alone: two ranks removing one folder race
         open_run(cfg, spec, train, record_dir)
@@ -200,15 +181,15 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
     """A run about to be trained: unfinished again, nothing left of an earlier attempt that a
     recorder could take for this one's (its failure, its `trained` mark), and its run.json."""
-    from premem import stages, training
+    from premem import stages
 
     run_dir = record.run_dir(record_dir, spec.run)
     record.reopen_run(run_dir)
     (run_dir / "failed.json").unlink(missing_ok=True)
     (run_dir / "train" / stages.TRAINED).unlink(missing_ok=True)  # written again once training ends
-    lost = [c for c in training.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
+    lost = [c for c in checkpoints.finished_checkpoints(run_dir / "train") if not record.part_done(run_dir, c["step"])]
     # With separate stages a saved checkpoint still holding its weights is simply recorded next.
-    if any(cfg.stages != "separate" or not training.weight_files(c["path"]) for c in lost):
+    if any(cfg.stages != "separate" or not checkpoints.weight_files(c["path"]) for c in lost):
         # Parts of finished checkpoints were deleted or damaged from outside. Training is
         # deterministic: train the run again from its start (premem's own checkpoints go) and record
         # only what was lost; the tables then equal an uninterrupted sweep's.
@@ -221,15 +202,13 @@ def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
 def finish_run(cfg: Params, run_dir: Path, steps: list[int]) -> None:
     """A trained run whose every checkpoint is recorded is done; with keep_checkpoints: last only its
     final weights stay."""
-    from premem import training
-
     missing = [s for s in steps if not record.part_done(run_dir, s)]
     if missing:
         raise PremError(f"run {run_dir.name}: checkpoints {missing} finished training but were never recorded")
     if cfg.keep_checkpoints == "last":  # recorded: only the final weights are needed later
-        for c in training.finished_checkpoints(run_dir / "train"):
+        for c in checkpoints.finished_checkpoints(run_dir / "train"):
             if c["step"] in steps[:-1]:
-                for f in training.weight_files(c["path"]):
+                for f in checkpoints.weight_files(c["path"]):
                     f.unlink()
     record.finish_run(run_dir, steps)
 
@@ -238,19 +217,17 @@ def check_launch(cfg: Params) -> None:
     """What the params ask of this machine and launch, checked before anything is made."""
     import torch
 
-    from premem import stages
-
     if cfg.backend == "vllm" and cfg.stages == "together":
         raise PremError("stages: backend vllm records with an engine of its own, which must not share the "
                         "Trainer's process and GPU: set stages: separate")
-    if cfg.stages == "together" and (stages.world_size() > 1 or under_fsdp()):
-        how = "FSDP: each holds a shard of the weights" if under_fsdp() else f"{stages.world_size()} processes"
+    if cfg.stages == "together" and (launcher.world_size() > 1 or under_fsdp()):
+        how = "FSDP: each holds a shard of the weights" if under_fsdp() else f"{launcher.world_size()} processes"
         raise PremError(f"stages: training here is split over ranks ({how}), and recording inside training needs "
                         "the whole model in one process: set stages: separate (rank 0 records the saved "
                         "checkpoints while the others wait)")
-    if cfg.launcher == "slurm" and stages.world_size() > 1:
+    if cfg.launcher == "slurm" and launcher.world_size() > 1:
         raise PremError(f"launcher: slurm submits jobs of its own (ranks: slurm_train_tasks), and this is one of "
-                        f"{stages.world_size()} processes of a launch: start premem sweep once, without torchrun")
+                        f"{launcher.world_size()} processes of a launch: start premem sweep once, without torchrun")
     if cfg.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available() and cfg.launcher == "local":
         raise PremError(f"mixed_precision: {cfg.mixed_precision} autocasts on a GPU, and none is here "
                         "(auto: none on a CPU)")
@@ -292,12 +269,10 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
     (launcher.map_one_thread)."""
-    from premem import launcher, stages
-
     # Ranks of a multi-process launch all go through every run (train_and_record skips a done one
     # on rank 0's word), so that none waits for the others in a run they skipped.
     todo = {s: t for s, t in jobs.items()
-            if stages.world_size() > 1 or not record.is_done(record.run_dir(record_dir, s.run))}
+            if launcher.world_size() > 1 or not record.is_done(record.run_dir(record_dir, s.run))}
     if bar is not None:
         bar.update(len(jobs) - len(todo))
     args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
@@ -309,7 +284,7 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
             bar.update()
 
     if cfg.launcher == "local":  # the ranks of a multi-process launch train each run together
-        launcher.map_one_thread(_run_job, args, 1 if stages.world_size() > 1 else cfg.workers, done)
+        launcher.map_one_thread(_run_job, args, 1 if launcher.world_size() > 1 else cfg.workers, done)
         return
     if cfg.stages == "together":  # one job per run, through submitit; its logs beside the record
         launcher.run_arrays(cfg, [launcher.Array(_run_job, args)], Path(record_dir) / "jobs", done)
@@ -324,19 +299,6 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
     launcher.run_arrays(cfg, [trains, records], Path(record_dir) / "jobs", done)
 
 
-def run_examples(record_dir: str | Path, run: str, cfg: Params | None = None):
-    """(train examples of `run`, test examples) as the sweep used them, from run.json's ids."""
-    record_dir = Path(record_dir)
-    cfg = cfg or record.read_config(record_dir)
-    info = record.run_info(record_dir, run)
-    train_all, test = load_examples(cfg)
-    by_id = {ex.id: ex for ex in train_all}
-    missing = [i for i in info["example_ids"] if i not in by_id]
-    if missing:
-        raise PremError(f"run {run}: training examples {missing[:3]} are not in task '{cfg.task}' as configured")
-    return [by_id[i] for i in info["example_ids"]], test
-
-
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run the whole grid; returns the record folder, which `premem fit` reads."""
     from tqdm.auto import tqdm
@@ -344,12 +306,12 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     out = Path(out) if out else record.default_dir(cfg)
     check_launch(cfg)
     specs = grid(cfg)
-    train_all, test, heldout = load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
+    train_all, test, heldout = data_lib.load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
     # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
-    from premem import recorder, stages, training
+    from premem import recorder, training
 
-    lead = stages.rank() == 0
+    lead = launcher.rank() == 0
     if lead:  # a rank reading while rank 0 clears the folder (--force) would see half a record
         record.check_target(out, cfg, force=force)  # a folder that is not this config's record fails now
     with record.locked(out, "premem sweep") if lead else contextlib.nullcontext():

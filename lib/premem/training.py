@@ -21,113 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from premem import io, stages
+from premem import io, launcher
+from premem.checkpoints import MARKER, OWN_FOLDER, RESUME_ONLY_FILES, finished_checkpoints
+from premem.encoding import CompletionCollator, ListDataset, build_features
 from premem.errors import PremError
 
-MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
-OWN_FOLDER = ".premem-training"  # in every output_dir premem trains in: its unmarked checkpoints are its own
-RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "optimizer.bin")  # optimizer.bin: under FSDP
-# A checkpoint's weights, however saved: one file, shards with their index, an adapter, FSDP's own.
-WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-                   "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
-                   "adapter_model.safetensors", "adapter_model.bin", "pytorch_model_fsdp*.bin")
 
-
-def weight_files(folder) -> list[Path]:
-    """The files of a checkpoint folder that hold its weights (WEIGHT_PATTERNS)."""
-    return sorted({f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern) if f.is_file()})
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
-# ---- data: completion-only labels ---------------------------------------------------------------
-
-def encode_example(tokenizer, prompt: str, target: str, add_eos: bool = True) -> tuple[list[int], int]:
-    """Token ids of prompt + target (+ eos), and the number of prompt tokens (the masked prefix).
-
-    Prompt and target are tokenised separately and their ids concatenated. For the char tokenizer
-    this equals tokenising prompt + target; for BPE tokenizers a token may otherwise merge across
-    the boundary, leaving no clean place to start the loss. Separate tokenisation is also what
-    sampling sees (the prompt is tokenised alone and the model continues it), so training, sampling
-    and gold-solution perplexity (which calls this too) agree on the same ids. The prompt keeps the
-    tokenizer's own special tokens (BOS, if any): the mask length is measured, never assumed to be
-    one BOS. Training always appends eos, so the model learns to stop.
-    """
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
-    eos = tokenizer.eos_token_id
-    if add_eos and eos is None:
-        raise PremError(f"tokenizer {tokenizer.name_or_path} has no eos token to end targets with")
-    # Some tokenizers append eos to every encoding; a prompt must not end the sequence.
-    if prompt_ids and eos is not None and prompt_ids[-1] == eos and eos != tokenizer.bos_token_id:
-        prompt_ids = prompt_ids[:-1]
-    if not prompt_ids:
-        # Nothing to condition the first target token on; the model has no "empty" state.
-        raise PremError(f"prompt tokenises to no tokens (and the tokenizer adds no BOS): {prompt!r}")
-    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + ([eos] if add_eos else [])
-    if not target_ids:
-        raise PremError(f"target tokenises to no tokens and add_eos is off: {target!r}")
-    return prompt_ids + target_ids, len(prompt_ids)
-
-
-def build_features(tokenizer, prompts, targets, max_length: int | None = None, add_eos: bool = True,
-                   truncate: bool = False) -> list[dict]:
-    """One {"input_ids", "labels"} dict per example; labels are -100 on the prompt. An example over
-    `max_length` tokens is an error, or cut to it with `truncate` (as the authors' tokenizer calls do)."""
-    if len(prompts) != len(targets):
-        raise PremError(f"prompts ({len(prompts)}) and targets ({len(targets)}) differ in length")
-    if not prompts:
-        raise PremError("no training examples: prompts is empty")
-    features = []
-    for i, (prompt, target) in enumerate(zip(prompts, targets)):
-        ids, n_prompt = encode_example(tokenizer, prompt, target, add_eos=add_eos)
-        if max_length is not None and len(ids) > max_length and not truncate:
-            raise PremError(f"example {i} has {len(ids)} tokens, more than the model's {max_length}")
-        labels = ([-100] * n_prompt + ids[n_prompt:])[:max_length]
-        features.append({"input_ids": ids[:max_length], "labels": labels})
-    return features
-
-
-class CompletionCollator:
-    """Right-pad a list of features into tensors; padded positions get label -100 and mask 0."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        n = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), n), self.pad, dtype=torch.long)
-        labels = torch.full((len(features), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), n), dtype=torch.long)
-        for row, f in enumerate(features):
-            k = len(f["input_ids"])
-            ids[row, :k] = torch.tensor(f["input_ids"])
-            labels[row, :k] = torch.tensor(f["labels"])
-            mask[row, :k] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 # ---- checkpoints --------------------------------------------------------------------------------
-
-def finished_checkpoints(output_dir) -> list[dict]:
-    """The finished checkpoints in output_dir, by step: dicts with step, epoch, path, loss."""
-    out = []
-    for marker in Path(output_dir).glob(f"checkpoint-*/{MARKER}"):
-        try:  # written atomically; it may still vanish under a reader (a run trained again from its start)
-            rec = json.loads(marker.read_text())
-        except FileNotFoundError:
-            continue
-        out.append({**rec, "path": marker.parent})
-    return sorted(out, key=lambda r: r["step"])
 
 
 @contextlib.contextmanager
@@ -227,7 +130,7 @@ def _threads_kept():
 def rank0_value(value):
     """Rank 0's `value`, on every process of a multi-process launch (alone: `value`): ranks that
     decide apart whether to train a run could part ways, one training while the others do not."""
-    if stages.world_size() == 1:
+    if launcher.world_size() == 1:
         return value
     wait_for_ranks()  # the group, made now if not yet
     box = [value]
@@ -237,7 +140,7 @@ def rank0_value(value):
 
 def wait_for_ranks() -> None:
     """Under a multi-process launch (torchrun, accelerate), wait here for every process; alone, return."""
-    if stages.world_size() > 1:
+    if launcher.world_size() > 1:
         from datetime import timedelta
 
         from accelerate import PartialState
@@ -318,7 +221,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     if unmarked and not ((output_dir / OWN_FOLDER).is_file() or finished_checkpoints(output_dir)):
         raise PremError(f"{output_dir} holds checkpoints premem did not write ({unmarked[0].name}, ...): train "
                         "into a new folder (premem record scores another trainer's checkpoints)")
-    if stages.rank() == 0:  # by one process of a multi-process launch
+    if launcher.rank() == 0:  # by one process of a multi-process launch
         io.write_text(output_dir / OWN_FOLDER, "premem trains here: its unfinished checkpoints are redone\n")
         for folder in unmarked:
             shutil.rmtree(folder)
@@ -338,7 +241,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     auto_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # never fp16/bf16 on CPU
     # batch_size is the optimiser's batch over every process: per-device batches times gradient
     # accumulation times the world size (torchrun / accelerate set WORLD_SIZE).
-    world = stages.world_size()
+    world = launcher.world_size()
     per_device = per_device_batch_size or max(1, batch_size // world)
     accumulation, rest = divmod(batch_size, per_device * world)
     if rest or not accumulation:
@@ -363,7 +266,7 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
             # Batches of similar lengths: char-level examples vary 2x in length (arith: 280 chars on
             # average, a random batch of 8 pads to ~400), and padding is compute spent on nothing.
             train_sampling_strategy="group_by_length")
-        trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(features),
+        trainer = Trainer(model=model, args=args, train_dataset=ListDataset(features),
                           data_collator=CompletionCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                           callbacks=[_checkpoint_callback(save_every_epochs, epochs, on_checkpoint,
                                                           keep_optimizer)])

@@ -6,7 +6,7 @@ share it); a new checkpoint's weights replace it. A LoRA adapter checkpoint is s
 its base (`merged_adapter` says why not as a LoRARequest).
 
 Prompts go in as token ids, encoded as premem's transformers path encodes them: sampling prompts as
-`sampling` tokenises them, perplexity as training built prompt + target (`perplexity.encode_pairs`),
+`sampling` tokenises them, perplexity as training built prompt + target (`encoding.encode_pairs`),
 so the label boundary is training's, not a re-tokenisation of joined text. Prefix caching is off
 (prompt logprobs of a cached prefix are not recomputed).
 
@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from premem.encoding import encode_pairs, truncate_at_stop
 from premem.errors import PremError
 
 _ENGINE: dict = {"key": None, "llm": None}
@@ -319,7 +320,6 @@ def _drop_merged() -> None:
 def needed_length(tokenizer, prompts, targets, max_new_tokens: int, add_eos: bool = True) -> int:
     """The context an engine needs for these prompts' answers and targets, in tokens (a multiple of
     64, so that one engine serves a checkpoint's train and test prompts and its perplexities)."""
-    from premem.perplexity import encode_pairs
 
     longest = max([len(tokenizer(p)["input_ids"]) + max_new_tokens for p in prompts] +
                   [len(ids) + 1 for ids, _ in encode_pairs(tokenizer, prompts[:len(targets)], targets, add_eos=add_eos)])
@@ -332,7 +332,6 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
     """k completions per prompt from a checkpoint folder (or hub id, or a vllm.LLM), each prompt
     seeded `seed + index`; greedy (temperature 0) decodes once and copies. With `tokenizer` the
     prompts go in as its ids (special tokens added, as premem's transformers path encodes them)."""
-    from premem.sampling import truncate_at_stop
 
     vllm, TokensPrompt = _vllm()
     if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
@@ -361,7 +360,6 @@ def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True,
                max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL of each target given its prompt, and its token count, as perplexity.target_nll
     computes them (at the engine's dtype, cut to `max_length`), from vLLM's prompt logprobs."""
-    from premem.perplexity import encode_pairs
 
     vllm, TokensPrompt = _vllm()
     llm = _for_checkpoint(checkpoint, base, dtype, max_model_len, pad_token)
