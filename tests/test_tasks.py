@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -66,7 +67,7 @@ def test_arith_options():
 def test_arith_hand_example():
     # Template "o0-add0-sub0-q0": "{name} has {v} {obj}. {P} buys {k} more. {P} gives away {k}. How many..."
     import random
-    ex = tasks._arith_example(random.Random(0), "o0-add0-sub0-q0", 40, "train")
+    ex = tasks.arith._arith_example(random.Random(0), "o0-add0-sub0-q0", 40, "train")
     start, (k1, k2) = ex.meta["start"], ex.meta["operands"]
     name, obj = ex.meta["name"], ex.meta["obj"]
     assert ex.question.startswith(f"{name} has {start} {obj}. ")
@@ -111,7 +112,7 @@ def test_phrasing_variety():
     # The trace wording varies independently of the question (keeps perplexity above 1).
     openings = {ex.solution.split(".")[0].replace(ex.meta["name"], "X").replace(str(ex.meta["start"]), "N")
                 for ex in exs}
-    assert len(openings) == len(tasks.TRACE_OPENINGS)
+    assert len(openings) == len(tasks.arith.TRACE_OPENINGS)
     assert len({ex.meta["name"] for ex in exs}) >= 8 and len({ex.meta["obj"] for ex in exs}) >= 8
 
 
@@ -133,7 +134,7 @@ def test_similar_examples_arith():
     assert len(sim) == 5 and len({s.question for s in sim} | {ex.question}) == 6
     for s in sim:
         assert s.meta["template"] == ex.meta["template"] and s.meta["n_steps"] == ex.meta["n_steps"]
-        assert tasks._in_split(s.question, "train")  # curation data never lands on a test question
+        assert tasks.base._in_split(s.question, "train")  # curation data never lands on a test question
         check_arith_trace(s)
 
 
@@ -210,7 +211,7 @@ def test_gsm8k_local_files(tmp_path):
 def test_gsm8k_single_file_is_split_by_hash(tmp_path):
     f = tmp_path / "all.json"
     f.write_text(json.dumps(GSM_ROWS))
-    n_test = sum(tasks._bucket(r["question"]) < 50 for r in GSM_ROWS)
+    n_test = sum(tasks.base._bucket(r["question"]) < 50 for r in GSM_ROWS)
     kw = dict(data_files=str(f), cache_dir=str(tmp_path / "hf"), test_fraction=0.5)
     te = tasks.load_task("gsm8k", "test", n_test, seed=0, **kw)
     tr = tasks.load_task("gsm8k", "train", 20 - n_test, seed=0, **kw)
@@ -243,3 +244,49 @@ def test_math_local_files(tmp_path):
     assert [e.answer for e in low] == ["\\frac{1}{2}"]
     with pytest.raises(PremError, match="unknown subjects"):
         tasks.load_task("math", "train", 1, subjects=["astrology"], **kw)
+
+
+# ---- a new task is one entry in one place ----------------------------------------------------------
+
+def _toy(split, n, seed, top: int = 9):
+    """A task a user might add: 'What is a + b?' with its sum, hash-split like arith."""
+    out = []
+    for a in range(1, 400):
+        for b in range(1, top + 1):
+            ex = _toy_example(a, b, split)
+            if tasks.base._in_split(ex.question, split):
+                out.append(ex)
+    rng = np.random.default_rng(seed)
+    return [out[i] for i in sorted(rng.permutation(len(out))[:n])]
+
+
+def _toy_example(a, b, split):
+    return tasks.Example(f"toy-{a}-{b}", f"What is {a} + {b}?", f"{a} + {b} = {a + b} #### {a + b}", str(a + b),
+                         dict(task="toy", split=split, template=b, a=a))
+
+
+def _toy_variant(ex, rng, seed):
+    return _toy_example(rng.randrange(1, 400), ex.meta["template"], ex.meta["split"])
+
+
+def test_a_task_registered_in_one_place_flows_through(monkeypatch):
+    from premem import curation_sources, data as data_lib
+    from premem.config import load_params
+
+    monkeypatch.setitem(tasks.TASKS, "toy", tasks.Task(load=_toy, splits=("train", "test"), variant=_toy_variant,
+                                                       checker=lambda options: "strict"))
+    cfg = load_params(dict(task="toy", task_options=dict(top=5), n_train=6, n_test=3, n_heldout=2))
+    train, test, held = data_lib.load_examples(cfg, heldout=True)
+    assert (len(train), len(test), len(held)) == (6, 3, 2)
+    assert not {ex.question for ex in train + held} & {ex.question for ex in test}
+    assert all(int(ex.meta["template"]) <= 5 for ex in train)  # its own option reached it
+    assert tasks.answer_checker(cfg) == "strict" and tasks.has_variants("toy")
+    similar = tasks.similar_examples(train[0], 3, seed=1)
+    assert len(similar) == 3 and all(s.meta["template"] == train[0].meta["template"] for s in similar)
+    assert all(s.meta["split"] == "train" and s.question != train[0].question for s in similar)
+    assert tasks.perturb_problem(train[0], seed=2).answer != "" and \
+        isinstance(curation_sources.source_for(cfg), curation_sources.ProceduralSource)
+    with pytest.raises(PremError, match="task 'toy': unknown split 'pretrain'; known: \\['train', 'test'\\]"):
+        tasks.load_task("toy", "pretrain", 2)
+    with pytest.raises(PremError, match="task 'toy': unknown options \\['steps'\\]; known: \\['top'\\]"):
+        tasks.load_task("toy", "train", 2, steps=3)

@@ -214,7 +214,7 @@ def flags_fragile(s: Sweep, *, compute: bool = True) -> Claim:
 
     cfg = s.cfg
     run = cfg.robustness_run or robustness.default_run(s.record_dir)
-    kinds = [p for p in cfg.perturbations if p != "problem" or cfg.task in tasks.SPLITS]
+    kinds = [p for p in cfg.perturbations if p != "problem" or tasks.has_variants(cfg.task)]
     table = robustness.robustness_tables(s.record_dir, run, kinds, k=cfg.robustness_k, seed=cfg.robustness_seed,
                                          tau=s.tau, workers=cfg.workers, cached_only=not compute)
     by = ["pre_mem_acc", "train_acc"]

@@ -76,7 +76,7 @@ class PoolSource:
 def source_for(cfg: Params) -> Source:
     if cfg.pool_file:
         return PoolSource(cfg.path("pool_file"), cfg.task)
-    if cfg.task in tasks.SPLITS:
+    if tasks.has_variants(cfg.task):
         return ProceduralSource()
     raise PremError(f"task '{cfg.task}' has no procedural variants: set pool_file to a JSONL of "
                     "{source_id, question, solution} variants")
