@@ -129,3 +129,23 @@ def test_predictor_panels_lay_datasets_side_by_side():
     # y is shared within a dataset's column, never across: math's test accuracy tops out at 0.8.
     top_gsm8k, top_math = two.axes[0].get_ylim()[1], two.axes[1].get_ylim()[1]
     assert two.axes[2].get_ylim()[1] == top_gsm8k and two.axes[3].get_ylim()[1] == top_math != top_gsm8k
+
+
+def test_a_predictor_registered_in_one_place_flows_through(monkeypatch):
+    """memorized_frac is a checkpoint_table column but no predictor: one entry makes it one, with
+    its label on the figure and, being on test accuracy's scale, its R² of y = x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from premem import plots
+
+    table = predictors.predictor_table(make_runs(), tau=-2.0)
+    assert "memorized_frac" not in set(predictors.compare(table).predictor)
+    monkeypatch.setitem(predictors.PREDICTORS, "memorized_frac",
+                        predictors.Predictor("share of training examples memorised", accuracy_like=True))
+    row = predictors.compare(table).set_index("predictor").loc["memorized_frac"]
+    fit = metrics.fit_predictor(table.memorized_frac, table.test_acc)
+    assert row.r2 == pytest.approx(fit.r2) and row.r2_identity == pytest.approx(fit.r2_identity)
+    fig = plots.predictor_panels(table, ["pre_mem_acc", "memorized_frac"])
+    assert fig.axes[1].get_xlabel() == "share of training examples memorised"
+    assert "R² vs y=x" in fig.axes[1].get_legend().get_texts()[-1].get_text()

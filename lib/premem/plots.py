@@ -13,18 +13,11 @@ import numpy as np
 from premem import metrics
 from premem.dynamics import RunDynamics
 from premem.io import atomic_target
+from premem.predictors import PREDICTORS, is_accuracy_like
 
-LABELS = {
-    "pre_mem_acc": "pre-memorization train accuracy",
-    "train_acc": "train accuracy",
-    "test_acc": "test accuracy",
-    "train_loss": "train loss (mean per-token NLL of gold solutions)",
-    "mean_perplexity": "mean gold-solution perplexity",
-    "param_distance": "distance from initialisation ||θ-θ0||²",
-    "grad_variance": "gradient variance",
-    "atc": "ATC estimate",
-}
-ACCURACY_LIKE = ("pre_mem_acc", "train_acc", "atc")  # on test accuracy's scale: y = x is meaningful
+def axis_label(name: str) -> str:
+    """How a figure names a column: a predictor's own label (premem.predictors.PREDICTORS), else as is."""
+    return PREDICTORS[name].label if name in PREDICTORS else {"test_acc": "test accuracy"}.get(name, name)
 
 
 def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | None = None):
@@ -44,7 +37,7 @@ def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | No
         g = g.sort_values("step")
         ax.plot(g[x], g[y], "-o", ms=3, lw=1, color=colors[run], alpha=0.8)
         ax.plot(g[x].iloc[-1:], g[y].iloc[-1:], "o", ms=6, mfc="none", color=colors[run])
-    if x in ACCURACY_LIKE:
+    if is_accuracy_like(x):
         lo = float(np.nanmin([table[x].min(), table[y].min(), 0]))
         hi = float(np.clip(1.1 * np.nanmax([table[x].max(), table[y].max()]), 0.05, 1.0))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
@@ -57,15 +50,15 @@ def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | No
         ax.plot(grid, fit.intercept + fit.slope * grid, color="0.4", lw=1.5,
                 label=(f"OLS R²={fit.r2:.3f} (n={fit.n_points})\n"
                        f"slope {fit.slope:.2f} [{fit.slope_ci[0]:.2f}, {fit.slope_ci[1]:.2f}]"
-                       + (f"\nR² vs y=x {fit.r2_identity:.3f}" if x in ACCURACY_LIKE else "")))
+                       + (f"\nR² vs y=x {fit.r2_identity:.3f}" if is_accuracy_like(x) else "")))
         ax.fill_between(grid, *metrics.line_band(table[x], table[y], grid), color="0.4", alpha=0.15, lw=0)
     # y spans the data, not y = x: a low-accuracy dataset (MATH: test accuracy <= 0.14) fills the
     # panel instead of a corner of the unit square; room at the top for the legend.
     y_lo, y_hi = float(np.nanmin([table[y].min(), 0])), float(table[y].max())
     span = max(y_hi - y_lo, 0.05)
     ax.set_ylim(y_lo - 0.05 * span, y_hi + 0.4 * span)
-    ax.set_xlabel(LABELS.get(x, x))
-    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     ax.legend(loc="upper left", fontsize=8, framealpha=0.85, edgecolor="none")  # readable over y = x
     return ax
 

@@ -7,6 +7,8 @@ Each predictor is one value per checkpoint; `compare` scores each against test a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -14,8 +16,25 @@ from premem import metrics
 from premem.dynamics import RunDynamics, checkpoint_table
 from premem.errors import PremError
 
-PREDICTORS = ("pre_mem_acc", "train_acc", "train_loss", "mean_perplexity", "param_distance",
-              "grad_variance", "atc")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    label: str  # how figures and tables name it
+    accuracy_like: bool = False  # on test accuracy's scale: the R² of y = x means something
+
+
+# Each predictor once: a checkpoint_table column of that name (dynamics: from the record's tables;
+# param_distance and grad_variance recorded by recorder.Recorder, ATC by predictor_table).
+PREDICTORS: dict[str, Predictor] = {
+    "pre_mem_acc": Predictor("pre-memorization train accuracy", accuracy_like=True),
+    "train_acc": Predictor("train accuracy", accuracy_like=True),
+    "train_loss": Predictor("train loss (mean per-token NLL of gold solutions)"),
+    "mean_perplexity": Predictor("mean gold-solution perplexity"),
+    "param_distance": Predictor("distance from initialisation ||θ-θ0||²"),
+    "grad_variance": Predictor("gradient variance"),
+    "atc": Predictor("ATC estimate", accuracy_like=True),
+}
 
 
 def atc_threshold(confidence, accuracy: float) -> tuple[float, float]:
@@ -85,9 +104,13 @@ def _compare(table: pd.DataFrame, predictors, y: str) -> pd.DataFrame:
             continue
         kt = kendalltau(keep[name], keep[y])
         rows.append(dict(predictor=name, r2=fit.r2, kendall_tau=float(kt.statistic), slope=fit.slope,
-                         r2_identity=fit.r2_identity if name in ("pre_mem_acc", "train_acc", "atc") else np.nan,
+                         r2_identity=fit.r2_identity if is_accuracy_like(name) else np.nan,
                          n_points=fit.n_points))
     return pd.DataFrame(rows).sort_values("r2", ascending=False).reset_index(drop=True)
+
+
+def is_accuracy_like(name: str) -> bool:
+    return name in PREDICTORS and PREDICTORS[name].accuracy_like
 
 
 def subsample_r2(runs: list[RunDynamics], tau: float, fractions, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:

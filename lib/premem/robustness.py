@@ -200,7 +200,7 @@ def plot_robustness(table: pd.DataFrame, by: str, ax, width: float | None = None
     """Violins of per-example robustness per bin of `by`, with bin means and Wilson intervals."""
     import seaborn as sns
 
-    from premem.plots import LABELS
+    from premem.plots import axis_label
 
     width = bin_width(table[by]) if width is None else width
     t = table.assign(bin=bin_of(table[by], width)).dropna(subset=["bin", "robustness"])
@@ -217,7 +217,7 @@ def plot_robustness(table: pd.DataFrame, by: str, ax, width: float | None = None
         ax.annotate(f"n={n}", (p, 1.03), ha="center", fontsize=7)
     ax.set_xlim(-0.5, len(bins) - 0.5)  # the error bars' autoscaling would otherwise hide empty bins
     ax.set_ylim(-0.05, 1.1)
-    ax.set_xlabel(f"final {LABELS.get(by, by)} (bin)")
+    ax.set_xlabel(f"final {axis_label(by)} (bin)")
     ax.set_ylabel("robustness (accuracy when perturbed)")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     return ax
