@@ -20,14 +20,8 @@ from premem.io import read_json
 
 
 MARKER = "premem_checkpoint.json"  # written last: a checkpoint without it is unfinished
-
-
 OWN_FOLDER = ".premem-training"  # in every output_dir premem trains in: its unmarked checkpoints are its own
-
-
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "optimizer.bin")  # optimizer.bin: under FSDP
-
-
 # A checkpoint's weights, however saved: one file, shards with their index, an adapter, FSDP's own.
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
                    "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",

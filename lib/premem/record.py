@@ -44,6 +44,7 @@ class Column:
     kind: str  # str | int | number (int or float, NaN allowed) | bool
     meaning: str
     required: bool = True
+    since: int = 1  # the FORMAT that added it: parts written before it need not hold it
 
 
 SCHEMA: dict[str, tuple[Column, ...]] = {
@@ -87,6 +88,12 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
     ),
 }
 TABLES = ("samples", "perplexity", "checkpoints")  # written per checkpoint; runs.parquet per record
+# The format parts are written in, kept in each part's parquet metadata. Adding a table (to TABLES,
+# with its FORMAT in TABLE_SINCE) or a column (Column.since) raises FORMAT: parts written before stay
+# recorded (part_done asks each checkpoint only for what its format had), and readers see the new
+# values where they were written (NaN before). tests/test_record_format.py adds both to a record.
+FORMAT = 1
+TABLE_SINCE: dict[str, int] = {}  # a table added after FORMAT 1 -> the FORMAT that added it
 SORT_KEYS = {
     "samples": ["run", "step", "split", "example_id", "sample_idx"],
     "perplexity": ["run", "step", "example_id"],
@@ -318,13 +325,18 @@ def part_done(folder: Path, step: int) -> bool:
     is recorded again: parts are written atomically, so damage came from outside)."""
     import pyarrow.parquet as pq
 
+    try:  # the samples part is written last: its format is the checkpoint's
+        written = part_format(pq.read_schema(part_path(folder, "samples", step)))  # the footer alone: cheap
+    except Exception:  # missing, truncated, not parquet
+        return False
     for table in TABLES:
-        f = part_path(folder, table, step)
+        if TABLE_SINCE.get(table, 1) > written:
+            continue  # a table added since this checkpoint was recorded
         try:
-            names = pq.read_schema(f).names  # the footer alone: cheap
-        except Exception:  # missing, truncated, not parquet
+            names = pq.read_schema(part_path(folder, table, step)).names
+        except Exception:
             return False
-        if any(c.required and c.name not in names for c in SCHEMA[table]):
+        if any(c.required and c.since <= written and c.name not in names for c in SCHEMA[table]):
             return False
     return True
 
@@ -336,9 +348,26 @@ def lost_steps(folder: Path) -> list[int]:
 
 
 def write_part(folder: Path, table: str, step: int, df: pd.DataFrame) -> Path:
-    """One checkpoint's rows of a table, checked against the schema, written atomically."""
-    check(df, table, f"{table} part of checkpoint {step} in {folder}")
-    return io.write_parquet(part_path(folder, table, step), df)
+    """One checkpoint's rows of a table, checked against the schema, written atomically with the
+    FORMAT it is written in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check(df, table, f"{table} part of checkpoint {step} in {folder}", written=FORMAT)
+    data = pa.Table.from_pandas(df, preserve_index=False)  # as DataFrame.to_parquet(index=False) writes it
+    data = data.replace_schema_metadata({**(data.schema.metadata or {}), FORMAT_KEY: str(FORMAT).encode()})
+    path = part_path(folder, table, step)
+    with io.atomic_target(path) as tmp:
+        pq.write_table(data, tmp)
+    return path
+
+
+FORMAT_KEY = b"premem_format"
+
+
+def part_format(schema) -> int:
+    """The FORMAT a part (its pyarrow schema) was written in: 1 for parts from before it was kept."""
+    return int((schema.metadata or {}).get(FORMAT_KEY, b"1"))
 
 
 def finish_run(folder: Path, steps: list[int]) -> None:
@@ -369,6 +398,8 @@ def concat_parts(record_dir: Path, table: str, run: str = "*") -> pd.DataFrame:
     """All per-checkpoint parts of a table (of one run, or all), in a fixed order so reruns give
     identical files."""
     parts = sorted((Path(record_dir) / "runs").glob(f"{run}/parts/{table}-*.parquet"))
+    if not parts and TABLE_SINCE.get(table, 1) > 1:  # added since this record's checkpoints were recorded
+        return pd.DataFrame({c.name: pd.Series(dtype=KIND_DTYPES[c.kind]) for c in SCHEMA[table]})
     if not parts:
         raise PremError(f"no recorded {table} parts under {Path(record_dir) / 'runs' / run}")
     df = pd.concat([read_table(p, table) for p in parts], ignore_index=True)
@@ -444,14 +475,31 @@ _KIND_CHECKS = {
 }
 
 
-def check(df: pd.DataFrame, table: str, where) -> pd.DataFrame:
-    """The table's columns and kinds as SCHEMA says, or one error naming `where` and the column."""
-    missing = [c.name for c in SCHEMA[table] if c.required and c.name not in df.columns]
+KIND_DTYPES = {"str": object, "int": "int64", "number": "float64", "bool": "bool"}
+
+
+def _kind_ok(c: Column, values: pd.Series) -> bool:
+    if c.since > 1:  # NaN where parts from before the column did not hold it; the rest as written
+        values = values.dropna()
+        if not len(values):
+            return True
+        if c.kind == "int":
+            return _KIND_CHECKS["number"](values) and bool((values % 1 == 0).all())
+        if c.kind == "bool":
+            return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
+    return _KIND_CHECKS[c.kind](values)
+
+
+def check(df: pd.DataFrame, table: str, where, written: int = 1) -> pd.DataFrame:
+    """The table's columns and kinds as SCHEMA says, or one error naming `where` and the column.
+    `written`: the FORMAT the rows were written in (a table read back may mix formats: a column
+    added since FORMAT 1 is absent from older parts, and part_done checks each part)."""
+    missing = [c.name for c in SCHEMA[table] if c.required and c.since <= written and c.name not in df.columns]
     if missing:
         raise PremError(f"{where}: missing columns {missing} of the {table} table (the record format is in "
                         "premem.record.SCHEMA)")
     for c in SCHEMA[table]:
-        if c.name in df.columns and len(df) and not _KIND_CHECKS[c.kind](df[c.name]):
+        if c.name in df.columns and len(df) and not _kind_ok(c, df[c.name]):
             raise PremError(f"{where}: column '{c.name}' holds {df[c.name].dtype}, expected {c.kind}")
     return df
 
