@@ -147,7 +147,6 @@ def shown(path: str | Path) -> str:
     return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
 
 
-
 def numbered_notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -17,7 +17,6 @@ from premem.dynamics import RunDynamics, checkpoint_table
 from premem.errors import PremError
 
 
-
 @dataclass(frozen=True)
 class Predictor:
     label: str  # how figures and tables name it
