@@ -141,6 +141,28 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     assert "| claim | paper | ours | verdict |" in c1._repr_markdown_()
 
 
+def test_a_claim_registered_in_one_place_reaches_the_ledger(tmp_path, smoke_sweep, monkeypatch):
+    import shutil
+
+    shared, made = smoke_sweep
+    cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)
+    shutil.copytree(made, record.default_dir(cfg), ignore=shutil.ignore_patterns("robustness"))
+
+    def runs_counted(params, s):
+        return claims.Claim("n", f"{len(s.runs)} runs", "every run of the record", "yes", s.source)
+
+    monkeypatch.setitem(claims.CLAIMS, "n", claims.ClaimSpec("n. a claim of one's own", "the paper's number",
+                                                             live=runs_counted))
+    built, _ = ledger.build(None, cfg)
+    row = built.set_index("claim").loc["n. a claim of one's own"]
+    n_runs = len(record.read_runs(made))
+    assert (row.paper, row.live, row["verdict (live)"], row["released logs"]) == (
+        "the paper's number", f"{n_runs} runs", "yes", ledger.NOT_IN_LOGS)
+    assert built.claim.tolist()[:-1] == [spec.statement for key, spec in claims.CLAIMS.items() if key != "n"]
+    assert f"| n. a claim of one's own | the paper's number | {ledger.NOT_IN_LOGS} | {n_runs} runs | yes |" in \
+        ledger.render(built)
+
+
 def test_released_logs_claim(released_root):
     cfg = load_params(ROOT / "params/released_llama3-8b.yaml", released_logs=str(released_root))
     c = claims.released_logs(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,19 +18,6 @@ import pandas as pd
 from premem import io, metrics, predictors, record
 from premem.config import CURATION_KEYS, Params
 from premem.errors import Missing  # noqa: F401 (re-exported: callers catch claims.Missing)
-
-
-# What each claim says, and the paper's number for it. A new claim is one entry here and a function.
-CLAIMS = {
-    "1": ("1. pre-mem accuracy predicts test accuracy; final train accuracy does not", "R² ≈ 0.9 or above"),
-    "tau": ("tau without test labels", "tau set per model and task"),
-    "2": ("2. pre-mem accuracy beats other predictors",
-          "pre-mem best of gradient variance, distance from init, ATC, train loss"),
-    "3": ("3. low pre-mem accuracy flags answers that break under perturbation",
-          "robustness 0.57 at pre-mem 0 to 0.93 at 1.0"),
-    "4": ("4. collecting data like low pre-mem examples is more data-efficient than i.i.d. and other rules",
-          "1.5-2x (about 2x GSM8k, 1.4x MATH); beats IFD and heuristics"),
-}
 
 
 @dataclass
@@ -44,11 +32,11 @@ class Claim:
 
     @property
     def statement(self) -> str:
-        return CLAIMS[self.key][0]
+        return CLAIMS[self.key].statement
 
     @property
     def paper(self) -> str:
-        return CLAIMS[self.key][1]
+        return CLAIMS[self.key].paper
 
     def _repr_markdown_(self) -> str:
         cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
@@ -306,3 +294,38 @@ def curation_efficiency(cfg: Params, *, compute: bool = True, progress: bool = T
     extra = [x for x in (scaling(table, float(base.test_acc.iloc[0])), gaps_said(tables.get("gaps"))) if x]
     source = f"{cfg.name} @ {curation.curation_params(cfg).hash(*CURATION_KEYS)}"
     return Claim("4", ours, "; ".join([detail, *extra]) if verdict else detail, verdict, source, tables)
+
+
+# ---- the registry: a new claim is one entry here (and its function above) -----------------------
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A claim of the paper as the ledger reads it: what it says, the paper's number, how ours is
+    read from the live params' cached records (never computed: a missing stage raises Missing), and
+    what the authors' released logs say of it (None: they hold nothing for it)."""
+    statement: str
+    paper: str
+    live: Callable[[Params, "Sweep | None"], Claim]  # (live params, their sweep's record) -> Claim
+    released: Callable[[Claim], str] | None = None  # the released logs' Claim -> this claim's cell
+    needs_sweep: bool = True  # read from the sweep's record (else from the params alone: the curation)
+
+
+def _authors_tau(released: Claim) -> str:
+    return "the authors' tau: " + "; ".join(f"{d} {g.tau.iloc[0]:g}"
+                                             for d, g in released.tables["fits"].groupby("dataset", sort=False))
+
+
+CLAIMS: dict[str, ClaimSpec] = {
+    "1": ClaimSpec("1. pre-mem accuracy predicts test accuracy; final train accuracy does not", "R² ≈ 0.9 or above",
+                   live=lambda cfg, s: predicts_test(s), released=lambda rel: rel.ours),
+    "tau": ClaimSpec("tau without test labels", "tau set per model and task", live=lambda cfg, s: threshold(s),
+                     released=_authors_tau),
+    "2": ClaimSpec("2. pre-mem accuracy beats other predictors",
+                   "pre-mem best of gradient variance, distance from init, ATC, train loss",
+                   live=lambda cfg, s: beats_predictors(s)),
+    "3": ClaimSpec("3. low pre-mem accuracy flags answers that break under perturbation",
+                   "robustness 0.57 at pre-mem 0 to 0.93 at 1.0", live=lambda cfg, s: flags_fragile(s, compute=False)),
+    "4": ClaimSpec("4. collecting data like low pre-mem examples is more data-efficient than i.i.d. and other rules",
+                   "1.5-2x (about 2x GSM8k, 1.4x MATH); beats IFD and heuristics",
+                   live=lambda cfg, s: curation_efficiency(cfg, compute=False), needs_sweep=False),
+}

@@ -35,28 +35,20 @@ def build(released: Params | None, live: Params) -> tuple[pd.DataFrame, list]:
     """One row per claim, and the Claim objects (or strings saying what is missing), from the live
     params' cached records and the released logs (`released` None: not read)."""
     sweep = _attempt(lambda: claims.open_sweep(live, compute=False))
-    on_sweep = (lambda f: _attempt(lambda: f(sweep))) if isinstance(sweep, claims.Sweep) else (lambda f: sweep)
-    live_claims = {
-        "1": on_sweep(claims.predicts_test),
-        "tau": on_sweep(claims.threshold),
-        "2": on_sweep(claims.beats_predictors),
-        "3": on_sweep(lambda s: claims.flags_fragile(s, compute=False)),
-        "4": _attempt(lambda: claims.curation_efficiency(live, compute=False)),
-    }
+    live_claims = {key: _attempt(lambda spec=spec: spec.live(live, sweep)) if not spec.needs_sweep or
+                   isinstance(sweep, claims.Sweep) else sweep for key, spec in claims.CLAIMS.items()}
     rel, missing = None, "(released logs not read)"
     if released is not None:
         try:
             rel = claims.released_logs(released)
         except PremError as e:  # no released-logs folder here: the live claims stand alone
             missing = f"({e})"
-    authors = rel and "the authors' tau: " + "; ".join(
-        f"{d} {g.tau.iloc[0]:g}" for d, g in rel.tables["fits"].groupby("dataset", sort=False))
-    rel_cells = {"1": rel.ours if rel else missing, "tau": authors or missing}
     rows = []
     for key, c in live_claims.items():
-        statement, paper = claims.CLAIMS[key]
+        spec = claims.CLAIMS[key]
+        from_logs = NOT_IN_LOGS if spec.released is None else spec.released(rel) if rel else missing
         ours, verdict, source = (c.ours, c.verdict, c.source) if isinstance(c, claims.Claim) else (c, "", "")
-        rows.append([statement, paper, rel_cells.get(key, NOT_IN_LOGS), ours, verdict, source])
+        rows.append([spec.statement, spec.paper, from_logs, ours, verdict, source])
     return pd.DataFrame(rows, columns=COLUMNS), [rel, *live_claims.values()]
 
 
