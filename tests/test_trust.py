@@ -319,3 +319,24 @@ def test_finetune_leaves_another_trainers_checkpoints_alone(tmp_path, base):
         training.finetune(lm, tok, ["q"], [" a"], output_dir=tmp_path, lr=1e-3, epochs=1, batch_size=1,
                           progress=False)
     assert snapshot(tmp_path) == before
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
+    """A scheduler's stop (SIGTERM) unwinds like Ctrl-C: the lock is released (emptied) and no
+    temporary is left, so the next writer neither waits nor finds half-written files."""
+    import signal
+    import time
+
+    params = tmp_path / "p.yaml"
+    params.write_text(SMOKE.read_text() + f"\nworkers: 1\ncache_dir: {tmp_path / 'cache'}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "premem", "sweep", "--params", str(params), "--out", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / record.LOCK).is_file() and (out / record.LOCK).read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert "premem sweep" in (out / record.LOCK).read_text()  # holding it
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (out / record.LOCK).read_text() == ""  # released on the way out
+    assert not [p for p in out.rglob(".*") if io.is_temporary(p)]
