@@ -113,7 +113,7 @@ def smollm(tmp: Path, n_train: int = 128, lrs=(2e-5, 1e-4, 5e-4), epochs: int = 
 
 
 def qlora(tmp: Path) -> dict:
-    from premem import data as data_lib, record, sweep, training
+    from premem import data as data_lib, record, record_folder, sweep, training
     from premem.config import load_params
 
     tok = char_tokenizer(bos=True)
@@ -125,7 +125,7 @@ def qlora(tmp: Path) -> dict:
     train, test, held = data_lib.load_examples(cfg, heldout=True)
     spec = sweep.RunSpec("qlora", 1e-3, 2, 1.0, 0)
     t0 = time.perf_counter()
-    record.create(tmp / "rec", cfg)
+    record_folder.create(tmp / "rec", cfg)
     sweep.train_and_record(cfg, spec, train, test, tmp / "rec", str(base), held)
     record.finish(tmp / "rec")
     dyn = record.read_runs(tmp / "rec")[0]

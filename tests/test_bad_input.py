@@ -191,15 +191,15 @@ def test_a_damaged_finished_run_is_recomputed(smoke_record, tmp_path, damage):
 
 def test_a_second_writer_waits_for_the_lock_and_says_who_holds_it(tmp_path):
     folder, release = tmp_path / "rec", tmp_path / "release"
-    code = ("import time; from pathlib import Path; from premem import record\n"
-            f"with record.locked({str(folder)!r}, 'premem sweep'):\n"
+    code = ("import time; from pathlib import Path; from premem import record_folder\n"
+            f"with record_folder.locked({str(folder)!r}, 'premem sweep'):\n"
             "    print('held', flush=True)\n"
             f"    while not Path({str(release)!r}).exists(): time.sleep(0.05)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    waiter = subprocess.Popen([sys.executable, "-c", f"from premem import record\nwith record.locked({str(folder)!r}):\n"
-                               "    print('got it', flush=True)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    waiter = subprocess.Popen([sys.executable, "-c", "from premem import record_folder\n"
+                               f"with record_folder.locked({str(folder)!r}):\n    print('got it', flush=True)"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     said = waiter.stderr.readline()  # said while the holder still holds it
     assert f"is being written by pid {holder.pid} (premem sweep, since" in said and waiter.poll() is None
     release.touch()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import curation, encoding, perplexity, record, sampling, tasks, training
+from premem import curation, encoding, perplexity, record, record_folder, sampling, tasks, training
 from premem.config import CURATION_KEYS, load_params
 from premem.errors import PremError
 
@@ -293,7 +293,7 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
         ["ifd", 0, 8, 0], ["ifd", 1, 12, 4], ["iid", 0, 8, 0], ["iid", 1, 12, 4], ["premem", 0, 8, 0],
         ["premem", 1, 12, 4]]
     assert table.test_acc.between(0, 1).all() and (out / "config.json").exists()
-    assert {p.name for p in out.iterdir()} - {record.LOCK} <= set(record.OWN_ENTRIES)  # --force may delete them
+    assert {p.name for p in out.iterdir()} - {record_folder.LOCK} <= set(record_folder.OWN_ENTRIES)  # --force may delete them
     assert set(pd.read_parquet(out / "efficiency.parquet").strategy) == {"ifd", "premem"}
     runs = pd.read_parquet(out / "runs.parquet").set_index("run")
     assert runs.n_train.to_dict() == {"originals_seed0": 8, "ifd_r1_seed0": 12, "iid_r1_seed0": 12,

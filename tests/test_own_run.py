@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from premem import checkpoints, encoding, metrics, record, tasks, training
+from premem import checkpoints, encoding, metrics, record, record_folder, tasks, training
 from premem.cli import main
 from premem.config import load_params
 from premem.errors import PremError
@@ -389,13 +389,13 @@ def test_force_deletes_only_a_record(tmp_path):
     (notes / "thesis.tex").write_text("years of work")
     for force in (False, True):  # a record goes into a new or empty folder, or a record, never elsewhere
         with pytest.raises(PremError, match="notes holds files that are not a premem record \\(thesis.tex\\)"):
-            record.create(notes, load_params(), force=force)
+            record_folder.create(notes, load_params(), force=force)
     assert (notes / "thesis.tex").read_text() == "years of work"
-    rec = record.create(tmp_path / "rec", load_params(), command="first")
-    record.create(rec, load_params(), command="again")
+    rec = record_folder.create(tmp_path / "rec", load_params(), command="first")
+    record_folder.create(rec, load_params(), command="again")
     provenance = record.read_json(rec / "config.json")["provenance"]
     assert [p["command"] for p in provenance] == ["first", "again"] and "torch" in provenance[0]["versions"]
-    record.create(rec, load_params(dict(k=7)), force=True)
+    record_folder.create(rec, load_params(dict(k=7)), force=True)
     assert len(record.read_json(rec / "config.json")["provenance"]) == 1
 
 
@@ -490,9 +490,9 @@ def test_a_callback_run_interrupted_and_trained_again_finishes(hf_run, user):
     with torch.random.fork_rng(), single_thread():
         with pytest.raises(KeyboardInterrupt):
             trainer.train()
-        assert "hf_stopped" in (rec / record.LOCK).read_text()  # still held: nothing released it
+        assert "hf_stopped" in (rec / record_folder.LOCK).read_text()  # still held: nothing released it
         trainer.train(resume_from_checkpoint=True)
-    assert (rec / record.LOCK).read_text() == ""  # released at the end
+    assert (rec / record_folder.LOCK).read_text() == ""  # released at the end
     got, want = tables(rec)["samples"], tables(hf_run["record"])["samples"]
     assert sorted(got.step.unique()) == [3, 6, 9] and (got[got.split == "train"].groupby("step").size() == 24).all()
     before = got[got.step < 9].drop(columns="run").reset_index(drop=True)  # trained alike before the stop

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import grading, metrics, record, robustness, sampling, tasks
+from premem import grading, metrics, record, record_folder, robustness, sampling, tasks
 from premem import data as data_lib
 from premem.errors import PremError
 
@@ -122,7 +122,7 @@ def test_cache_is_reused(smoke_record, monkeypatch):
     pd.testing.assert_frame_equal(first, again)
     tau = metrics.chosen_tau(cfg, record.read_runs(out))[0]
     assert robustness.cache_path(out, run, "we_know_that", 2, 202, tau).is_file()
-    assert {p.name for p in out.iterdir()} - {record.LOCK} <= set(record.OWN_ENTRIES)  # --force may delete them
+    assert {p.name for p in out.iterdir()} - {record_folder.LOCK} <= set(record_folder.OWN_ENTRIES)  # --force may delete them
     robustness.robustness_table(out, run, perturbation="we_know_that", k=2, seed=203, progress=False)
     assert len(calls) == 2
 

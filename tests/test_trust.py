@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from premem import checkpoints, encoding, io, model as model_lib, perplexity, record, recorder, released, tasks, training
+from premem import checkpoints, encoding, io, model as model_lib, perplexity, record, record_folder, recorder
+from premem import released, tasks, training
 from premem import data as data_lib
 from premem.config import load_params
 from premem.errors import PremError
@@ -37,12 +38,12 @@ def write_rows(path, examples):
 # ---- premem deletes only what it made ------------------------------------------------------------
 
 def test_force_keeps_a_users_file_beside_a_record(tmp_path):
-    rec = record.create(tmp_path / "rec", load_params(), command="first")
+    rec = record_folder.create(tmp_path / "rec", load_params(), command="first")
     (rec / "runs" / "lr1").mkdir(parents=True)
     (rec / "my_notes.md").write_text("mine")
     temporary = rec / f".samples.{'0' * 32}.parquet"  # a writer killed mid-write
     temporary.write_bytes(b"half")
-    record.create(rec, load_params(dict(k=7)), force=True)
+    record_folder.create(rec, load_params(dict(k=7)), force=True)
     assert (rec / "my_notes.md").read_text() == "mine"
     assert not (rec / "runs").exists() and not temporary.exists()
     assert record.read_json(rec / "config.json")["hash"] == load_params(dict(k=7)).hash()
@@ -60,7 +61,7 @@ def test_out_an_existing_file_or_a_name_too_long_is_one_line(tmp_path, capsys):
 def test_outputs_never_land_on_an_input_or_inside_a_record(tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [example(0)])
     cfg = data_lib.with_own_data(load_params(OWN), data)
-    rec = record.create(tmp_path / "rec", cfg)
+    rec = record_folder.create(tmp_path / "rec", cfg)
     with pytest.raises(PremError, match="is a data file the record was measured on"):
         recorder.check_output(data, cfg, rec)
     with pytest.raises(PremError, match="is inside the record"):
@@ -78,7 +79,7 @@ def test_every_top_level_entry_premem_writes_is_its_own():
         # record_dir / "name", Path(record_dir) / "name", out / "name": a record's top-level entries
         written |= set(re.findall(r"(?:record_dir|record|out|rec)\)?\s*/\s*\"([\w.]+)\"", f.read_text()))
     assert {"runs", "robustness", "jobs", "selections"} <= written, "the pattern no longer finds the writers"
-    assert written - set(record.OWN_ENTRIES) - {record.LOCK} == set()
+    assert written - set(record_folder.OWN_ENTRIES) - {record_folder.LOCK} == set()
 
 
 # ---- locks and temporaries -------------------------------------------------------------------------
@@ -86,18 +87,18 @@ def test_every_top_level_entry_premem_writes_is_its_own():
 def test_a_lock_this_process_still_holds_is_taken_over(tmp_path, capsys):
     """A callback's run stopped by Ctrl-C in a notebook keeps its lock: training again in the same
     process takes it over with a line, and does not wait on itself."""
-    stopped = record.locked(tmp_path / "rec", "PreMemCallback out")
+    stopped = record_folder.locked(tmp_path / "rec", "PreMemCallback out")
     stopped.__enter__()  # never left, as after a KeyboardInterrupt
-    with record.locked(tmp_path / "rec", "again"):
-        assert "again" in (tmp_path / "rec" / record.LOCK).read_text()
+    with record_folder.locked(tmp_path / "rec", "again"):
+        assert "again" in (tmp_path / "rec" / record_folder.LOCK).read_text()
     assert "taking over the lock this process still held (pid" in capsys.readouterr().err
     stopped.__exit__(None, None, None)  # the old context's exit is harmless
-    assert (tmp_path / "rec" / record.LOCK).read_text() == ""  # released cleanly: emptied
+    assert (tmp_path / "rec" / record_folder.LOCK).read_text() == ""  # released cleanly: emptied
 
 
 def test_a_dead_holders_lock_is_taken_over_and_its_temporaries_removed(tmp_path, capsys):
     folder = tmp_path / "rec"
-    code = (f"import os; from premem import record\nwith record.locked({str(folder)!r}, 'premem sweep'):\n"
+    code = (f"import os; from premem import record_folder\nwith record_folder.locked({str(folder)!r}, 'premem sweep'):\n"
             "    os._exit(0)\n")  # ends without releasing, as kill -9 does
     subprocess.run([sys.executable, "-c", code], check=True)
     parts = folder / "runs" / "r" / "parts"
@@ -106,7 +107,7 @@ def test_a_dead_holders_lock_is_taken_over_and_its_temporaries_removed(tmp_path,
     half = parts / f".samples-00000006.{'a1' * 16}.parquet"
     half.write_bytes(b"half")
     assert list(record._inputs(folder)) == ["runs/r/parts/samples-00000003.parquet"]  # never listed
-    with record.locked(folder, "premem record"):
+    with record_folder.locked(folder, "premem record"):
         assert not half.exists() and (parts / "samples-00000003.parquet").exists()
     err = capsys.readouterr().err
     assert "taking over the lock of pid" in err and "(premem sweep, since" in err and "ended without releasing" in err
@@ -117,14 +118,14 @@ def test_a_dead_holders_lock_is_taken_over_and_its_temporaries_removed(tmp_path,
 def test_a_data_file_changed_since_it_was_recorded_is_refused(tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [example(i) for i in range(3)])
     cfg = data_lib.with_own_data(load_params(OWN), data)
-    rec = record.create(tmp_path / "rec", cfg)
+    rec = record_folder.create(tmp_path / "rec", cfg)
     assert set(record.read_json(rec / "config.json")["data"]) == {"train"}
-    record.create(rec, cfg)  # unchanged: resumes
+    record_folder.create(rec, cfg)  # unchanged: resumes
     write_rows(data, [example(0), example(1, "1 + 1 = 3 #### 3"), example(2)])
     with pytest.raises(PremError, match="train.jsonl changed since it was recorded"):
-        record.create(rec, cfg)
-    record.create(rec, cfg, force=True)  # afresh, with the new digest
-    record.create(rec, cfg)
+        record_folder.create(rec, cfg)
+    record_folder.create(rec, cfg, force=True)  # afresh, with the new digest
+    record_folder.create(rec, cfg)
 
 
 def test_a_resumed_run_with_other_rows_under_its_ids_is_refused(tmp_path):
@@ -333,10 +334,10 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "premem", "sweep", "--params", str(params), "--out", str(out),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not ((out / record.LOCK).is_file() and (out / record.LOCK).read_text()) and time.time() < deadline:
+    while not ((out / record_folder.LOCK).is_file() and (out / record_folder.LOCK).read_text()) and time.time() < deadline:
         time.sleep(0.2)
-    assert "premem sweep" in (out / record.LOCK).read_text()  # holding it
+    assert "premem sweep" in (out / record_folder.LOCK).read_text()  # holding it
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert (out / record.LOCK).read_text() == ""  # released on the way out
+    assert (out / record_folder.LOCK).read_text() == ""  # released on the way out
     assert not [p for p in out.rglob(".*") if io.is_temporary(p)]

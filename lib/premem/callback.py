@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from premem import record
+from premem import record, record_folder
 from premem import data as data_lib
 from premem.config import Params, load_params
 from premem.errors import PremError
@@ -78,7 +78,7 @@ class PreMemCallback(TrainerCallback):
         if out_dir == trainer_dir or out_dir.is_relative_to(trainer_dir) or trainer_dir.is_relative_to(out_dir):
             raise PremError(f"out={self.out}: the record and the Trainer's output_dir ({trainer.args.output_dir}) "
                             "must be apart (a record's --force would otherwise reach the checkpoints)")
-        record.check_target(self.out, self.cfg)  # another config's record fails now, not after an epoch
+        record_folder.check_target(self.out, self.cfg)  # another config's record fails now, not after an epoch
         self.every_epochs = every_epochs
         self.init_state, self.folder, self.lock = None, None, contextlib.ExitStack()
 
@@ -89,8 +89,8 @@ class PreMemCallback(TrainerCallback):
             return
         command = f"PreMemCallback {args.output_dir}"
         self.lock.close()  # a run of this callback stopped without on_train_end (Ctrl-C) still holds it
-        self.lock.enter_context(record.locked(self.out, command))  # held until training ends (or the process)
-        record.create(self.out, self.cfg, command=command)
+        self.lock.enter_context(record_folder.locked(self.out, command))  # held until training ends (or the process)
+        record_folder.create(self.out, self.cfg, command=command)
         # state.num_train_epochs is what the Trainer saves in trainer_state.json (premem record reads it).
         self.folder = record.start_run(self.out, self.run, lr=args.learning_rate, epochs=state.num_train_epochs,
                                        data_fraction=1.0, seed=args.seed, examples=self.train_examples,

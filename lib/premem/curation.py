@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem import io, launcher, metrics, record, sweep, tasks
+from premem import io, launcher, metrics, record, record_folder, sweep, tasks
 from premem import data as data_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
@@ -163,9 +163,9 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     cfg = curation_params(cfg)
     originals, test, held = data_lib.load_examples(cfg, heldout=True)  # bad input fails before the folder is made
     source = source_for(cfg)
-    record.check_target(out, cfg, force=force, extra_keys=CURATION_KEYS)
-    with record.locked(out, "premem curate"):
-        record.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
+    record_folder.check_target(out, cfg, force=force, extra_keys=CURATION_KEYS)
+    with record_folder.locked(out, "premem curate"):
+        record_folder.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
         _curate(cfg, out, originals, test, held, source, progress)
     return out
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from premem import checkpoints, launcher, record
+from premem import checkpoints, launcher, record, record_folder
 from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -239,9 +239,9 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     run = record.check_run_name(run or Path(checkpoints_dir).resolve().name)
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
     meta = checkpoints.training_arguments(ckpts[-1]["path"])
-    record.check_target(out, cfg)
-    with record.locked(out, f"premem record {checkpoints_dir}"):
-        record.create(out, cfg, command=f"premem record {checkpoints_dir}")
+    record_folder.check_target(out, cfg)
+    with record_folder.locked(out, f"premem record {checkpoints_dir}"):
+        record_folder.create(out, cfg, command=f"premem record {checkpoints_dir}")
         _record_checkpoints(recorder, ckpts, Path(out), run, meta, train, base, progress,
                             source=str(Path(checkpoints_dir).resolve()), recording=dict(fraction=float(fraction),
                                                                                        baselines=bool(baselines)))
@@ -386,7 +386,7 @@ def check_output(out: str | Path, cfg: Params | None, record_dir: str | Path | N
         raise PremError(f"--out {out} is a data file the record was measured on: premem does not overwrite its "
                         "inputs; choose another --out")
     folders = [Path(record_dir).resolve()] if record_dir is not None and record.is_record_dir(record_dir) else []
-    inside = [d for d in folders if out.is_relative_to(d)] + [d for d in out.parents if record.is_own_record(d)]
+    inside = [d for d in folders if out.is_relative_to(d)] + [d for d in out.parents if record_folder.is_own_record(d)]
     if inside:
         raise PremError(f"--out {out} is inside the record {inside[0]}: write tables outside it")
     return out

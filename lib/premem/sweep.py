@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from premem import checkpoints, launcher, record
+from premem import checkpoints, launcher, record, record_folder
 from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -313,10 +313,10 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
 
     lead = launcher.rank() == 0
     if lead:  # a rank reading while rank 0 clears the folder (--force) would see half a record
-        record.check_target(out, cfg, force=force)  # a folder that is not this config's record fails now
-    with record.locked(out, "premem sweep") if lead else contextlib.nullcontext():
+        record_folder.check_target(out, cfg, force=force)  # a folder that is not this config's record fails now
+    with record_folder.locked(out, "premem sweep") if lead else contextlib.nullcontext():
         if lead:
-            record.create(out, cfg, force=force, command="premem sweep")
+            record_folder.create(out, cfg, force=force, command="premem sweep")
         training.wait_for_ranks()  # no rank reads the folder before rank 0 has made it
         base = base_model_path(cfg, progress=progress)
         recorder.check_lengths_before_training(cfg, base, train_all + heldout)  # before any run trains
