@@ -56,7 +56,7 @@ def measure(model, tok, prompts, targets, *, batch_size: int = 32, n_prompts: in
     t_loop, (nll_l, n_l) = timed(lambda: one_at_a_time_nll(model, tok, prompts, targets, progress=False))
     assert np.array_equal(n_b, n_l)
     t_samp, out = timed(lambda: sample(model, tok, prompts[:n_prompts], k=k, max_new_tokens=max_new_tokens,
-                                       stop="\nDone.", seed=0, batch_size=sample_batch_size, backend="transformers",
+                                       stop="\nDone.", seed=0, batch_size=sample_batch_size,
                                        progress=False))
     n_gen = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for row in out for c in row)
     return dict(params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2), n=len(prompts),

@@ -174,7 +174,7 @@ def vllm_stage(tmp: Path) -> dict:
 
     if importlib.util.find_spec("vllm") is None:
         return dict(skipped="vllm is not installed (the optional gpu extra)")
-    from premem.sampling import sample
+    from premem.backends import sample
 
     base = next((ROOT / "models").iterdir())
     out = sample(str(base), None, ["1+1=?"], k=2, max_new_tokens=8, seed=0, backend="vllm", progress=False)

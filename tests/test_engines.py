@@ -114,8 +114,7 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     # Temperature 0: exactly the transformers path's greedy answers.
     greedy = vllm_backend.sample(str(BASE), prompts, k=2, temperature=0, top_p=1.0, seed=0, **opts)
     with single_thread():
-        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP,
-                               backend="transformers", progress=False)
+        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
     assert greedy == want
     # Perplexity from prompt logprobs, with and without eos, as the transformers path computes it.
     for add_eos in (True, False):
@@ -146,8 +145,7 @@ def test_adapter_is_served_merged_into_its_base(adapter, fresh_engine):
     nll, _ = vllm_backend.target_nll(folder, tok, prompts, targets, max_model_len=length)
     with single_thread():
         want, _ = perplexity.target_nll(adapted, tok, prompts, targets, progress=False)
-        greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP,
-                                      backend="transformers", progress=False)
+        greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP, progress=False)
     np.testing.assert_allclose(nll, want, rtol=1e-4)
     greedy = vllm_backend.sample(str(folder), prompts, k=1, temperature=0, top_p=1.0, max_new_tokens=64, stop=STOP,
                                  seed=0, tokenizer=tok, max_model_len=length)

@@ -41,8 +41,10 @@ def test_vllm_is_refused_for_qlora(tmp_path):
     """vLLM would score the adapter merged into a float base, not the 4-bit one it was trained on."""
     from premem.errors import PremError
 
+    cfg = load_params(ROOT / "params" / "smoke.yaml", **QLORA, backend="vllm", stages="separate")
     with pytest.raises(PremError, match="key 'backend': vllm serves an adapter merged into a float copy"):
-        load_params(ROOT / "params" / "smoke.yaml", **QLORA, backend="vllm")
+        sweep.sweep(cfg, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_the_base_loads_in_four_bits_on_the_cpu():

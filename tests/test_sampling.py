@@ -9,6 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_lm import char_tokenizer, single_thread, tiny_llama  # noqa: E402
 
+from premem import backends
 from premem.errors import PremError
 from premem.sampling import sample, truncate_at_stop
 
@@ -142,7 +143,7 @@ def test_bad_k(lm, k):
 
 def test_bad_arguments(lm):
     with pytest.raises(PremError, match="backend"):
-        sample(*lm, PROMPTS, k=1, backend="tgi")
+        backends.sample(*lm, PROMPTS, k=1, backend="tgi")
     with pytest.raises(PremError, match="single string"):
         sample(*lm, "a prompt", k=1)
     with pytest.raises(PremError, match="temperature"):
@@ -156,6 +157,6 @@ def test_vllm_backend_missing_is_clear(lm):
     except ImportError:
         pass
     with pytest.raises(PremError, match="vllm"):
-        sample("some/checkpoint", None, PROMPTS, k=2, backend="vllm")
+        backends.sample("some/checkpoint", None, PROMPTS, k=2, backend="vllm")
     # auto falls back to transformers on a machine without vLLM or CUDA
-    assert len(sample(*lm, PROMPTS[:1], k=2, max_new_tokens=4, backend="auto", progress=False)[0]) == 2
+    assert len(backends.sample(*lm, PROMPTS[:1], k=2, max_new_tokens=4, backend="auto", progress=False)[0]) == 2

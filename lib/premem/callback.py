@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from premem import record, record_folder
+from premem import backends, record, record_folder
 from premem import data as data_lib
 from premem.config import Params, load_params
 from premem.errors import PremError
@@ -59,12 +59,13 @@ class PreMemCallback(TrainerCallback):
         if every_epochs is None and str(getattr(strategy, "value", strategy)) == "no":
             raise PremError("the Trainer saves no checkpoints (save_strategy 'no'): PreMemCallback records at "
                             "each save; set save_strategy, or every_epochs=n")
-        if every_epochs is not None and cfg.backend == "vllm":
-            raise PremError("backend vllm samples from a saved checkpoint folder: with every_epochs nothing is "
-                            "saved where it records; record at the Trainer's saves (every_epochs=None)")
-        if cfg.backend == "vllm" and trainer.args.world_size > 1:  # vLLM's teardown ends the Trainer's group
-            raise PremError("backend vllm: an engine inside a Trainer of several processes would take down their "
-                            "process group; record the saved checkpoints with `premem record` instead")
+        engine = backends.get(cfg.backend).engine
+        if every_epochs is not None and engine:
+            raise PremError(f"backend {cfg.backend} samples from a saved checkpoint folder: with every_epochs nothing "
+                            "is saved where it records; record at the Trainer's saves (every_epochs=None)")
+        if engine and trainer.args.world_size > 1:  # vLLM's teardown ends the Trainer's group
+            raise PremError(f"backend {cfg.backend}: an engine inside a Trainer of several processes would take down "
+                            "their process group; record the saved checkpoints with `premem record` instead")
         train, test, heldout = (data_lib.load_own_examples(self.cfg, x, split) if isinstance(x, (str, Path))
                                 else list(x or []) for x, split in ((data, "train"), (test, "test"), (heldout, "heldout")))
         data_lib.check_splits(train, test, heldout)

@@ -121,7 +121,7 @@ class Params(BaseModel):
     max_new_tokens: int = Field(96, ge=1)  # BPE tokens; the longest arith gold solution is 77
     sample_batch_size: int = Field(256, ge=1)  # sequences per decoding batch (prompts x k)
     perplexity_batch_size: int = Field(64, ge=1)
-    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    backend: str = "auto"  # auto or a key of premem.backends.BACKENDS (checked there, with what it refuses)
     workers: int = Field(2, ge=1)  # CPU: one torch thread per worker process
     # together: a run records each checkpoint inside its training process, as it is saved.
     # separate: the run trains first, then a fresh process records its saved checkpoints, so an
@@ -378,9 +378,6 @@ def _check_combinations(data: dict, source: str) -> None:
     per_device, batch = data.get("per_device_batch_size"), data.get("batch_size", fields["batch_size"].default)
     if isinstance(per_device, int) and isinstance(batch, int) and per_device > 0 and batch % per_device:
         raise PremError(f"{source}: key 'per_device_batch_size': {per_device} does not divide batch_size {batch}")
-    if data.get("backend") == "vllm" and data.get("quantization"):
-        raise PremError(f"{source}: key 'backend': vllm serves an adapter merged into a float copy of its base, "
-                        "not the 4-bit base a QLoRA adapter was trained on; record it with backend transformers")
     slurm = sorted(k for k in given if k.startswith("slurm_"))
     if data.get("launcher", "local") == "local" and slurm:
         raise PremError(f"{source}: key '{slurm[0]}': slurm_* options apply to launcher: slurm, and the launcher "

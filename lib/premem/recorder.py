@@ -13,14 +13,22 @@ resumable per checkpoint.
 """
 from __future__ import annotations
 
+import json
+import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer
 
-from premem import checkpoints, launcher, record, record_folder
+from premem import (backends, checkpoints, encoding, grading, io, launcher, metrics, perplexity, record, record_folder,
+                    tasks, training)
 from premem import data as data_lib
+from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
 
@@ -28,27 +36,15 @@ GRAD_VARIANCE_BATCHES = 4  # minibatches whose gradients give the gradient-varia
 
 
 def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int, seed: int,
-                   progress: bool = False, max_model_len: int | None = None) -> list[list[str]]:
-    """`sampling.sample` with the params' decoding keys: vLLM loads the weights itself, from the
-    `checkpoint` folder (or hub id), with an engine of `max_model_len` tokens; the transformers
-    backend samples the loaded `lm`."""
-    from premem import sampling, vllm_backend
-
-    if cfg.backend == "vllm":  # the process's one engine, at the params' dtype
-        return vllm_backend.sample(str(checkpoint), prompts, k=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed, tokenizer=tok,
-                                   dtype=cfg.dtype, max_model_len=max_model_len, pad_token=cfg.pad_token,
-                                   progress=progress)
-    return sampling.sample(
-        lm, tok, prompts, k=k, temperature=cfg.temperature,
-        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, seed=seed,
-        batch_size=cfg.sample_batch_size, backend=cfg.backend, progress=progress)
-
+                   progress: bool = False, context: int | None = None) -> list[list[str]]:
+    """k answers per prompt with the params' decoding keys, by the params' backend: transformers
+    samples the loaded `lm`, an engine (vLLM) the saved `checkpoint` folder with a context of
+    `context` tokens."""
+    return backends.get(cfg.backend).sample(cfg, lm, checkpoint, tok, prompts, k, seed, progress, context)
 
 def checkpoint_seed(cfg: Params, run_seed: int, step: int) -> int:
     """The sampling seed of a checkpoint: independent of what was recorded before it."""
     return cfg.data_seed * 1_000_003 + run_seed * 10_007 + step
-
 
 def subsample(examples: list, fraction: float, seed: int = 0) -> list:
     """A seeded random `fraction` of the examples (at least one), in their own order."""
@@ -60,7 +56,6 @@ def subsample(examples: list, fraction: float, seed: int = 0) -> list:
     keep = np.sort(np.random.default_rng([seed, 12345]).choice(len(examples), m, replace=False))
     return [examples[i] for i in keep]
 
-
 class Recorder:
     """The measurement at one checkpoint for one run's example sets (premem.tasks.Example lists):
     `train` (the training examples recorded), `test` (sampled for test accuracy; may be empty) and
@@ -68,13 +63,12 @@ class Recorder:
     `baselines`: also the predictors of claim 2 (param_distance, grad_variance), else NaN."""
 
     def __init__(self, cfg: Params, train, test=(), heldout=(), baselines: bool = True):
-        from premem import tasks
-
         if not train:
             raise PremError("no training examples to record")
         if cfg.tau_rule == "heldout" and not heldout:
             raise PremError("tau_rule heldout calibrates tau on held-out examples, and none are given: pass them "
                             "(premem record --heldout, PreMemCallback heldout=) or set tau_rule: fixed")
+        backends.check(cfg.model_dump(), f"params '{cfg.name}'")
         self.cfg, self.train, self.test, self.heldout = cfg, list(train), list(test), list(heldout)
         # The baseline predictors cost a backward pass per minibatch and two float32 copies of the
         # trainable weights (gradient variance), and a copy of the starting weights (distance).
@@ -92,7 +86,6 @@ class Recorder:
         """Write the checkpoint's parts into the run's folder; False when they were there already.
         `init_state` (training.snapshot of the starting weights) gives param_distance, else NaN;
         `checkpoint` is the saved folder, for vLLM."""
-        from premem import grading, perplexity, training, vllm_backend
 
         if record.part_done(folder, step):
             return False
@@ -103,33 +96,28 @@ class Recorder:
         cfg, seed = self.cfg, checkpoint_seed(self.cfg, run_seed, step)
         scored = self.train + self.heldout
         prompts, targets = self.prompts["train"] + self.prompts["heldout"], self.targets["train"] + self.targets["heldout"]
-        # One vLLM engine serves the checkpoint's three measurements: one context length for all.
-        length = vllm_backend.needed_length(tok, prompts + self.prompts["test"], targets, cfg.max_new_tokens,
-                                            cfg.target_eos) if cfg.backend == "vllm" else None
+        backend = backends.get(cfg.backend)
+        if backend.engine and checkpoint is None:
+            raise PremError(f"backend {cfg.backend} measures a saved checkpoint folder, and step {step} has none")
+        # One engine serves the checkpoint's three measurements: one context length for all.
+        length = backend.context(cfg, tok, prompts + self.prompts["test"], targets) if backend.context else None
         rows = []
         for split, k in (("train", cfg.k), ("test", cfg.k_test or cfg.k)):
             examples = getattr(self, split) if split == "train" or sample_test else []
             completions = sample_answers(cfg, model, checkpoint, tok, self.prompts[split][:len(examples)], k, seed,
-                                         max_model_len=length)
+                                         context=length)
             for ex, outs in zip(examples, completions):
                 for j, g in enumerate(grading.grade_many(outs, ex.answer, self.checker)):
                     rows.append(dict(run=run, step=step, epoch=epoch, split=split, example_id=ex.id, sample_idx=j,
                                      correct=g.correct, correct_strict=g.correct_strict, parse_ok=g.parse_ok,
                                      answer=g.answer))
-        if cfg.backend == "vllm" and checkpoint is not None:  # the engine that sampled scores the targets too
-            nll, n_tokens = vllm_backend.target_nll(checkpoint, tok, prompts, targets, add_eos=cfg.target_eos,
-                                                    dtype=cfg.dtype, max_model_len=length, pad_token=cfg.pad_token,
-                                                    max_length=cfg.model_max_length)
-        else:
-            nll, n_tokens = perplexity.target_nll(model, tok, prompts, targets, batch_size=cfg.perplexity_batch_size,
-                                                  add_eos=cfg.target_eos, max_length=cfg.model_max_length,
-                                                  progress=False)
+        nll, n_tokens = backend.target_nll(cfg, model, checkpoint, tok, prompts, targets, length)
         ppl = pd.DataFrame(dict(run=run, step=step, epoch=epoch, example_id=[ex.id for ex in scored],
                                 trained=[i < len(self.train) for i in range(len(scored))],
                                 nll=nll, n_tokens=n_tokens, perplexity=perplexity.perplexity(nll, n_tokens)))
         distance = variance = np.nan
-        if self.baselines and cfg.backend == "vllm" and checkpoint is not None:
-            _to_gpu_after_vllm(model)
+        if self.baselines and backend.engine:
+            _to_gpu_after_engine(backend, model)
         if self.baselines:
             if init_state is not None:
                 distance = training.param_distance(model, init_state)
@@ -144,15 +132,11 @@ class Recorder:
         record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
         return True
 
-
 def check_gold(examples, checker: str, strict: bool) -> None:
     """Every gold solution graded right against its own answer by the task's checker: samples are
     written like the solutions, so where the checker finds no answer in them (no `####`, no boxed
     answer) train accuracy can only be 0. For a user's data (strict) one error naming the first;
     for premem's own tasks a warning."""
-    import warnings
-
-    from premem import grading
 
     bad = [ex for ex in examples if not grading.grade(ex.solution, ex.answer, checker).correct]
     if not bad:
@@ -167,14 +151,10 @@ def check_gold(examples, checker: str, strict: bool) -> None:
         raise PremError(message)
     warnings.warn(message, stacklevel=2)
 
-
 def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str], note: bool = True) -> None:
     """Examples measured as training saw them: over model_max_length, scored on the tokens within it
     (`note`: a line says how many); a prompt alone over it, or an example over the model's context
     without a model_max_length, one error."""
-    import sys
-
-    from premem import encoding
 
     lengths = [len(ids) for ids, _ in encoding.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos,
                                                               max_length=None)]
@@ -191,13 +171,9 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
         raise PremError(f"example {i} is {lengths[i]} tokens, and the model's context is {context}: set "
                         "model_max_length (training cuts examples there) or shorten the data")
 
-
 def check_lengths_before_training(cfg: Params, base: str, examples: list) -> None:
     """check_lengths with the base's tokenizer and config alone (no weights loaded), before a sweep
     trains anything: a length error then costs nothing."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from premem import model as model_lib, tasks
 
     folder, kwargs = model_lib.source(str(base), cfg.trust_remote_code)
     try:
@@ -211,18 +187,12 @@ def check_lengths_before_training(cfg: Params, base: str, examples: list) -> Non
     targets = [tasks.format_target(ex, cfg.target_template) for ex in examples]
     check_lengths(cfg, SimpleNamespace(config=config), tok, prompts, targets, note=False)
 
-
-def _to_gpu_after_vllm(model) -> None:
+def _to_gpu_after_engine(backend, model) -> None:
     """The baselines' backward passes on the GPU the engine has just given back: the recording stage
     loads the model into CPU memory, so the engine started on an empty GPU (premem.stages)."""
-    import torch
-
-    from premem import vllm_backend
-
-    vllm_backend.release()
+    backend.release()
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
-
 
 # ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------
 
@@ -247,16 +217,14 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
                                                                                        baselines=bool(baselines)))
     return Path(out)
 
-
 def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained: list,
                         base: str | None, progress: bool, source: str, recording: dict) -> None:
-    from tqdm.auto import tqdm
 
     folder = record.start_run(out, run, lr=meta["lr"], epochs=meta["epochs"], data_fraction=1.0,
                               seed=meta["seed"], examples=trained, source=source, recording=recording)
     # Under vLLM each checkpoint is recorded in a process of its own: an engine's GPU memory comes
     # back only with its process (premem.stages), and a full model's next checkpoint needs a new engine.
-    apart = recorder.cfg.backend == "vllm"
+    apart = backends.get(recorder.cfg.backend).engine
     init_state = None if apart else _starting_weights(recorder, ckpts, base)
     for c in tqdm(ckpts, desc=f"record {run}", unit="checkpoint", disable=not progress):
         if record.part_done(folder, c["step"]):
@@ -268,12 +236,10 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
     record.finish_run(folder, [c["step"] for c in ckpts])
     record.finish(out)
 
-
 def starting_model(cfg: Params, base: str | None) -> str | None:
     """The model training started from: `--base`, else the params' base_model (not the embedded
     one, which is premem's own recipe, not a folder)."""
     return base or (None if cfg.base_model == "embedded" else cfg.base_model)
-
 
 def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> None:
     """A `--base` whose vocabulary or width differs from the saved full models' is not where they
@@ -292,20 +258,16 @@ def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> N
                 raise PremError(f"--base {base}: {key} {theirs[key]}, and {c['path'].name} has {ours[key]}: not the "
                                 "model this run started from")
 
-
 def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
     """training.snapshot of `base`, where the baselines need it (param_distance of full models)."""
-    from premem import training
 
     if not (recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts)):
         return None
     init_model, _ = training.load_checkpoint(base)
     return training.snapshot(init_model)
 
-
 def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, base: str | None, init_state) -> None:
     """One saved checkpoint into the run's folder (init_state None: loaded here, where needed)."""
-    from premem import training
 
     if init_state is None:
         init_state = _starting_weights(recorder, [c], base)
@@ -317,12 +279,10 @@ def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, 
     recorder.record(folder, run, seed, c["step"], c["epoch"], model, tok,
                     init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
 
-
 def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
     """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
     checkpoint, with the 95% interval of the pre-mem estimate over the recorded examples (finite
     population correction when they are a subsample of the training set)."""
-    from premem import metrics
 
     dyn = record.read_run_parts(record_dir, run)
     tau = metrics.chosen_tau(cfg, [dyn])[0]
@@ -336,16 +296,11 @@ def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
         out["premem/test_acc"] = float(dyn.test_acc[-1])
     return out
 
-
 def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path) -> int:
     """The training rows with these ids as JSON Lines: for the jsonl task, the user's own lines as
     they are; for premem's tasks, {id, question, solution, answer}. Only rows as they were measured
     are written: a row edited since it was recorded (its example_digest differs) is left out, with a
     line saying how many. Returns how many were written."""
-    import json
-    import sys
-
-    from premem import io
 
     record_dir = Path(record_dir)
     if not record.is_record_dir(record_dir):
@@ -375,7 +330,6 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
                 for i, ex in examples.items() if i in wanted]
     io.write_text(out, "".join(r + "\n" for r in rows))
     return len(rows)
-
 
 def check_output(out: str | Path, cfg: Params | None, record_dir: str | Path | None = None) -> Path:
     """An output premem is about to write (a table, rows) is neither an input it read (the params'

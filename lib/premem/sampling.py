@@ -4,30 +4,19 @@ At every checkpoint the paper samples k completions per training query at temper
 grades them. ``sample`` returns them as ``list[list[str]]`` (prompts x k), each cut before the stop
 string (``"\\nDone."`` by the project's prompt format) and without it.
 
-Two backends:
+premem's own decoding loop over a transformers causal LM: batched, with the KV cache, left padding
+and an attention mask, stopping on the stop string or EOS (see ``_decode``). Pure temperature
+sampling with optional top-p, as vLLM's ``SamplingParams``: no top_k or repetition penalty from the
+checkpoint's generation_config sneaks in. Reproducible: each batch has its own generator seeded
+from ``(seed, batch index)`` (the caller's global RNG is untouched), so a batch's samples do not
+depend on earlier batches. Results do depend on ``batch_size`` and on the set of prompts (they
+decide the batches). vLLM's sampler is premem.vllm_backend; premem.backends names both.
 
-- ``"transformers"``: a lean batched decoding loop over a transformers causal LM with the KV cache,
-  left padding and an attention mask, stopping on the stop string or EOS (see ``_decode``). Pure
-  temperature sampling with optional top-p, as vLLM's ``SamplingParams``: no top_k or repetition
-  penalty from the checkpoint's generation_config sneaks in. Reproducible: each batch has its own
-  generator seeded from ``(seed, batch index)`` (the caller's global RNG is untouched), so a batch's
-  samples do not depend on earlier batches. Results do depend on ``batch_size`` and on the set of
-  prompts (they decide the batches).
-- ``"vllm"``: ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, on CUDA or vLLM's CPU build. vLLM loads
-  weights itself, so ``model`` must be a path (a saved checkpoint folder or hub id) or an existing
-  ``vllm.LLM``; it is imported lazily. Each prompt gets seed ``seed + index`` so prompts do not
-  share random streams.
-- ``"auto"``: vLLM when it is importable, CUDA is available and ``model`` is a path or a
-  ``vllm.LLM``; otherwise transformers. On a CPU that is what a measurement says: vLLM's CPU build
-  sampled slower than this path for the CPU default's model and for SmolLM2-135M, before its engine
-  start (docs/engines.md, scripts/benchmark_engines.py).
-
-``temperature=0`` means greedy decoding in both backends (k identical completions).
+``temperature=0`` means greedy decoding (k identical completions).
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,33 +29,14 @@ from premem.errors import PremError
 
 __all__ = ["sample", "truncate_at_stop"]
 
-BACKENDS = ("auto", "transformers", "vllm")
-
-
-def _is_vllm_llm(model) -> bool:
-    return type(model).__module__.startswith("vllm") and type(model).__name__ == "LLM"
-
-
-def _pick_backend(backend: str, model) -> str:
-    if backend not in BACKENDS:
-        raise PremError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        path_like = isinstance(model, str) or _is_vllm_llm(model)
-        has_vllm = importlib.util.find_spec("vllm") is not None
-        return "vllm" if path_like and has_vllm and torch.cuda.is_available() else "transformers"
-    return backend
-
-
 def sample(model, tokenizer, prompts: Sequence[str], *, k: int, temperature: float = 0.8,
            top_p: float = 1.0, max_new_tokens: int = 256, stop: str | None = "\nDone.",
-           seed: int = 0, batch_size: int = 64, backend: str = "auto",
-           progress: bool = True) -> list[list[str]]:
+           seed: int = 0, batch_size: int = 64, progress: bool = True) -> list[list[str]]:
     """k completions for each prompt, in prompt order, each truncated before ``stop``.
 
-    ``model`` is a loaded ``PreTrainedModel`` (backend "transformers"), or a checkpoint path / ``vllm.LLM``
-    (backend "vllm"; with "transformers" a path is loaded with ``AutoModelForCausalLM``). ``batch_size``
-    counts generated sequences per ``generate`` call (prompts per call = batch_size // k, at least
-    one). ``tokenizer`` may be ``None`` for vLLM, which then uses the checkpoint's tokenizer.
+    ``model`` is a loaded ``PreTrainedModel`` or a checkpoint path (loaded with
+    ``AutoModelForCausalLM``). ``batch_size`` counts generated sequences per decoding batch (prompts
+    per batch = batch_size // k, at least one).
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise PremError(f"k must be an integer >= 1, got {k!r}")
@@ -81,10 +51,6 @@ def sample(model, tokenizer, prompts: Sequence[str], *, k: int, temperature: flo
     prompts = list(prompts)
     if not prompts:
         return []
-    chosen = _pick_backend(backend, model)
-    if chosen == "vllm":
-        return _sample_vllm(model, tokenizer, prompts, k=int(k), temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens, stop=stop, seed=seed, progress=progress)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(model)
@@ -290,16 +256,3 @@ def _cut_at_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
         return new
     hit = torch.isin(new, torch.tensor(eos, device=new.device)).int().cumsum(-1) > 0
     return new.masked_fill(hit, pad)
-
-
-def _sample_vllm(model, tokenizer, prompts, *, k, temperature, top_p, max_new_tokens, stop, seed,
-                 progress) -> list[list[str]]:
-    """premem.vllm_backend.sample: the process's one engine for a checkpoint (LoRA adapters merged
-    into their base), or the caller's own vllm.LLM."""
-    from premem import vllm_backend
-
-    if not (_is_vllm_llm(model) or isinstance(model, str)):
-        raise PremError("backend='vllm' needs a checkpoint path or a vllm.LLM as model, "
-                        f"got {type(model).__name__} (save it with save_pretrained first)")
-    return vllm_backend.sample(model, prompts, k=k, temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new_tokens, stop=stop, seed=seed, progress=progress)

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from premem import checkpoints, io, launcher, record
+from premem import backends, checkpoints, io, launcher, record
 from premem.errors import PremError
 
 TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
@@ -58,7 +58,7 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
         todo = [c["step"] for c in checkpoints.finished_checkpoints(run_dir / "train")
                 if c["epoch"] <= spec.epochs and not record.part_done(run_dir, c["step"])
                 and checkpoints.weight_files(c["path"])]
-        if cfg.backend == "vllm":
+        if backends.get(cfg.backend).engine:
             for step in todo:
                 launcher.in_fresh_process(record_checkpoints, (*args, [step]))
         elif todo and here:
@@ -96,7 +96,8 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     init_state = training.snapshot(base)
     del base
     free_memory()  # a quantised base sits on the GPU: gone before any engine starts
-    gpu = torch.cuda.is_available() and cfg.backend != "vllm"  # the baselines' passes on the GPU, as in training
+    # the baselines' passes on the GPU, as in training; an engine gets the GPU to itself first
+    gpu = torch.cuda.is_available() and not backends.get(cfg.backend).engine
     measure = recorder.Recorder(cfg, recorded, test, heldout)
     for c in checkpoints.finished_checkpoints(run_dir / "train"):
         if c["step"] not in steps:

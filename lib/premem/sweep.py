@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from premem import checkpoints, launcher, record, record_folder
+from premem import backends, checkpoints, launcher, record, record_folder
 from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -217,8 +217,9 @@ def check_launch(cfg: Params) -> None:
     """What the params ask of this machine and launch, checked before anything is made."""
     import torch
 
-    if cfg.backend == "vllm" and cfg.stages == "together":
-        raise PremError("stages: backend vllm records with an engine of its own, which must not share the "
+    backends.check(cfg.model_dump(), f"params '{cfg.name}'")
+    if backends.get(cfg.backend).engine and cfg.stages == "together":
+        raise PremError(f"stages: backend {cfg.backend} records with an engine of its own, which must not share the "
                         "Trainer's process and GPU: set stages: separate")
     if cfg.stages == "together" and (launcher.world_size() > 1 or under_fsdp()):
         how = "FSDP: each holds a shard of the weights" if under_fsdp() else f"{launcher.world_size()} processes"
