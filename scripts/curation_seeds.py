@@ -56,7 +56,7 @@ def main():
         if gaps is not None:
             print(f"\n{name}, premem's test accuracy minus each rule's, seed by seed (curation.paired_gaps):")
             print(gaps.round(3).to_string(index=False))
-    # The pooled tables (the last loop pass), kept with what made them: the README quotes them.
+    # The pooled tables (the last loop pass), kept with what made them: docs/findings.md quotes them.
     pooled_dir = folder / "pooled"
     io.write_json(pooled_dir / "config.json", dict(
         params=args.params, params_hash=cfg.hash(), strategies=args.strategies,

@@ -42,7 +42,7 @@ def user(tmp_path_factory):
     files = dict(train=write_jsonl(tmp / "train.jsonl", pool[:12], "q"),
                  test=write_jsonl(tmp / "test.jsonl", tasks.load_task("arith", "test", 8, seed=3), "t"),
                  heldout=write_jsonl(tmp / "held.jsonl", pool[12:], "h"))
-    # The README's template with the user's column names, and smoke-sized decoding.
+    # The template (docs/own_run.md) with the user's column names, and smoke-sized decoding.
     template = yaml.safe_load((ROOT / "params" / "own_data.yaml").read_text())
     params = tmp / "mine.yaml"
     params.write_text(yaml.safe_dump(template | dict(name="mine", task_options=dict(FIELDS, checker="marker"), k=2,
@@ -399,8 +399,8 @@ def test_force_deletes_only_a_record(tmp_path):
     assert len(record.read_json(rec / "config.json")["provenance"]) == 1
 
 
-def test_readme_documents_the_record_schema():
-    assert record.schema_markdown() in (ROOT / "README.md").read_text()
+def test_docs_document_the_record_schema():
+    assert record.schema_markdown() in (ROOT / "docs" / "record.md").read_text()
 
 
 def test_another_run_of_the_same_name_is_refused_not_merged(hf_run, user, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 premem's sweep writes it, `premem record` writes it from any trainer's saved checkpoints,
 `PreMemCallback` writes it during training; every metric, notebook and the claims ledger read it.
-This module owns the format: the schema below writes, validates on read, and renders the README's
+This module owns the format: the schema below writes, validates on read, and renders docs/record.md's
 table, so the three writers cannot drift apart.
 
     <record>/config.json                 resolved params, their hash, and provenance: the versions
@@ -484,7 +484,7 @@ def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def schema_markdown() -> str:
-    """The README's table of the record format, from SCHEMA."""
+    """docs/record.md's table of the record format, from SCHEMA."""
     lines = ["| table | column | kind | meaning |", "|---|---|---|---|"]
     for table, columns in SCHEMA.items():
         for i, c in enumerate(columns):
