@@ -81,7 +81,7 @@ def speed(n: int = 256, device: str = "cuda", sizes=((128, 4), (768, 12)), batch
 def smollm(tmp: Path, n_train: int = 128, lrs=(2e-5, 1e-4, 5e-4), epochs: int = 3, max_new_tokens: int = 96,
            dtype: str | None = "bfloat16") -> dict:
     """A real pretrained LM, finetuned over a few learning rates on arith, every epoch recorded, fitted."""
-    from premem.cli import fit_summary, load_runs
+    from premem.fitting import fit_summary, load_runs
     from premem.config import load_params
     from premem.sweep import sweep
 
@@ -138,7 +138,7 @@ def qlora(tmp: Path) -> dict:
 
 
 def smoke(tmp: Path, dtype: str | None = "bfloat16") -> dict:
-    from premem.cli import fit_summary, load_runs
+    from premem.fitting import fit_summary, load_runs
     from premem.config import load_params
     from premem.sweep import sweep
 

@@ -106,7 +106,7 @@ def test_threshold_is_data():
 
 def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     """Every live claim from a smoke sweep's record, and the ledger from records alone: a claim whose
-    record or cache is missing says which command makes it; nothing is computed with compute=False."""
+    record or cache is missing says which command makes it; a claim never computes."""
     import shutil
 
     shared, made = smoke_sweep
@@ -119,10 +119,10 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
 
     assert build_parser().parse_args(["curate", "--params", "p.yaml"]).func.__name__ == "cmd_curate"
     with pytest.raises(claims.Missing, match="premem sweep"):
-        claims.open_sweep(cfg, compute=False)
+        claims.open_sweep(cfg)
     assert cfg.hash() == shared.hash()  # the same record: copied in, as `premem sweep` would have made it
     shutil.copytree(made, record.default_dir(cfg), ignore=shutil.ignore_patterns("robustness"))
-    s = claims.open_sweep(cfg, compute=False)
+    s = claims.open_sweep(cfg)
     c1 = claims.predicts_test(s)
     # The claim's fit is the plain OLS of test accuracy on pre-mem accuracy over every checkpoint.
     table = c1.tables["checkpoints"]
@@ -131,8 +131,8 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     assert len(table) == sum(len(r.steps) for r in s.runs) and c1.source == f"smoke @ {cfg.hash()}"
     assert c1.tables["fits"].tau_rule.iloc[0] == "heldout" and c1.tables["fits"].tau.iloc[0] == s.tau
     assert claims.threshold(s).tables["r2_by_tau"].tau.isin([s.tau]).any()
-    with pytest.raises(claims.Missing, match="notebook 06"):
-        claims.flags_fragile(s, compute=False)
+    with pytest.raises(claims.Missing, match="premem perturb"):
+        claims.flags_fragile(s)
     built, made = ledger.build(None, cfg)
     assert built.live.iloc[0] == c1.ours and built["verdict (live)"].iloc[0] == c1.verdict
     assert built.live.iloc[3].startswith("(robustness of run") and built.live.iloc[4].startswith("(no finished curation")

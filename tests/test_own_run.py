@@ -437,7 +437,7 @@ def test_parts_recorded_after_the_tables_are_read(hf_run, tmp_path):
 
 
 def test_tau_rules_on_the_released_logs(released_root):
-    from premem.cli import fit_datasets
+    from premem.fitting import fit_datasets
 
     assert [f["tau"] for f in fit_datasets(released_root, rule="fixed")] == [-2.3, -1.7]
     with pytest.raises(PremError, match="no held-out examples"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from premem import released
-from premem.cli import fit_datasets, fit_summary, main
+from premem.cli import main
+from premem.fitting import fit_datasets, fit_summary
 from premem.config import load_params
 from premem.dynamics import by_dataset
 from premem.errors import PremError

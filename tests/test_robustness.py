@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import grading, metrics, record, record_folder, robustness, sampling, tasks
+from premem import grading, metrics, perturb, record, record_folder, robustness, sampling, tasks
 from premem import data as data_lib
-from premem.errors import PremError
+from premem.errors import Missing, PremError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -77,7 +77,7 @@ def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monk
     monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
     real_grade_many = grading.grade_many
     monkeypatch.setattr(grading, "grade_many", lambda c, g, checker: graded.extend(c) or real_grade_many(c, g, checker))
-    table = robustness.robustness_table(out, run, perturbation="first", k=3, seed=101, progress=False)
+    table = perturb.robustness_table(out, run, perturbation="first", k=3, seed=101, progress=False)
     assert list(table.columns) == robustness.COLUMNS and len(table) == len(examples)
     assert table.example_id.tolist() == [ex.id for ex in examples]
     assert table.robustness.tolist() == [(i % 4) / 3 for i in range(len(examples))]
@@ -93,7 +93,7 @@ def test_robustness_from_graded_samples_and_recorded_accuracy(smoke_record, monk
     final = s[s.step == s.step.max()].groupby("example_id").correct.mean()
     np.testing.assert_allclose(table.train_acc, final.reindex(table.example_id))
     # Another tau changes pre-memorization accuracy only, and is its own cache entry.
-    other = robustness.robustness_table(out, run, perturbation="first", k=3, seed=101, tau=-50.0, progress=False)
+    other = perturb.robustness_table(out, run, perturbation="first", k=3, seed=101, tau=-50.0, progress=False)
     assert len(calls) == 2 and other.robustness.tolist() == table.robustness.tolist()
     np.testing.assert_allclose(other.pre_mem_acc, other.train_acc)  # nothing memorised at tau -50
 
@@ -105,7 +105,7 @@ def test_problem_perturbation_is_graded_against_the_new_answer(smoke_record, mon
     new = [tasks.perturb_problem(ex, 5) for ex in examples]
     gold_of = {tasks.format_prompt(ex, cfg.prompt_template): ex.answer for ex in new}
     monkeypatch.setattr(sampling, "sample", fake_sampler(gold_of, []))
-    table = robustness.robustness_table(out, run, perturbation="problem", k=2, seed=5, progress=False)
+    table = perturb.robustness_table(out, run, perturbation="problem", k=2, seed=5, progress=False)
     assert table.robustness.tolist() == [(i % 3) / 2 for i in range(len(examples))]
 
 
@@ -116,24 +116,24 @@ def test_cache_is_reused(smoke_record, monkeypatch):
     examples, _ = data_lib.run_examples(out, run)
     prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "we_know_that") for ex in examples]
     monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), calls))
-    first = robustness.robustness_table(out, None, perturbation="we_know_that", k=2, seed=202, progress=False)
-    again = robustness.robustness_table(out, run, perturbation="we_know_that", k=2, seed=202, progress=False)
+    first = perturb.robustness_table(out, None, perturbation="we_know_that", k=2, seed=202, progress=False)
+    again = perturb.robustness_table(out, run, perturbation="we_know_that", k=2, seed=202, progress=False)
     assert len(calls) == 1
     pd.testing.assert_frame_equal(first, again)
     tau = metrics.chosen_tau(cfg, record.read_runs(out))[0]
     assert robustness.cache_path(out, run, "we_know_that", 2, 202, tau).is_file()
     assert {p.name for p in out.iterdir()} - {record_folder.LOCK} <= set(record_folder.OWN_ENTRIES)  # --force may delete them
-    robustness.robustness_table(out, run, perturbation="we_know_that", k=2, seed=203, progress=False)
+    perturb.robustness_table(out, run, perturbation="we_know_that", k=2, seed=203, progress=False)
     assert len(calls) == 2
 
 
 def test_real_sampling_end_to_end(smoke_record):
     cfg, out = smoke_record
-    table = robustness.robustness_table(out, None, perturbation="problem", progress=False)
+    table = perturb.robustness_table(out, None, perturbation="problem", progress=False)
     assert len(table) == cfg.n_train and (table.k == cfg.k).all()
     assert table.robustness.between(0, 1).all() and table.pre_mem_acc.between(0, 1).all()
     with pytest.raises(PremError, match="perturbation"):
-        robustness.robustness_table(out, None, perturbation="shuffle", progress=False)
+        perturb.robustness_table(out, None, perturbation="shuffle", progress=False)
 
 
 def test_perturbations_in_worker_processes_match_one_process(smoke_record, tmp_path):
@@ -144,13 +144,46 @@ def test_perturbations_in_worker_processes_match_one_process(smoke_record, tmp_p
     copy = tmp_path / "record"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("robustness"))
     kinds = ["first", "problem"]
-    parallel = robustness.robustness_tables(copy, None, kinds, k=2, seed=9, workers=2)
+    parallel = perturb.robustness_tables(copy, None, kinds, k=2, seed=9, workers=2)
     assert parallel.perturbation.tolist() == ["first"] * cfg.n_train + ["problem"] * cfg.n_train
     assert len(list((copy / "robustness").glob("*.parquet"))) == 2
     shutil.rmtree(copy / "robustness")
-    serial = robustness.robustness_tables(copy, None, kinds, k=2, seed=9, workers=1)
+    serial = perturb.robustness_tables(copy, None, kinds, k=2, seed=9, workers=1)
     pd.testing.assert_frame_equal(parallel, serial)
-    assert robustness.robustness_tables(copy, None, [], workers=2).empty
+    # The claim reads what the stage cached, and samples nothing itself.
+    pd.testing.assert_frame_equal(robustness.read_tables(copy, None, kinds, k=2, seed=9), serial)
+    with pytest.raises(Missing, match="we_know_that not sampled yet .* `premem perturb"):
+        robustness.read_tables(copy, None, ["first", "we_know_that"], k=2, seed=9)
+    assert perturb.robustness_tables(copy, None, [], workers=2).empty
+
+
+def test_a_perturbation_registered_in_one_place_flows_through(smoke_record, monkeypatch, tmp_path):
+    """A new perturbation is one entry of robustness.PERTURBATIONS: the params name it, the stage
+    samples it with its forced words and grades them, and claim 3 reads it."""
+    import shutil
+
+    from premem import claims
+
+    cfg, out = smoke_record
+    copy = tmp_path / "record"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("robustness"))
+    monkeypatch.setitem(robustness.PERTURBATIONS, "so", robustness.Perturbation(robustness._forced("So")))
+    examples, _ = data_lib.run_examples(copy, robustness.default_run(copy))
+    prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, cfg.prompt_template), "So") for ex in examples]
+    graded = []
+    monkeypatch.setattr(sampling, "sample", fake_sampler(dict(zip(prompts, [ex.answer for ex in examples])), []))
+    real_grade_many = grading.grade_many
+    monkeypatch.setattr(grading, "grade_many", lambda c, g, checker: graded.extend(c) or real_grade_many(c, g, checker))
+    mine = cfg.model_copy(update=dict(perturbations=["so"], workers=1, robustness_k=2))
+    assert robustness.kinds(mine) == ["so"]
+    table = perturb.sample_perturbations(copy, mine)
+    assert (table.perturbation == "so").all() and len(table) == len(examples)
+    assert table.robustness.tolist() == [(i % 3) / 2 for i in range(len(examples))]
+    assert graded and all(c.startswith("So 1 + 1") for c in graded)
+    claim = claims.flags_fragile(claims.open_sweep(mine, copy))
+    assert set(claim.tables["spearman"].perturbation) == {"so"}
+    with pytest.raises(PremError, match="key 'perturbations': unknown 'shuffle'"):
+        robustness.kinds(cfg.model_copy(update=dict(perturbations=["shuffle"])))
 
 
 def hand_table():

@@ -63,10 +63,10 @@ def test_outputs_never_land_on_an_input_or_inside_a_record(tmp_path):
     cfg = data_lib.with_own_data(load_params(OWN), data)
     rec = record_folder.create(tmp_path / "rec", cfg)
     with pytest.raises(PremError, match="is a data file the record was measured on"):
-        recorder.check_output(data, cfg, rec)
+        record_folder.check_output(data, cfg, rec)
     with pytest.raises(PremError, match="is inside the record"):
-        recorder.check_output(rec / "runs" / "x.csv", None)
-    assert recorder.check_output(tmp_path / "table.csv", cfg, rec) == tmp_path / "table.csv"
+        record_folder.check_output(rec / "runs" / "x.csv", None)
+    assert record_folder.check_output(tmp_path / "table.csv", cfg, rec) == tmp_path / "table.csv"
 
 
 def test_every_top_level_entry_premem_writes_is_its_own():

@@ -3,8 +3,9 @@ authors' released logs, a curation folder) and returns a `Claim`: its tables, a 
 the detail behind it, and a verdict by the rule written in its `judge_*` function.
 
 The notebooks call these and plot their tables; the ledger (premem.ledger) calls the same
-functions on the cached records, so the claims need no notebook run. With `compute=False` nothing
-expensive runs: a record or cache that is not there raises `Missing`, naming the command that makes it.
+functions on the cached records, so the claims need no notebook run. A claim never computes: a
+record or cache that is not there raises `Missing`, naming the command that makes it (the stages:
+premem sweep, premem perturb, premem curate; the notebooks' setup runs them, premem.notebooks).
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from premem import io, metrics, predictors, record
+from premem import io, metrics, predictors, record, robustness
 from premem.config import CURATION_KEYS, Params
+from premem.curation_efficiency import base_test_acc, curation_params, folder_of, paired_gaps
+from premem.dynamics import checkpoint_table
 from premem.errors import Missing  # noqa: F401 (re-exported: callers catch claims.Missing)
+from premem.released import read_datasets
 
 
 @dataclass
@@ -68,17 +72,10 @@ class Sweep:
         return self.cfg.path("figures_dir")
 
 
-def open_sweep(cfg: Params | None = None, record_dir: str | Path | None = None, *, compute: bool = True,
-               progress: bool = True) -> Sweep:
-    """The record of `cfg`'s sweep (run when missing, if `compute`), or the record at `record_dir`
-    with the params it was made with (whatever wrote it: a sweep, premem record, PreMemCallback)."""
-    from premem import sweep
-
-    if record_dir is None:
-        record_dir = record.default_dir(cfg)
-        if compute:
-            sweep.sweep(cfg, progress=progress)
-    record_dir = Path(record_dir)
+def open_sweep(cfg: Params | None = None, record_dir: str | Path | None = None) -> Sweep:
+    """The record of `cfg`'s sweep, or the record at `record_dir` with the params it was made with
+    (whatever wrote it: a sweep, premem record, PreMemCallback)."""
+    record_dir = Path(record.default_dir(cfg) if record_dir is None else record_dir)
     if not (record_dir / "samples.parquet").exists():
         made_by = f"premem sweep --params <{cfg.name}'s params file>" if cfg else "premem sweep or premem record"
         raise Missing(f"no record at {record_dir}: run `{made_by}`")
@@ -102,10 +99,7 @@ def judge_predicts(fits: pd.DataFrame, tau_said: str | None = None) -> tuple[str
 
 def released_logs(cfg: Params) -> Claim:
     """Claim 1 on the authors' released logs: every dataset fitted on its own at its own tau."""
-    from premem import released
-    from premem.dynamics import checkpoint_table
-
-    runs, taus = released.read_datasets(cfg.path("released_logs"), cfg.released_datasets, cfg.released_taus)
+    runs, taus = read_datasets(cfg.path("released_logs"), cfg.released_datasets, cfg.released_taus)
     table = checkpoint_table(runs, taus)
     fits = predictors.compare(table, ["pre_mem_acc", "train_acc"])
     judged = {d: judge_predicts(g) for d, g in fits.groupby("dataset", sort=False)}
@@ -195,16 +189,14 @@ def judge_robustness(spearman: pd.DataFrame) -> tuple[str, str, str]:
     return ours, "; ".join(parts), verdict
 
 
-def flags_fragile(s: Sweep, *, compute: bool = True) -> Claim:
+def flags_fragile(s: Sweep) -> Claim:
     """Robustness of the most memorising run's training examples at its final checkpoint under each
-    perturbation, against their pre-mem and final train accuracy: bins and rank correlations."""
-    from premem import robustness, tasks
-
+    perturbation (sampled by premem perturb), against their pre-mem and final train accuracy: bins
+    and rank correlations."""
     cfg = s.cfg
     run = cfg.robustness_run or robustness.default_run(s.record_dir)
-    kinds = [p for p in cfg.perturbations if p != "problem" or tasks.has_variants(cfg.task)]
-    table = robustness.robustness_tables(s.record_dir, run, kinds, k=cfg.robustness_k, seed=cfg.robustness_seed,
-                                         tau=s.tau, workers=cfg.workers, cached_only=not compute)
+    kinds = robustness.kinds(cfg)
+    table = robustness.read_tables(s.record_dir, run, kinds, k=cfg.robustness_k, seed=cfg.robustness_seed, tau=s.tau)
     by = ["pre_mem_acc", "train_acc"]
     bins = pd.concat([robustness.binned(table[table.perturbation == p], b).assign(perturbation=p, by=b)
                       for p in kinds for b in by], ignore_index=True)
@@ -276,23 +268,21 @@ def gaps_said(gaps: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def curation_efficiency(cfg: Params, *, compute: bool = True, progress: bool = True) -> Claim:
-    """Claim 4 from the curation folder of `cfg` (curated when missing, if `compute`): data
-    efficiency of each rule over i.i.d. scaling, the i.i.d. curve, and paired gaps by seed."""
-    from premem import curation
-
-    folder = curation.curate(cfg, progress=progress) if compute else curation.folder_of(cfg)
+def curation_efficiency(cfg: Params) -> Claim:
+    """Claim 4 from the curation folder of `cfg` (premem curate): data efficiency of each rule over
+    i.i.d. scaling, the i.i.d. curve, and paired gaps by seed."""
+    folder = folder_of(cfg)
     if not (folder / "efficiency.parquet").is_file():
         raise Missing(f"no finished curation at {folder}: run `premem curate --params <{cfg.name}'s params file>`")
     table = pd.read_parquet(folder / "curation.parquet")
     efficiency = pd.read_parquet(folder / "efficiency.parquet")
-    base = pd.DataFrame(dict(test_acc=[curation.base_test_acc(folder)]))
+    base = pd.DataFrame(dict(test_acc=[base_test_acc(folder)]))
     tables = dict(curation=table, base=base, efficiency=efficiency)
     if (table.strategy == "premem").any():
-        tables["gaps"] = curation.paired_gaps(table)
+        tables["gaps"] = paired_gaps(table)
     ours, detail, verdict = judge_efficiency(efficiency)
     extra = [x for x in (scaling(table, float(base.test_acc.iloc[0])), gaps_said(tables.get("gaps"))) if x]
-    source = f"{cfg.name} @ {curation.curation_params(cfg).hash(*CURATION_KEYS)}"
+    source = f"{cfg.name} @ {curation_params(cfg).hash(*CURATION_KEYS)}"
     return Claim("4", ours, "; ".join([detail, *extra]) if verdict else detail, verdict, source, tables)
 
 
@@ -324,8 +314,8 @@ CLAIMS: dict[str, ClaimSpec] = {
                    "pre-mem best of gradient variance, distance from init, ATC, train loss",
                    live=lambda cfg, s: beats_predictors(s)),
     "3": ClaimSpec("3. low pre-mem accuracy flags answers that break under perturbation",
-                   "robustness 0.57 at pre-mem 0 to 0.93 at 1.0", live=lambda cfg, s: flags_fragile(s, compute=False)),
+                   "robustness 0.57 at pre-mem 0 to 0.93 at 1.0", live=lambda cfg, s: flags_fragile(s)),
     "4": ClaimSpec("4. collecting data like low pre-mem examples is more data-efficient than i.i.d. and other rules",
                    "1.5-2x (about 2x GSM8k, 1.4x MATH); beats IFD and heuristics",
-                   live=lambda cfg, s: curation_efficiency(cfg, compute=False), needs_sweep=False),
+                   live=lambda cfg, s: curation_efficiency(cfg), needs_sweep=False),
 }

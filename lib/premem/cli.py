@@ -7,120 +7,32 @@ premem record DIR   record the checkpoint-* folders any trainer saved in DIR (yo
 premem examples PATH  one row per training example: pre-mem accuracy, when it was first memorised, ...
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
 premem ledger       the claims ledger (figures/claims.md) from the cached records
+premem curate       claim 4's curation rounds; premem perturb: claim 3's perturbed queries
+
+The commands that run a stage (record, pretrain, sweep, perturb, curate, reproduce, ledger) import
+it when they run: torch, transformers and papermill take seconds to import, and `premem --help`, a
+bad flag or a bad params file answer at once. Every other import is at the top.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
+import pandas as pd
+
+from premem import data as data_lib
+from premem import io, record, record_folder
+from premem.config import load_params, project_root
+from premem.dynamics import by_dataset, example_table, pick_run
 from premem.errors import PremError
-
-
-def load_runs(path: str | Path):
-    """Runs from a folder of premem sweep records, or of the authors' released checkpoints."""
-    from premem import record, released
-
-    path = Path(path)
-    if not path.is_dir():
-        raise PremError(f"runs folder not found: {path}")
-    return record.read_runs(path) if record.is_record_dir(path) else released.read_runs(path)
-
-
-def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], everywhere: float | None,
-                 rule: str | None = None, quantile: float | None = None) -> dict:
-    """{dataset: (tau, how it was chosen)} for every group, all resolved before any fit: a
-    `--tau NAME=T`, else `--tau T`, else `--tau-rule heldout` (calibrated on the held-out examples
-    the record holds), else a premem record's own params (its tau or tau rule), else the authors'
-    threshold for the datasets they released; any other dataset is an error."""
-    from premem import metrics, record, released
-    from premem.config import load_params
-
-    unknown = set(by_name) - set(groups)
-    if unknown:
-        raise PremError(f"--tau for dataset {', '.join(map(repr, sorted(unknown)))}, which is not in {path}; "
-                        f"datasets here: {', '.join(groups)}")
-    own = record.read_config(path) if record.is_record_dir(path) else None
-    if own is None and (rule == "heldout" or quantile is not None):
-        raise PremError(f"{path}: the released logs hold no held-out examples to calibrate tau on; "
-                        "--tau-rule heldout needs a premem record with them")
-    if own is not None and (rule is not None or quantile is not None):
-        effective = rule or own.tau_rule
-        if quantile is not None and effective != "heldout":
-            raise PremError("--tau-quantile sets the heldout rule's quantile: pass --tau-rule heldout too")
-        keys = dict(tau_rule=effective) | ({} if quantile is None else dict(tau_quantile=quantile))
-        own = load_params({**own.model_dump(), **keys})  # validated: a bad quantile is named
-    out = {}
-    for name, runs in groups.items():
-        if name in by_name or everywhere is not None:
-            out[name] = (by_name.get(name, everywhere), "given")
-        elif own is not None:
-            tau, how = metrics.chosen_tau(own, runs)
-            out[name] = (tau, str(how))
-        else:
-            out[name] = released.tau_for(name)
-    return out
-
-
-def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
-    """The `premem fit --json` object of one dataset: the fit over every checkpoint of every run,
-    and the runs. Runs of several datasets are refused: fit each group of `dynamics.by_dataset`."""
-    import pandas as pd
-
-    from premem import metrics
-    from premem.dynamics import checkpoint_table
-
-    table = checkpoint_table(runs, tau)
-    datasets = list(dict.fromkeys(table.dataset))
-    if len(datasets) > 1:
-        raise PremError(f"runs of {len(datasets)} datasets ({', '.join(datasets)}) in one fit: fit each on its own")
-    if table.pre_mem_acc.nunique() == 1 and table.memorized_frac.min() == 1:
-        raise PremError(f"{datasets[0]}: at tau {tau:g} every example is memorized at every checkpoint, so "
-                        "pre-memorization accuracy is 0 throughout: tau is too high for these runs")
-    pre = metrics.fit_predictor(table.pre_mem_acc, table.test_acc)
-    train = metrics.fit_predictor(table.train_acc, table.test_acc)
-    out = dict(
-        dataset=datasets[0], tau=tau, tau_from=tau_from, n_runs=len(runs),
-        r2=pre.r2, r2_identity=pre.r2_identity, slope=pre.slope, intercept=pre.intercept,
-        slope_ci=list(pre.slope_ci), intercept_ci=list(pre.intercept_ci), n_points=pre.n_points,
-        train_acc_r2=train.r2, runs=[],
-    )
-    for run, g in table.groupby("run", sort=False):
-        first = g.iloc[0]
-        out["runs"].append(dict(
-            # None, not NaN, where a run's name did not say: NaN is not JSON.
-            run=run, lr=None if pd.isna(first.lr) else float(first.lr),
-            epochs=None if pd.isna(first.epochs) else int(first.epochs),
-            data_fraction=None if pd.isna(first.data_fraction) else float(first.data_fraction),
-            checkpoints=g[["step", "pre_mem_acc", "train_acc", "test_acc", "memorized_frac"]].to_dict("records"),
-        ))
-    return out
-
-
-def fit_datasets(path: str | Path, taus: dict[str, float] | None = None, tau: float | None = None,
-                 datasets: list[str] | None = None, rule: str | None = None,
-                 quantile: float | None = None) -> list[dict]:
-    """`premem fit`: one summary per dataset in the folder (or only `datasets`), each at its own tau."""
-    from premem.dynamics import by_dataset
-
-    groups = by_dataset(load_runs(path), datasets)
-    chosen = dataset_taus(path, groups, taus or {}, tau, rule, quantile)
-    return [fit_summary(runs, *chosen[name]) for name, runs in groups.items()]
-
-
-def print_fit(summary: dict) -> None:
-    s = summary
-    print(f"== {s['dataset']}: {s['n_runs']} runs, {s['n_points']} checkpoints; tau {s['tau']:g} ({s['tau_from']})")
-    print(f"{'run':<48} {'step':>6} {'pre_mem':>8} {'train':>7} {'test':>7} {'memorized':>9}")
-    for r in summary["runs"]:
-        for c in r["checkpoints"]:
-            print(f"{r['run']:<48} {c['step']:>6} {c['pre_mem_acc']:>8.3f} {c['train_acc']:>7.3f} "
-                  f"{c['test_acc']:>7.3f} {c['memorized_frac']:>9.3f}")
-    print(f"\n{s['dataset']}, tau {s['tau']:g}: test ~ pre-mem accuracy over {s['n_points']} checkpoints: "
-          f"R² {s['r2']:.3f}, slope {s['slope']:.3f} [{s['slope_ci'][0]:.3f}, {s['slope_ci'][1]:.3f}], "
-          f"intercept {s['intercept']:.3f}, R² vs y=x {s['r2_identity']:.3f}")
-    print(f"{s['dataset']}: test ~ train accuracy: R² {s['train_acc_r2']:.3f}")
+from premem.fitting import dataset_taus, fit_datasets, load_runs, print_fit
 
 
 def tau_flags(args) -> tuple[dict[str, float], float | None]:
@@ -149,7 +61,6 @@ def cmd_fit(args) -> int:
 
 def tau_arg(text: str):
     """`T` (every dataset) or `NAME=T` (one dataset); a finite number either way."""
-    import math
 
     name, _, value = text.rpartition("=")
     try:
@@ -162,8 +73,7 @@ def tau_arg(text: str):
 
 
 def cmd_record(args) -> int:
-    from premem import data as data_lib, record, recorder
-    from premem.config import load_params
+    from premem import recorder
 
     cfg = data_lib.with_own_data(load_params(args.params), args.data, args.test, args.heldout)
     # Every input is read and checked before any model is loaded (record_saved checks the checkpoints).
@@ -177,14 +87,9 @@ def cmd_record(args) -> int:
 
 
 def cmd_examples(args) -> int:
-    import pandas as pd
-
-    from premem import io, record, recorder
-    from premem.dynamics import by_dataset, example_table, pick_run
-
     io.check_table_suffix(args.out)
     own = record.read_config(args.path) if record.is_record_dir(args.path) else None
-    recorder.check_output(args.out, own, args.path)
+    record_folder.check_output(args.out, own, args.path)
     if args.below is not None and Path(args.out).suffix != ".jsonl":
         raise PremError(f"--below writes the training rows themselves: --out must end in .jsonl, got {args.out}")
     runs = load_runs(args.path)
@@ -199,15 +104,12 @@ def cmd_examples(args) -> int:
     if len(runs) != 1:
         raise PremError(f"--below picks the examples of one run; {len(runs)} runs here: choose one with --run")
     picked = table.loc[table.pre_mem_acc <= args.below, "example_id"].astype(str).tolist()
-    n = recorder.write_training_rows(args.path, picked, args.out)
+    n = data_lib.write_training_rows(args.path, picked, args.out)
     print(f"{args.out}: {n} of {len(table)} training examples with pre-memorization accuracy <= {args.below:g}")
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    import shutil
-
-    from premem.config import load_params, project_root
     from premem.sweep import SHIPPED_MODELS, base_model_path
 
     cfg = load_params(args.params)
@@ -224,14 +126,21 @@ def cmd_pretrain(args) -> int:
 
 def cmd_curate(args) -> int:
     from premem import curation
-    from premem.config import load_params
 
     print(curation.curate(load_params(args.params), force=args.force, progress=not args.quiet))
     return 0
 
 
+def cmd_perturb(args) -> int:
+    from premem import claims, perturb
+
+    s = claims.open_sweep(load_params(args.params))
+    table = perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)
+    print(f"{s.record_dir}: {table.perturbation.nunique()} perturbations of {table.example_id.nunique()} examples")
+    return 0
+
+
 def cmd_sweep(args) -> int:
-    from premem.config import load_params
     from premem.sweep import sweep
 
     out = sweep(load_params(args.params), out=args.out, force=args.force, progress=not args.quiet)
@@ -326,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start an existing curation of another config afresh (deletes only what premem wrote there)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_curate)
+    p = sub.add_parser("perturb", help="sample claim 3's perturbed training queries of a swept params file (cached)")
+    p.add_argument("--params", required=True, help="params YAML file, e.g. params/tiny.yaml (swept first)")
+    p.set_defaults(func=cmd_perturb)
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
@@ -337,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="params file of the live results (default params/tiny.yaml)")
     p.set_defaults(func=cmd_ledger)
     return parser
-
 
 # A path premem cannot use for what the user named it for (a read-only or full disk, a name too long,
 # a file where a folder goes): the machine's state or the user's path, not a bug: one line saying where.
@@ -351,10 +262,6 @@ def _terminated(signum, frame):
 
 
 def main(argv=None) -> int:
-    import errno
-    import signal
-    import threading
-
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
@@ -371,7 +278,6 @@ def main(argv=None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before)
-
 
 if __name__ == "__main__":
     sys.exit(main())

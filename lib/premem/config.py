@@ -144,7 +144,7 @@ class Params(BaseModel):
     # None: the most memorising run (dynamics.pick_run: most epochs, then highest lr, then the
     # largest data fraction, for the most examples per bin).
     robustness_run: Optional[str] = None
-    perturbations: list[Literal["first", "we_know_that", "problem"]] = Field(
+    perturbations: list[str] = Field(  # keys of premem.robustness.PERTURBATIONS (checked there)
         default_factory=lambda: ["first", "we_know_that", "problem"])
     robustness_k: Optional[int] = Field(None, ge=1)  # samples per perturbed query; None: k
     robustness_seed: int = 0  # seeds the problem perturbation and the sampling

@@ -45,11 +45,11 @@ from premem import io, launcher, metrics, record, record_folder, sweep, tasks
 from premem import data as data_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
-from premem.curation_efficiency import (data_efficiency, iid_examples_needed, paired_gaps,  # noqa: F401
-                                        plot_scaling)
-from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
+from premem.curation_efficiency import (base_test_acc, curation_params, data_efficiency, folder_of,  # noqa: F401
+                                        iid_examples_needed, paired_gaps, plot_scaling)
 from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness,  # noqa: F401
                                    ifd_scores, n_steps, score_table, select, unconditional_prompt)
+from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
 from premem.errors import PremError
 from premem.tasks import Example
 
@@ -94,7 +94,8 @@ def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: i
 def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
     """(model, tokenizer) finetuned IFD_EPOCHS epochs on `train`: the run itself when it has that
     many epochs, else a probe finetuned (not recorded) under <out>/ifd/."""
-    from premem import model as model_lib, training
+    from premem import model as model_lib
+    from premem import training
 
     if spec.epochs == IFD_EPOCHS:
         return training.load_checkpoint(record.final_checkpoint(out, spec.run))
@@ -118,30 +119,6 @@ def budgets(cfg: Params, strategy: str) -> list[int]:
     if not b or any(n < 1 for n in b):
         raise PremError(f"curation budgets must be positive, got {b} for {strategy}")
     return list(b)
-
-
-def curation_params(cfg: Params) -> Params:
-    """`cfg` with the sweep's grid replaced by what curation trains (one lr, one epoch count, all
-    of its originals: curation_originals, else n_train, checkpoints: curation_max_checkpoints,
-    samples per original: curation_k, else k), so
-    the curation folder's hash, and its cache, do not change when the sweep's grid, training set or
-    checkpoint spacing does.
-    Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
-    seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
-    first = cfg.runs[0] if cfg.runs else None  # an explicit run list: its first run, as lrs[0] and epochs[0]
-    lr = cfg.curation_lr or (first.lr if first else cfg.lrs[0])
-    epochs = cfg.curation_epochs or (first.epochs if first else cfg.epochs[0])
-    # curation_k replaces k for the originals' samples; k_test stays what it was (k when unset).
-    samples = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
-    return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[], runs=None,
-                                      n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
-                                      max_checkpoints=cfg.curation_max_checkpoints,
-                                      curation_lr=lr, curation_epochs=epochs, curation_k=None, **samples))
-
-
-def folder_of(cfg: Params) -> Path:
-    """The curation folder `curate` writes for `cfg` when given no `out`: <out_dir>/curation-<hash>."""
-    return cfg.path("out_dir") / f"curation-{curation_params(cfg).hash(*CURATION_KEYS)}"
 
 
 def run_name(strategy: str, r: int, seed: int) -> str:
@@ -233,14 +210,6 @@ def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> boo
         return RULES[x].reads_history or (RULES[x].picks == "top" and top_fraction is None)
 
     return any(reads(x) for x in plan) if r == 0 else r < len(plan[s]) and reads(s)
-
-
-def base_test_acc(folder: str | Path) -> float:
-    """The base model's own test accuracy (no finetuning), as `curate` recorded it in <folder>/base.json."""
-    f = Path(folder) / "base.json"
-    if not f.is_file():
-        raise PremError(f"no base.json in {folder}: run curation.curate on its params first")
-    return float(json.loads(f.read_text())["test_acc"])
 
 
 def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:

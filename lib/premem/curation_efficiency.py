@@ -3,10 +3,47 @@ bootstrap over seeds), premem's paired gap to each other rule, and the scaling f
 curation.parquet's table (premem.curation writes it)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from premem.config import CURATION_KEYS, Params
 from premem.errors import PremError
+
+
+def curation_params(cfg: Params) -> Params:
+    """`cfg` with the sweep's grid replaced by what curation trains (one lr, one epoch count, all
+    of its originals: curation_originals, else n_train, checkpoints: curation_max_checkpoints,
+    samples per original: curation_k, else k), so
+    the curation folder's hash, and its cache, do not change when the sweep's grid, training set or
+    checkpoint spacing does.
+    Seeds come from curation_seeds; the hash leaves them and curation_strategies out: each (strategy,
+    seed) chain's runs carry both in their names, so adding one adds runs and reuses the others."""
+    first = cfg.runs[0] if cfg.runs else None  # an explicit run list: its first run, as lrs[0] and epochs[0]
+    lr = cfg.curation_lr or (first.lr if first else cfg.lrs[0])
+    epochs = cfg.curation_epochs or (first.epochs if first else cfg.epochs[0])
+    # curation_k replaces k for the originals' samples; k_test stays what it was (k when unset).
+    samples = dict(k=cfg.curation_k, k_test=cfg.k_test or cfg.k) if cfg.curation_k else {}
+    return cfg.model_copy(update=dict(lrs=[lr], epochs=[epochs], data_fractions=[1.0], seeds=[], runs=None,
+                                      n_train=cfg.curation_originals or cfg.n_train, curation_originals=None,
+                                      max_checkpoints=cfg.curation_max_checkpoints,
+                                      curation_lr=lr, curation_epochs=epochs, curation_k=None, **samples))
+
+
+def folder_of(cfg: Params) -> Path:
+    """The curation folder `curate` writes for `cfg` when given no `out`: <out_dir>/curation-<hash>."""
+    return cfg.path("out_dir") / f"curation-{curation_params(cfg).hash(*CURATION_KEYS)}"
+
+
+def base_test_acc(folder: str | Path) -> float:
+    """The base model's own test accuracy (no finetuning), as `curate` recorded it in <folder>/base.json."""
+    f = Path(folder) / "base.json"
+    if not f.is_file():
+        raise PremError(f"no base.json in {folder}: run curation.curate on its params first")
+    return float(json.loads(f.read_text())["test_acc"])
+
 
 def iid_examples_needed(n_examples, test_acc, target: float) -> tuple[float, str]:
     """Examples the IID curve needs to reach `target`, by linear interpolation at its first crossing.

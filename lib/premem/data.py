@@ -1,11 +1,14 @@
 """The examples a run is about: a task's train / test / held-out splits as the params choose them,
 a recorded run's training examples (by the ids its run.json keeps), and a user's own JSON Lines
-rows (the jsonl task), with the splits kept apart."""
+rows (the jsonl task), with the splits kept apart; and the training rows `premem examples --below`
+writes back out."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
-from premem import record, tasks
+from premem import io, record, record_folder, tasks
 from premem.config import Params
 from premem.errors import PremError
 
@@ -78,3 +81,39 @@ def load_own_examples(cfg: Params, path: str | Path | None, split: str) -> list:
         raise PremError(f"task_options: unknown keys {unknown} for your own data (the jsonl task); "
                         f"known: {', '.join(tasks.JSONL_OPTIONS)}")
     return tasks.read_jsonl(path, split, **cfg.task_options)
+
+
+def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path) -> int:
+    """The training rows with these ids as JSON Lines: for the jsonl task, the user's own lines as
+    they are; for premem's tasks, {id, question, solution, answer}. Only rows as they were measured
+    are written: a row edited since it was recorded (its example_digest differs) is left out, with a
+    line saying how many. Returns how many were written."""
+
+    record_dir = Path(record_dir)
+    if not record.is_record_dir(record_dir):
+        raise PremError(f"{record_dir}: --below needs a premem record (the released logs hold no training rows)")
+    cfg = record.read_config(record_dir)
+    record_folder.check_output(out, cfg, record_dir)
+    wanted = set(ids)
+    runs = sorted(p.name for p in (record_dir / "runs").iterdir() if (p / "run.json").is_file())
+    measured = {}  # id -> digest of the row recorded, from every run that keeps them
+    for run in runs:
+        measured |= record.run_info(record_dir, run).get("example_digests", {})
+    if cfg.task == "jsonl":
+        if not (cfg.data_files or {}).get("train"):
+            raise PremError(f"{record_dir}: its training rows were given in memory, not as a file: --below has "
+                            "no rows to write (record with a JSON Lines file to use it)")
+        path = Path(cfg.data_files["train"])
+        examples = [ex for ex in load_own_examples(cfg, path, "train") if ex.id in wanted]
+        lines = path.read_text().splitlines()
+        kept = [ex for ex in examples if not measured or measured.get(ex.id) == record.example_digest(ex)]
+        rows = [lines[ex.meta["line"] - 1] for ex in kept]
+        if len(kept) < len(wanted):
+            print(f"premem: {len(wanted) - len(kept)} of the {len(wanted)} rows picked are not in {path} as they were "
+                  "recorded (edited or removed since): left out", file=sys.stderr)
+    else:
+        examples = {ex.id: ex for run in runs for ex in run_examples(record_dir, run, cfg)[0]}
+        rows = [json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer))
+                for i, ex in examples.items() if i in wanted]
+    io.write_text(out, "".join(r + "\n" for r in rows))
+    return len(rows)

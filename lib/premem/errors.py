@@ -6,4 +6,4 @@ class PremError(ValueError):
 
 
 class Missing(PremError):
-    """A stage's output is not there yet, and the caller said not to make it (claims' compute=False)."""
+    """A stage's output is not there yet: a claim reads records and never makes them (premem.claims)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from premem import claims, io
-from premem.config import Params
+from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, Params, load_params, project_root
 from premem.errors import PremError
 
 BEGIN, END = "<!-- claims ledger: begin (written by `premem ledger`) -->", "<!-- claims ledger: end -->"
@@ -34,7 +34,7 @@ def _attempt(make):
 def build(released: Params | None, live: Params) -> tuple[pd.DataFrame, list]:
     """One row per claim, and the Claim objects (or strings saying what is missing), from the live
     params' cached records and the released logs (`released` None: not read)."""
-    sweep = _attempt(lambda: claims.open_sweep(live, compute=False))
+    sweep = _attempt(lambda: claims.open_sweep(live))
     live_claims = {key: _attempt(lambda spec=spec: spec.live(live, sweep)) if not spec.needs_sweep or
                    isinstance(sweep, claims.Sweep) else sweep for key, spec in claims.CLAIMS.items()}
     rel, missing = None, "(released logs not read)"
@@ -102,7 +102,6 @@ def write_for(params: str | Path | None = None) -> Path:
     """The ledger of a live params file (default params/tiny.yaml) beside the released logs' claim,
     into that file's figures_dir; the README's copy only for the default, so a smoke run never
     overwrites the numbers the README shows."""
-    from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, load_params, project_root
 
     root = project_root()
     live = load_params(root / (params or DEFAULT_PARAMS))

@@ -12,9 +12,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
-from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS
+import nbformat
+import pandas as pd
+import papermill
+import yaml
+from jupyter_client.manager import KernelManager
+
+from premem import claims, curation, ledger, perturb, record, sweep
+from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, from_notebook, load_params, project_root
+from premem.errors import PremError
+from premem.io import write_text
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
@@ -47,7 +60,6 @@ def checked_outputs(nb) -> dict[str, list]:
 def use_references(items, root: Path) -> None:
     """Under the switch, make nbval compare each checked cell with the switched params' stored
     outputs (notebooks/outputs/<name>/) instead of the default's, which the notebook shows."""
-    from premem.config import load_params
 
     switched = os.environ.get(SWITCH)
     if not switched:
@@ -67,15 +79,12 @@ def use_references(items, root: Path) -> None:
         missing = [dict(output_type="stream", name="stdout", text=(
             f"(no stored output of this cell for {name} in {f.relative_to(root)}: run "
             f"`premem reproduce --params {switched} --store`)\n"))]
-        import nbformat
 
         cell.outputs = [nbformat.from_dict(o) for o in refs[f].get(cell.id, missing)]
         cell.execution_count = cell.execution_count or 1  # nbval compares only cells that ran
 
 
 def _executed(executed: str | Path):
-    import nbformat
-
     nb = nbformat.read(executed, as_version=4)
     # papermill adds an injected-parameters cell; the stored notebook keeps only its own cells.
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
@@ -85,16 +94,12 @@ def _executed(executed: str | Path):
 
 def store_executed(executed: str | Path, stored: str | Path) -> None:
     """The executed notebook, outputs and all, over its stored source (the default params' run)."""
-    import nbformat
-
-    from premem.io import write_text
 
     write_text(stored, nbformat.writes(_executed(executed)) + "\n")
 
 
 def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
     """The checked cells' outputs of a run on other params, for nbval under the switch."""
-    from premem.io import write_text
 
     out = root / REFERENCES / params_name / (Path(executed).stem + ".json")
     return write_text(out, json.dumps(checked_outputs(_executed(executed)), indent=1, ensure_ascii=False) + "\n")
@@ -103,7 +108,6 @@ def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
 def notebook_params(namespace: dict):
     """A live notebook's params: $PREMEM_NOTEBOOK_PARAMS when set (the test suite's smoke run), else
     its parameters (`params_file`, or the flat keys `papermill -f` injects)."""
-    from premem.config import from_notebook, load_params, project_root
 
     switched = os.environ.get(SWITCH)
     if switched:
@@ -121,8 +125,6 @@ def open_record(namespace: dict):
     record instead, whatever wrote it (premem record, PreMemCallback, a sweep), with the params the
     record was made with, and saves its results and figures into <record_dir>/results and /figures.
     """
-    from premem import claims, record
-    from premem.config import project_root
 
     given = namespace.get("record_dir")
     if given:
@@ -132,16 +134,30 @@ def open_record(namespace: dict):
             update=dict(out_dir=str(record_dir), figures_dir=str(record_dir / "figures")))
         s = claims.open_sweep(cfg, record_dir)
     else:
-        s = claims.open_sweep(notebook_params(namespace))
+        cfg = notebook_params(namespace)
+        sweep.sweep(cfg)  # cached: at once when already swept
+        s = claims.open_sweep(cfg)
     print(f"{s.cfg.name}: {len(s.runs)} runs from {shown(s.record_dir)}")
     print(s.threshold)
     return s
 
 
+def perturbed(s) -> None:
+    """The setup of notebook 06: claim 3's perturbations sampled for the record `s` (a
+    claims.Sweep), each in one of cfg.workers processes; cached in the record, so at once when done."""
+    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)
+
+
+def curated(namespace: dict):
+    """The setup of notebook 07: its params, curated (a bar per round; cached: at once when done)."""
+    cfg = notebook_params(namespace)
+    curation.curate(cfg)
+    return cfg
+
+
 def shown(path: str | Path) -> str:
     """A path as a notebook or table prints it: relative to the project root (stored outputs carry
     no machine's folders), a user's own path elsewhere as given."""
-    from premem.config import project_root
 
     path, root = Path(path), project_root()
     return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
@@ -150,30 +166,19 @@ def shown(path: str | Path) -> str:
 def numbered_notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-
-# The expensive stages of the live notebooks: run as commands before them, with their progress in
-# the terminal; the notebooks then read the cached records in seconds. A new stage is one entry.
-STAGES = {"sweep": ("02", "03", "04", "05", "06"), "curate": ("07",)}
-
-
-def _stage(name: str, cfg, progress: bool):
-    if name == "sweep":
-        from premem.sweep import sweep
-
-        return sweep(cfg, progress=progress)
-    from premem.curation import curate
-
-    return curate(cfg, progress=progress)
+# The expensive stages of the live notebooks, in order: (what runs it, the notebooks that read it).
+# `premem reproduce` runs them as commands first, with their progress in the terminal; the notebooks
+# then read the cached records in seconds. A new stage is one entry.
+STAGES = {
+    "sweep": (lambda cfg, progress: sweep.sweep(cfg, progress=progress), ("02", "03", "04", "05", "06")),
+    "perturb": (lambda cfg, progress: perturbed(claims.open_sweep(cfg)), ("06",)),
+    "curate": (lambda cfg, progress: curation.curate(cfg, progress=progress), ("07",)),
+}
 
 
 def _kernel_manager():
     """Kernels over IPC sockets in a temporary folder: no TCP ports, so no "running over TCP
     without encryption" warning for every notebook."""
-    import os
-    import tempfile
-    import uuid
-
-    from jupyter_client.manager import KernelManager
 
     class IPCKernelManager(KernelManager):
         def __init__(self, **kw):
@@ -200,15 +205,6 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
     then the numbered notebooks in order with papermill (executed copies under runs/reproduce/),
     then the ledger; returns one row per stage with its time. `store`: the executed notebooks
     become the stored ones (default params), or the nbval references of `params`."""
-    import sys
-    import time
-
-    import pandas as pd
-    import papermill
-    import yaml
-
-    from premem.config import load_params, project_root
-    from premem.errors import PremError
 
     root = project_root()
     books = numbered_notebooks(root)
@@ -226,11 +222,11 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows, numbers = [], {b.name[:2] for b in books}
-    for stage, users in STAGES.items():
+    for stage, (run_stage, users) in STAGES.items():
         if numbers & set(users):
             print(f"reproduce: {stage} {live.name} (cached parts are not redone)", file=sys.stderr, flush=True)
             start = time.time()
-            _stage(stage, live, progress)
+            run_stage(live, progress)
             rows.append(dict(stage=stage, params=shown(live_file), config_hash=live.hash(),
                              seconds=round(time.time() - start, 1), executed=""))
     for book in books:
@@ -251,7 +247,6 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
             store_executed(out_dir / book.name, book)
         elif store:
             store_reference(out_dir / book.name, live.name, root)
-    from premem import ledger
 
     ledger.write_for(params)  # the claims ledger, from the records the stages made
     table = pd.DataFrame(rows)

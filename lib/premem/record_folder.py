@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from premem import io
+from premem import io, record
 from premem.config import Params
 from premem.errors import PremError
 from premem.io import read_json
 from premem.record import versions
-
 
 # Everything premem writes at a record's top level (the sweep's tables, the robustness stage's
 # cache, a curation's folders, a notebook's results and figures when pointed at the record, a
@@ -168,3 +167,18 @@ def is_own_record(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "hash" in data and "params" in data
+
+
+def check_output(out: str | Path, cfg: Params | None, record_dir: str | Path | None = None) -> Path:
+    """An output premem is about to write (a table, rows) is neither an input it read (the params'
+    data files) nor inside a record, whose files only the record's writers write."""
+    out = Path(out).resolve()
+    inputs = [Path(f).resolve() for f in (cfg.data_files or {}).values() if isinstance(f, str)] if cfg else []
+    if out in inputs:
+        raise PremError(f"--out {out} is a data file the record was measured on: premem does not overwrite its "
+                        "inputs; choose another --out")
+    folders = [Path(record_dir).resolve()] if record_dir is not None and record.is_record_dir(record_dir) else []
+    inside = [d for d in folders if out.is_relative_to(d)] + [d for d in out.parents if is_own_record(d)]
+    if inside:
+        raise PremError(f"--out {out} is inside the record {inside[0]}: write tables outside it")
+    return out

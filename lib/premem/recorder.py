@@ -13,7 +13,6 @@ resumable per checkpoint.
 """
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -25,9 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
-from premem import (backends, checkpoints, encoding, grading, io, launcher, metrics, perplexity, record, record_folder,
+from premem import (backends, checkpoints, encoding, grading, launcher, metrics, perplexity, record, record_folder,
                     tasks, training)
-from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -42,9 +40,11 @@ def sample_answers(cfg: Params, lm, checkpoint, tok, prompts: list[str], k: int,
     `context` tokens."""
     return backends.get(cfg.backend).sample(cfg, lm, checkpoint, tok, prompts, k, seed, progress, context)
 
+
 def checkpoint_seed(cfg: Params, run_seed: int, step: int) -> int:
     """The sampling seed of a checkpoint: independent of what was recorded before it."""
     return cfg.data_seed * 1_000_003 + run_seed * 10_007 + step
+
 
 def subsample(examples: list, fraction: float, seed: int = 0) -> list:
     """A seeded random `fraction` of the examples (at least one), in their own order."""
@@ -55,6 +55,7 @@ def subsample(examples: list, fraction: float, seed: int = 0) -> list:
     m = max(1, int(round(fraction * len(examples))))
     keep = np.sort(np.random.default_rng([seed, 12345]).choice(len(examples), m, replace=False))
     return [examples[i] for i in keep]
+
 
 class Recorder:
     """The measurement at one checkpoint for one run's example sets (premem.tasks.Example lists):
@@ -132,6 +133,7 @@ class Recorder:
         record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
         return True
 
+
 def check_gold(examples, checker: str, strict: bool) -> None:
     """Every gold solution graded right against its own answer by the task's checker: samples are
     written like the solutions, so where the checker finds no answer in them (no `####`, no boxed
@@ -150,6 +152,7 @@ def check_gold(examples, checker: str, strict: bool) -> None:
     if strict:
         raise PremError(message)
     warnings.warn(message, stacklevel=2)
+
 
 def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str], note: bool = True) -> None:
     """Examples measured as training saw them: over model_max_length, scored on the tokens within it
@@ -171,6 +174,7 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
         raise PremError(f"example {i} is {lengths[i]} tokens, and the model's context is {context}: set "
                         "model_max_length (training cuts examples there) or shorten the data")
 
+
 def check_lengths_before_training(cfg: Params, base: str, examples: list) -> None:
     """check_lengths with the base's tokenizer and config alone (no weights loaded), before a sweep
     trains anything: a length error then costs nothing."""
@@ -186,6 +190,7 @@ def check_lengths_before_training(cfg: Params, base: str, examples: list) -> Non
     prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
     targets = [tasks.format_target(ex, cfg.target_template) for ex in examples]
     check_lengths(cfg, SimpleNamespace(config=config), tok, prompts, targets, note=False)
+
 
 def _to_gpu_after_engine(backend, model) -> None:
     """The baselines' backward passes on the GPU the engine has just given back: the recording stage
@@ -217,6 +222,7 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
                                                                                        baselines=bool(baselines)))
     return Path(out)
 
+
 def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: str, meta: dict, trained: list,
                         base: str | None, progress: bool, source: str, recording: dict) -> None:
 
@@ -236,10 +242,12 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
     record.finish_run(folder, [c["step"] for c in ckpts])
     record.finish(out)
 
+
 def starting_model(cfg: Params, base: str | None) -> str | None:
     """The model training started from: `--base`, else the params' base_model (not the embedded
     one, which is premem's own recipe, not a folder)."""
     return base or (None if cfg.base_model == "embedded" else cfg.base_model)
+
 
 def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> None:
     """A `--base` whose vocabulary or width differs from the saved full models' is not where they
@@ -258,6 +266,7 @@ def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> N
                 raise PremError(f"--base {base}: {key} {theirs[key]}, and {c['path'].name} has {ours[key]}: not the "
                                 "model this run started from")
 
+
 def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
     """training.snapshot of `base`, where the baselines need it (param_distance of full models)."""
 
@@ -265,6 +274,7 @@ def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
         return None
     init_model, _ = training.load_checkpoint(base)
     return training.snapshot(init_model)
+
 
 def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, base: str | None, init_state) -> None:
     """One saved checkpoint into the run's folder (init_state None: loaded here, where needed)."""
@@ -278,6 +288,7 @@ def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, 
                                           trust_remote_code=cfg.trust_remote_code)
     recorder.record(folder, run, seed, c["step"], c["epoch"], model, tok,
                     init_state=init_state if c["kind"] == "model" else None, checkpoint=c["path"])
+
 
 def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
     """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
@@ -296,51 +307,4 @@ def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
         out["premem/test_acc"] = float(dyn.test_acc[-1])
     return out
 
-def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path) -> int:
-    """The training rows with these ids as JSON Lines: for the jsonl task, the user's own lines as
-    they are; for premem's tasks, {id, question, solution, answer}. Only rows as they were measured
-    are written: a row edited since it was recorded (its example_digest differs) is left out, with a
-    line saying how many. Returns how many were written."""
 
-    record_dir = Path(record_dir)
-    if not record.is_record_dir(record_dir):
-        raise PremError(f"{record_dir}: --below needs a premem record (the released logs hold no training rows)")
-    cfg = record.read_config(record_dir)
-    check_output(out, cfg, record_dir)
-    wanted = set(ids)
-    runs = sorted(p.name for p in (record_dir / "runs").iterdir() if (p / "run.json").is_file())
-    measured = {}  # id -> digest of the row recorded, from every run that keeps them
-    for run in runs:
-        measured |= record.run_info(record_dir, run).get("example_digests", {})
-    if cfg.task == "jsonl":
-        if not (cfg.data_files or {}).get("train"):
-            raise PremError(f"{record_dir}: its training rows were given in memory, not as a file: --below has "
-                            "no rows to write (record with a JSON Lines file to use it)")
-        path = Path(cfg.data_files["train"])
-        examples = [ex for ex in data_lib.load_own_examples(cfg, path, "train") if ex.id in wanted]
-        lines = path.read_text().splitlines()
-        kept = [ex for ex in examples if not measured or measured.get(ex.id) == record.example_digest(ex)]
-        rows = [lines[ex.meta["line"] - 1] for ex in kept]
-        if len(kept) < len(wanted):
-            print(f"premem: {len(wanted) - len(kept)} of the {len(wanted)} rows picked are not in {path} as they were "
-                  "recorded (edited or removed since): left out", file=sys.stderr)
-    else:
-        examples = {ex.id: ex for run in runs for ex in data_lib.run_examples(record_dir, run, cfg)[0]}
-        rows = [json.dumps(dict(id=ex.id, question=ex.question, solution=ex.solution, answer=ex.answer))
-                for i, ex in examples.items() if i in wanted]
-    io.write_text(out, "".join(r + "\n" for r in rows))
-    return len(rows)
-
-def check_output(out: str | Path, cfg: Params | None, record_dir: str | Path | None = None) -> Path:
-    """An output premem is about to write (a table, rows) is neither an input it read (the params'
-    data files) nor inside a record, whose files only the record's writers write."""
-    out = Path(out).resolve()
-    inputs = [Path(f).resolve() for f in (cfg.data_files or {}).values() if isinstance(f, str)] if cfg else []
-    if out in inputs:
-        raise PremError(f"--out {out} is a data file the record was measured on: premem does not overwrite its "
-                        "inputs; choose another --out")
-    folders = [Path(record_dir).resolve()] if record_dir is not None and record.is_record_dir(record_dir) else []
-    inside = [d for d in folders if out.is_relative_to(d)] + [d for d in out.parents if record_folder.is_own_record(d)]
-    if inside:
-        raise PremError(f"--out {out} is inside the record {inside[0]}: write tables outside it")
-    return out

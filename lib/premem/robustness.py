@@ -1,32 +1,78 @@
 """Claim 3: per example, low pre-memorization accuracy flags answers that break under perturbation.
 
 For the final checkpoint of one finished sweep run, every training query is perturbed and k answers
-are sampled and graded; an example's *robustness* is its accuracy under that perturbation. Two kinds:
+are sampled and graded; an example's *robustness* is its accuracy under that perturbation. A
+perturbation is one `Perturbation` entry in `PERTURBATIONS`:
 - "first", "we_know_that" (tasks.PREFIX_PERTURBATIONS): the prompt forces the first words of the
   answer; the completion is graded as forced words + completion, since the answer starts with them.
-- "problem" (tasks.perturb_problem): same template, new numbers and names, gold answer recomputed.
+- "problem" (tasks.perturb_problem): same template, new numbers and names, gold answer recomputed;
+  for tasks with variants only.
 
 Pre-memorization and train accuracy come from the samples the sweep recorded, never resampled.
-Tables are cached under <record>/robustness/, keyed by run, perturbation and a hash of (k, seed, tau);
-`robustness_tables` samples the perturbations in parallel worker processes.
+The sampling is a stage of its own (premem.perturb), cached under <record>/robustness/, keyed by
+run, perturbation and a hash of (k, seed, tau); this module reads those tables and bins and ranks them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from scipy.stats import rankdata
+from statsmodels.stats.proportion import proportion_confint
 
-from premem import checkpoints, grading, io, launcher, metrics, record, recorder, tasks
-from premem import data as data_lib
+from premem import metrics, record, tasks
 from premem.dynamics import RunDynamics, pick_run
 from premem.errors import Missing, PremError
+from premem.plots import axis_label
 
-PERTURBATIONS = (*tasks.PREFIX_PERTURBATIONS, "problem")
 COLUMNS = ["run", "example_id", "perturbation", "robustness", "pre_mem_acc", "train_acc", "k"]
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """How a training query is perturbed: `queries(examples, template, seed)` gives (prompts,
+    forced answer prefixes, gold answers), one per example. `needs_variants`: it asks the task for
+    new problems of an example's template (tasks.has_variants), so tasks without them skip it."""
+    queries: Callable
+    needs_variants: bool = False
+
+
+def _forced(phrase: str) -> Callable:
+    """The answer forced to start with `phrase`; graded as phrase + completion."""
+    def queries(examples, template: str, seed: int):
+        prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, template), phrase) for ex in examples]
+        return prompts, [phrase] * len(examples), [ex.answer for ex in examples]
+    return queries
+
+
+def _new_problem(examples, template: str, seed: int):
+    new = [tasks.perturb_problem(ex, seed) for ex in examples]
+    return [tasks.format_prompt(ex, template) for ex in new], [""] * len(new), [ex.answer for ex in new]
+
+
+PERTURBATIONS = {
+    **{key: Perturbation(_forced(phrase)) for key, phrase in tasks.PREFIX_PERTURBATIONS.items()},
+    "problem": Perturbation(_new_problem, needs_variants=True),
+}
+
+
+def check(perturbations) -> None:
+    """Every name a perturbation of the registry: one line naming the key otherwise."""
+    unknown = [p for p in perturbations if p not in PERTURBATIONS]
+    if unknown:
+        raise PremError(f"key 'perturbations': unknown '{unknown[0]}'; known: {list(PERTURBATIONS)}")
+
+
+def kinds(cfg) -> list[str]:
+    """The params' perturbations that apply to their task (those needing variants only where it has them)."""
+    check(cfg.perturbations)
+    return [p for p in cfg.perturbations if not PERTURBATIONS[p].needs_variants or tasks.has_variants(cfg.task)]
 
 
 def default_run(record_dir: str | Path) -> str:
@@ -46,14 +92,9 @@ def cache_path(record_dir: str | Path, run: str, perturbation: str, k: int, seed
 
 def perturbed_queries(examples, perturbation: str, template: str, seed: int):
     """(prompts, forced answer prefixes, gold answers), one per example."""
-    if perturbation in tasks.PREFIX_PERTURBATIONS:
-        forced = tasks.PREFIX_PERTURBATIONS[perturbation]
-        prompts = [tasks.perturb_prompt(tasks.format_prompt(ex, template), perturbation) for ex in examples]
-        return prompts, [forced] * len(examples), [ex.answer for ex in examples]
-    if perturbation == "problem":
-        new = [tasks.perturb_problem(ex, seed) for ex in examples]
-        return [tasks.format_prompt(ex, template) for ex in new], [""] * len(new), [ex.answer for ex in new]
-    raise PremError(f"perturbation: unknown '{perturbation}'; known: {list(PERTURBATIONS)}")
+    if perturbation not in PERTURBATIONS:
+        raise PremError(f"perturbation: unknown '{perturbation}'; known: {list(PERTURBATIONS)}")
+    return PERTURBATIONS[perturbation].queries(examples, template, seed)
 
 
 def recorded_accuracy(dyn: RunDynamics, tau: float) -> pd.DataFrame:
@@ -63,69 +104,27 @@ def recorded_accuracy(dyn: RunDynamics, tau: float) -> pd.DataFrame:
                              step=int(dyn.steps[-1])))
 
 
-def robustness_table(record_dir: str | Path, run: str | None, *, perturbation: str, k: int | None = None,
-                     seed: int = 0, tau: float | None = None, progress: bool = True) -> pd.DataFrame:
-    """One row per training example of `run` (None: `default_run`): robustness under `perturbation`
-    at the final checkpoint, beside final pre-memorization and train accuracy. `k` defaults to the
-    record's robustness_k, else its k; `tau` to the record's `metrics.chosen_tau`. Cached: a rerun
-    with the same (k, seed, tau) reads the table back without sampling."""
-    from premem import training
-
-    record_dir = Path(record_dir)
+def resolved(record_dir: str | Path, run: str | None, k: int | None, tau: float | None):
+    """(the record's params, the run's dynamics, samples per query, tau) for a robustness table:
+    `run` None is `default_run`, `k` the record's robustness_k, else its k, `tau` its chosen tau."""
     cfg = record.read_config(record_dir)
     runs = record.read_runs(record_dir)
     dyn = pick_run(runs, run)
-    k = samples_per_query(cfg, k)
-    tau = metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
-    if perturbation not in PERTURBATIONS:
-        raise PremError(f"perturbation: unknown '{perturbation}'; known: {list(PERTURBATIONS)}")
-    run = dyn.run
-    cached = cache_path(record_dir, run, perturbation, k, seed, tau)
-    if cached.exists():
-        return pd.read_parquet(cached)
-    examples, _ = data_lib.run_examples(record_dir, run, cfg)
-    acc = recorded_accuracy(dyn, tau).set_index("example_id")
-    ckpt = record.final_checkpoint(record_dir, run)
-    step = json.loads((ckpt / checkpoints.MARKER).read_text())["step"]
-    if step != acc.step.iloc[0]:  # weights and record must be the same checkpoint
-        raise PremError(f"run {run}: final checkpoint is step {step} but the record ends at step {acc.step.iloc[0]}")
-    prompts, forced, golds = perturbed_queries(examples, perturbation, cfg.prompt_template, seed)
-    lm, tok = training.load_checkpoint(ckpt)
-    completions = recorder.sample_answers(cfg, lm, ckpt, tok, prompts, k, seed, progress)
-    rows = []
-    for ex, outs, pre, gold in zip(examples, completions, forced, golds):
-        grades = grading.grade_many([pre + c for c in outs], gold, tasks.answer_checker(cfg))
-        rows.append(dict(run=run, example_id=ex.id, perturbation=perturbation,
-                         robustness=float(np.mean([g.correct for g in grades])),
-                         pre_mem_acc=float(acc.pre_mem_acc[ex.id]), train_acc=float(acc.train_acc[ex.id]), k=k))
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    io.write_parquet(cached, table)
-    return table
+    return cfg, dyn, samples_per_query(cfg, k), metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
 
 
-def _table_job(record_dir: str, run: str, perturbation: str, k, seed: int, tau: float) -> pd.DataFrame:
-    return robustness_table(record_dir, run, perturbation=perturbation, k=k, seed=seed, tau=tau, progress=False)
-
-
-def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *, k: int | None = None,
-                      seed: int = 0, tau: float | None = None, workers: int = 1,
-                      cached_only: bool = False) -> pd.DataFrame:
-    """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
-    in `workers` one-thread processes (launcher.map_one_thread), which does not change the tables.
-    `cached_only`: sample nothing; a perturbation not cached yet raises premem.errors.Missing."""
-    record_dir = Path(record_dir)
-    runs = record.read_runs(record_dir)
-    run = pick_run(runs, run).run  # resolved once, so every worker samples the same run at the same tau
-    cfg = record.read_config(record_dir)
-    tau = metrics.chosen_tau(cfg, runs)[0] if tau is None else tau
-    if cached_only:
-        lacking = [p for p in perturbations if not cache_path(record_dir, run, p, samples_per_query(cfg, k),
-                                                              seed, tau).exists()]
-        if lacking:
-            raise Missing(f"robustness of run {run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
-                          "run notebook 06 (or premem reproduce)")
-    tables = launcher.map_one_thread(_table_job, [(str(record_dir), run, p, k, seed, tau) for p in perturbations],
-                                  workers)
+def read_tables(record_dir: str | Path, run: str | None, perturbations, *, k: int | None = None, seed: int = 0,
+                tau: float | None = None) -> pd.DataFrame:
+    """The cached robustness tables of `run` under each perturbation, concatenated in their order;
+    one not sampled yet raises premem.errors.Missing naming the command that samples it."""
+    check(perturbations)
+    cfg, dyn, k, tau = resolved(record_dir, run, k, tau)
+    paths = {p: cache_path(record_dir, dyn.run, p, k, seed, tau) for p in perturbations}
+    lacking = [p for p, f in paths.items() if not f.exists()]
+    if lacking:
+        raise Missing(f"robustness of run {dyn.run} under {', '.join(lacking)} not sampled yet in {record_dir}: "
+                      f"run `premem perturb --params <{cfg.name}'s params file>` (or notebook 06, premem reproduce)")
+    tables = [pd.read_parquet(f) for f in paths.values()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 
 
@@ -149,8 +148,6 @@ def bin_of(values, width: float = 0.2) -> np.ndarray:
 def binned(table: pd.DataFrame, by: str = "pre_mem_acc", width: float | None = None) -> pd.DataFrame:
     """Mean robustness per bin of `by` (width: `bin_width` of its values), with a Wilson 95% interval
     over all k samples in the bin."""
-    from statsmodels.stats.proportion import proportion_confint
-
     width = bin_width(table[by]) if width is None else width
     t = table.dropna(subset=[by, "robustness"]).assign(bin=lambda d: bin_of(d[by], width))
     t = t.assign(correct=np.round(t.robustness * t.k), samples=t.k)
@@ -173,8 +170,6 @@ class Correlation:
 
 def _rank_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho along the last axis; NaN where either side is constant."""
-    from scipy.stats import rankdata
-
     rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
     rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
     den = np.sqrt((rx**2).sum(-1) * (ry**2).sum(-1))
@@ -198,10 +193,6 @@ def spearman(table: pd.DataFrame, by: str = "pre_mem_acc", n_boot: int = 2000, s
 
 def plot_robustness(table: pd.DataFrame, by: str, ax, width: float | None = None):
     """Violins of per-example robustness per bin of `by`, with bin means and Wilson intervals."""
-    import seaborn as sns
-
-    from premem.plots import axis_label
-
     width = bin_width(table[by]) if width is None else width
     t = table.assign(bin=bin_of(table[by], width)).dropna(subset=["bin", "robustness"])
     stats = binned(table, by, width)
