@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from premem import checkpoints, encoding, metrics, record, record_folder, tasks, training
+from premem import checkpoints, encoding, metrics, record, record_folder, tasks, trainer_args, training
 from premem.cli import main
 from premem.config import load_params
 from premem.errors import PremError
@@ -464,11 +464,11 @@ def test_training_args_bin_is_never_unpickled_bare(tmp_path):
     ckpt.mkdir()
     torch.save(_Payload(tmp_path / "pwned"), ckpt / "training_args.bin")
     with pytest.warns(UserWarning, match="training_args.bin: not read"):
-        assert checkpoints.training_arguments(ckpt) == dict(lr=None, epochs=None, seed=0)
+        assert trainer_args.training_arguments(ckpt) == dict(lr=None, epochs=None, seed=0)
     assert not (tmp_path / "pwned").exists()
     torch.save(TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, seed=7, num_train_epochs=2,
                                  report_to="none", use_cpu=True), ckpt / "training_args.bin")
-    assert checkpoints.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)
+    assert trainer_args.training_arguments(ckpt) == dict(lr=3e-3, epochs=2, seed=7)
 
 
 # ---- trust: the plain Trainer door, interrupted runs, rows edited after recording -----------------

@@ -21,12 +21,14 @@ wait for rank 0 in their next gradient all-reduce: keep recording within the Tra
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from premem import backends, record, record_folder
+from premem import backends, record, record_folder, recorder, training
 from premem import data as data_lib
+from premem.checkpoints import checkpoint_folders
 from premem.config import Params, load_params
 from premem.errors import PremError
 
@@ -43,7 +45,6 @@ class PreMemCallback(TrainerCallback):
         the Trainer's output_dir name); `tau`: a fixed threshold, in place of the params' rule;
         `baselines`: also record claim 2's predictors (param_distance, which keeps a CPU copy of the
         starting weights, and grad_variance, a backward pass per minibatch)."""
-        from premem import recorder
 
         if getattr(trainer, "is_fsdp_enabled", False):  # before any work: a sharded forward on rank 0 alone hangs
             raise PremError("PreMemCallback: under FSDP each process holds a shard of the model, which cannot "
@@ -84,8 +85,6 @@ class PreMemCallback(TrainerCallback):
         self.init_state, self.folder, self.lock = None, None, contextlib.ExitStack()
 
     def on_train_begin(self, args, state, control, model=None, **kw):
-        from premem import training
-
         if not state.is_world_process_zero:
             return
         command = f"PreMemCallback {args.output_dir}"
@@ -120,9 +119,6 @@ class PreMemCallback(TrainerCallback):
     def _resumed(self, args, state) -> None:
         """A resumed run: say what the callback cannot know (the starting weights, for
         param_distance, which is then NaN) and which saved checkpoints a kill left unrecorded."""
-        import sys
-
-        from premem.checkpoints import checkpoint_folders
 
         lost = [s for s, _ in checkpoint_folders(args.output_dir)
                 if s <= state.global_step and not record.part_done(self.folder, s)]
@@ -135,8 +131,6 @@ class PreMemCallback(TrainerCallback):
                   "is NaN from now on", file=sys.stderr)
 
     def _record(self, args, state, checkpoint, model=None, processing_class=None, **kw):
-        from premem import recorder, training
-
         if not state.is_world_process_zero:
             return
         tok = processing_class if processing_class is not None else kw.get("tokenizer")

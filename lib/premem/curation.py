@@ -40,15 +40,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from premem import io, launcher, metrics, record, record_folder, sweep, tasks
 from premem import data as data_lib
+from premem import grading, io, launcher, metrics, record, record_folder, recorder, sweep, tasks, training
+from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
 from premem.curation_efficiency import (base_test_acc, curation_params, data_efficiency, folder_of,  # noqa: F401
                                         iid_examples_needed, paired_gaps, plot_scaling)
-from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness,  # noqa: F401
-                                   ifd_scores, n_steps, score_table, select, unconditional_prompt)
+from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness, ifd_scores,  # noqa: F401
+                                   n_steps, score_table, select, unconditional_prompt)
 from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
 from premem.errors import PremError
 from premem.tasks import Example
@@ -94,8 +96,6 @@ def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: i
 def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
     """(model, tokenizer) finetuned IFD_EPOCHS epochs on `train`: the run itself when it has that
     many epochs, else a probe finetuned (not recorded) under <out>/ifd/."""
-    from premem import model as model_lib
-    from premem import training
 
     if spec.epochs == IFD_EPOCHS:
         return training.load_checkpoint(record.final_checkpoint(out, spec.run))
@@ -148,8 +148,6 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
 
 
 def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     base = sweep.base_model_path(cfg, progress=progress)
     lr, epochs = cfg.curation_lr, cfg.curation_epochs
     plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
@@ -215,7 +213,6 @@ def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> boo
 def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:
     """Per example, the fraction of k_test sampled answers that are right, sampled as a run's final
     checkpoint is (cfg.data_seed): the base model's test accuracy and `collected_accuracy` use it."""
-    from premem import grading, recorder
 
     prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
     answers = recorder.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
@@ -227,7 +224,6 @@ def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) 
 def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
     """The base model's test accuracy before any finetuning (k_test per question): the floor every
     scaling curve starts from. Cached in <out>/base.json."""
-    from premem import model as model_lib
 
     f = out / "base.json"
     if not f.exists():
@@ -267,9 +263,6 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     selected originals" is data the model still gets wrong; round 1's rows share one judge per seed
     (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet,
     rewritten after each judge (a killed run resumes)."""
-    from tqdm.auto import tqdm
-
-    from premem import model as model_lib
 
     folder = Path(folder)
     out = folder / "collected_accuracy.parquet"

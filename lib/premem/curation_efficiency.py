@@ -11,6 +11,7 @@ import pandas as pd
 
 from premem.config import CURATION_KEYS, Params
 from premem.errors import PremError
+from premem.metrics import mean_interval
 
 
 def curation_params(cfg: Params) -> Params:
@@ -113,7 +114,6 @@ def paired_gaps(table: pd.DataFrame, reference: str = "premem") -> pd.DataFrame:
     over seeds would never reach past the per-seed gaps, the t interval widens as it should;
     `wins`: seeds where the reference was more accurate. Reads accuracy, not examples: no i.i.d.
     curve enters."""
-    from premem.metrics import mean_interval
 
     key = ["round", "seed", "n_examples"]
     ref = table[table.strategy == reference].set_index(key).test_acc

@@ -17,6 +17,7 @@ import pandas as pd
 
 from premem import metrics, tasks
 from premem.errors import PremError
+from premem.perplexity import target_nll
 from premem.tasks import Example
 
 
@@ -124,7 +125,6 @@ def unconditional_prompt(tokenizer) -> str:
 def ifd_scores(lm, tokenizer, examples, prompt_template=tasks.PROMPT_TEMPLATE,
                target_template=tasks.TARGET_TEMPLATE, batch_size: int = 32) -> np.ndarray:
     """log PPL(y|x) / log PPL(y) per example (the target tokens are the same, so a ratio of summed NLLs)."""
-    from premem.perplexity import target_nll
 
     targets = [tasks.format_target(ex, target_template) for ex in examples]
     cond, n = target_nll(lm, tokenizer, [tasks.format_prompt(ex, prompt_template) for ex in examples], targets,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from premem import metrics
 from premem.errors import PremError
@@ -103,7 +104,6 @@ def pick_run(runs: list[RunDynamics], name: str | None = None, least: bool = Fal
 def checkpoint_table(runs: list[RunDynamics], tau: float | dict[str, float]):
     """Tidy table, one row per (run, checkpoint): the predictors and the test accuracy. `tau` is one
     threshold, or one per dataset ({dataset: tau}, as by_dataset names them)."""
-    import pandas as pd
 
     rows = []
     for r in runs:
@@ -127,7 +127,6 @@ def example_table(run: RunDynamics, tau: float):
     """One row per training example of a run, at its last checkpoint: pre-memorization and train
     accuracy, the gold solution's perplexity, and the epoch and step it was first memorised
     (log(log(perplexity)) < tau; NaN when never). What a user curates data from."""
-    import pandas as pd
 
     measured = ~np.isnan(run.perplexity)
     mem = metrics.memorized(run.perplexity, tau) & measured

@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Sequence
 
+from math_verify import parse, verify
+
 from premem.errors import PremError
 
 MARKER = "####"
@@ -83,16 +85,12 @@ def extract_boxed(text: str) -> str | None:
 
 @lru_cache(maxsize=65536)
 def _mv_parse(answer: str, with_timeout: bool):
-    from math_verify import parse
-
     # Wrapping in "$...$" makes math-verify read bare LaTeX such as \sqrt{2}, which it otherwise drops.
     # parsing_timeout=None turns off its signal.alarm, which only works on the main thread.
     return parse(f"${answer}$", parsing_timeout=5 if with_timeout else None)
 
 
 def _lenient(answer: str, gold: str) -> bool:
-    from math_verify import verify
-
     on_main = threading.current_thread() is threading.main_thread()
     gold_p, ans_p = _mv_parse(gold, on_main), _mv_parse(answer, on_main)
     if not gold_p or not ans_p:
@@ -128,7 +126,6 @@ def boxed_answer(text: str) -> str | None:
 
 def _math_verify_whole(completion: str, gold: str) -> Grade:
     """math-verify finds the answer in the whole completion itself (its last boxed or final expression)."""
-    from math_verify import parse
 
     on_main = threading.current_thread() is threading.main_thread()
     try:

@@ -10,11 +10,17 @@ so nothing recorded is lost.
 """
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+import transformers
 
 from premem.errors import PremError
 
@@ -28,8 +34,6 @@ class Job:
         self.fn = fn
 
     def __call__(self, *args):
-        import torch
-
         _as_rank()
         # On a CPU node each job keeps to one torch thread, as local workers do; on a GPU node, all.
         return _at_one_thread(self.fn, args) if not torch.cuda.is_available() else self.fn(*args)
@@ -113,8 +117,6 @@ def run_arrays(cfg, arrays: list[Array], folder: str | Path, on_done=None, poll_
 
 
 def _at_one_thread(fn, args):
-    import torch
-
     torch.set_num_threads(1)
     quiet_libraries()
     return fn(*args)
@@ -125,7 +127,6 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
     ~1M-parameter models far faster than one process with several threads), or here with one worker
     or one job. Float reductions, hence weights and samples, then do not depend on the worker count.
     `fn` must be importable (module level); on_done(result) is called as each job finishes."""
-    import torch
 
     if workers == 1 or len(args) < 2:
         threads = torch.get_num_threads()
@@ -149,9 +150,6 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
 
 def quiet_libraries() -> None:
     """Keep worker output to our own progress bars: no per-save bars or backend notices."""
-    import logging
-
-    import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -161,7 +159,6 @@ def quiet_libraries() -> None:
 
 def spawn_context():
     """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
-    import multiprocessing
 
     return multiprocessing.get_context("spawn")
 
@@ -170,7 +167,6 @@ def die_with_parent(parent: int) -> None:
     """A worker's start: end when `parent` (the pid that spawned it) ends. A pool's worker holds
     both ends of its task queue, so it never sees its parent go (killed, say, or preempted): it
     would wait forever, holding its memory, GPU memory included."""
-    import threading
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="premem-parent").start()
 

@@ -26,6 +26,7 @@ their whole prompt group is done (`removable`), then `keep` drops whole groups.
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
 __all__ = ["LlamaDecoder", "supports"]
 
@@ -47,8 +48,6 @@ def _rms_norm(x, weight, eps):
 
 class LlamaDecoder:
     def __init__(self, model, ids, mask, *, copies: int, max_new_tokens: int, cache_keyword: str):
-        from transformers import DynamicCache
-
         cfg, inner = model.config, model.model
         self.copies, self.eps = copies, cfg.rms_norm_eps
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
+import statsmodels.api as sm  # heavy import, kept off the package's import path
+from scipy.stats import t
 
 from premem.errors import PremError
 
@@ -60,7 +63,6 @@ def mean_interval(values, population: int | None = None, level: float = 0.95) ->
     """The `level` t interval of the mean of `values` (NaN skipped) as an estimate of the mean over a
     population of `population` items they were drawn from without replacement (finite population
     correction; None: an unlimited population). A census (all items) has no width."""
-    from scipy.stats import t
 
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
@@ -105,7 +107,6 @@ def r2_identity(x, y) -> float:
 
 def _ols(x, y):
     """statsmodels' OLS of y on x over the points with both measured, or PremError."""
-    import statsmodels.api as sm  # heavy import, kept off the package's import path
 
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     if x.shape != y.shape:
@@ -198,7 +199,6 @@ def chosen_tau(cfg, runs) -> tuple[float, Threshold]:
 
 def r2_by_tau(runs, taus) -> "pd.DataFrame":
     """R² of test accuracy on dataset pre-memorization accuracy at each tau (the threshold sweep)."""
-    import pandas as pd
 
     test = np.concatenate([r.test_acc for r in runs])
     rows = []

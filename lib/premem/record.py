@@ -19,12 +19,17 @@ the lock) is premem.record_folder's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from premem import io
 from premem.checkpoints import finished_checkpoints
@@ -103,8 +108,6 @@ SORT_KEYS = {
 def versions() -> dict:
     """Versions of the packages that shape a record; None for one not installed (premem itself
     when run from a source tree on PYTHONPATH, as on a bare GPU machine)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
 
     def get(name):
         try:
@@ -125,7 +128,6 @@ def default_dir(cfg: Params) -> Path:
 def example_digest(ex) -> str:
     """A training row by content (question, solution, answer): run.json keeps one per example id,
     so a resumed run or `--below` never takes another row under a recorded id."""
-    import hashlib
 
     return hashlib.sha256(json.dumps([ex.question, ex.solution, ex.answer]).encode()).hexdigest()[:16]
 
@@ -184,7 +186,6 @@ def part_path(folder: Path, table: str, step: int) -> Path:
 def part_done(folder: Path, step: int) -> bool:
     """A checkpoint's parts are all there and readable (a damaged one counts as not recorded, so it
     is recorded again: parts are written atomically, so damage came from outside)."""
-    import pyarrow.parquet as pq
 
     try:  # the samples part is written last: its format is the checkpoint's
         written = part_format(pq.read_schema(part_path(folder, "samples", step)))  # the footer alone: cheap
@@ -211,8 +212,6 @@ def lost_steps(folder: Path) -> list[int]:
 def write_part(folder: Path, table: str, step: int, df: pd.DataFrame) -> Path:
     """One checkpoint's rows of a table, checked against the schema, written atomically with the
     FORMAT it is written in."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     check(df, table, f"{table} part of checkpoint {step} in {folder}", written=FORMAT)
     data = pa.Table.from_pandas(df, preserve_index=False)  # as DataFrame.to_parquet(index=False) writes it

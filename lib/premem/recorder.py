@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
 from premem import (backends, checkpoints, encoding, grading, launcher, metrics, perplexity, record, record_folder,
-                    tasks, training)
+                    tasks, trainer_args, training)
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -213,7 +213,7 @@ def record_saved(cfg: Params, checkpoints_dir: str | Path, out: str | Path, trai
     check_base(base, ckpts, cfg.pad_token)
     run = record.check_run_name(run or Path(checkpoints_dir).resolve().name)
     recorder = Recorder(cfg, subsample(train, fraction, cfg.data_seed), test, heldout, baselines=baselines)
-    meta = checkpoints.training_arguments(ckpts[-1]["path"])
+    meta = trainer_args.training_arguments(ckpts[-1]["path"])
     record_folder.check_target(out, cfg)
     with record_folder.locked(out, f"premem record {checkpoints_dir}"):
         record_folder.create(out, cfg, command=f"premem record {checkpoints_dir}")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from premem.dynamics import RunDynamics, by_dataset
 from premem.checkpoints import checkpoint_dirs, existing_checkpoint_dirs
+from premem.dynamics import RunDynamics, by_dataset
 from premem.errors import PremError
 
 # The authors' analysis takes the first of these sample files that exists in a checkpoint.

@@ -17,11 +17,13 @@ decide the batches). vLLM's sampler is premem.vllm_backend; premem.backends name
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import StaticCache
 
 from premem import llama_decode
 from premem.encoding import truncate_at_stop
@@ -82,7 +84,6 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def _cache_keyword(model) -> str:
     """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
-    import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -115,8 +116,6 @@ class _StaticCacheDecoder:
     prompt is read once, then its cache is copied for its `copies` samples."""
 
     def __init__(self, model, ids, mask, *, copies, max_new_tokens, cache_keyword):
-        from transformers import StaticCache
-
         rows, self.width = ids.shape
         n = rows * copies
         self.model, self.cache_kw, self.t = model, cache_keyword, 0

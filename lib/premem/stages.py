@@ -18,11 +18,16 @@ processes' group, so it starts with the launch's rendezvous variables removed.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
 
-from premem import backends, checkpoints, io, launcher, record
+import torch
+
+from premem import backends, checkpoints, io, launcher, record, recorder, training
+from premem import model as model_lib
+from premem.config import Params
 from premem.errors import PremError
 
 TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
@@ -83,10 +88,6 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
     reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
     loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
-    import torch
-
-    from premem import model as model_lib, recorder, training
-    from premem.config import Params
 
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
@@ -113,9 +114,6 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
 
 def free_memory() -> None:
     """What a deleted model held, back: host memory, and the GPU's cached blocks."""
-    import gc
-
-    import torch
 
     gc.collect()
     if torch.cuda.is_available():

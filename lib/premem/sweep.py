@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from premem import backends, checkpoints, launcher, record, record_folder
+from premem import backends, checkpoints, launcher, model, record, record_folder, recorder, stages, tasks, training
 from premem import data as data_lib
-from premem.config import Params
+from premem import model as model_lib
+from premem.config import Params, project_root
 from premem.errors import PremError
-
 
 SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
 
@@ -68,8 +70,6 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
     if cfg.base_model != "embedded":
         local = cfg.path("base_model")  # a folder relative to the project root, or a hub id
         return str(local) if local.exists() else cfg.base_model
-    from premem import model, tasks
-    from premem.config import project_root
 
     own = cfg.embedded_pretrain_task_options
     try:
@@ -100,7 +100,6 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
                 on_checkpoint=None) -> list[dict]:
     """`training.finetune` on examples, with the params' prompt format and optimiser keys; the
     training of every recorded run, and of curation's IFD probes."""
-    from premem import tasks, training
 
     return training.finetune(
         lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
@@ -128,7 +127,6 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     saved checkpoints are recorded after training (premem.stages), here unless record_here=False
     says a recording job of its own does it. Returns the run folder.
     """
-    from premem import model as model_lib, recorder, stages, training
 
     run_dir = record.run_dir(record_dir, spec.run)
     if training.rank0_value(record.is_done(run_dir)):  # every rank as rank 0 sees it: all train, or none
@@ -181,7 +179,6 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
     """A run about to be trained: unfinished again, nothing left of an earlier attempt that a
     recorder could take for this one's (its failure, its `trained` mark), and its run.json."""
-    from premem import stages
 
     run_dir = record.run_dir(record_dir, spec.run)
     record.reopen_run(run_dir)
@@ -215,7 +212,6 @@ def finish_run(cfg: Params, run_dir: Path, steps: list[int]) -> None:
 
 def check_launch(cfg: Params) -> None:
     """What the params ask of this machine and launch, checked before anything is made."""
-    import torch
 
     backends.check(cfg.model_dump(), f"params '{cfg.name}'")
     if backends.get(cfg.backend).engine and cfg.stages == "together":
@@ -253,7 +249,6 @@ def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str
 def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
                 test_final_only: bool = False) -> str:
     """A recording job beside a run's training job: its checkpoints recorded as they appear."""
-    from premem import stages
 
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
@@ -302,7 +297,6 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
 
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run the whole grid; returns the record folder, which `premem fit` reads."""
-    from tqdm.auto import tqdm
 
     out = Path(out) if out else record.default_dir(cfg)
     check_launch(cfg)
@@ -310,7 +304,6 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
     train_all, test, heldout = data_lib.load_examples(cfg, heldout=True)  # a bad task fails before the folder is touched
     # Under a multi-process launch (accelerate, torchrun) every rank trains each run with the others;
     # rank 0 alone holds the lock, makes the folder and the tables (a lock per rank would deadlock).
-    from premem import recorder, training
 
     lead = launcher.rank() == 0
     if lead:  # a rank reading while rank 0 clears the folder (--force) would see half a record

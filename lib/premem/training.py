@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from premem import io, launcher
 from premem.checkpoints import MARKER, OWN_FOLDER, RESUME_ONLY_FILES, finished_checkpoints
 from premem.encoding import CompletionCollator, ListDataset, build_features
 from premem.errors import PremError
-
+from premem.model import has_tokenizer, load_base
 
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
@@ -67,8 +69,6 @@ def recording(model):
 
 
 def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
-    from transformers import TrainerCallback
-
     class EpochCheckpoints(TrainerCallback):
         def on_epoch_end(self, args, state, control, **kw):
             epoch = round(state.epoch)
@@ -158,8 +158,6 @@ def apply_lora(model, lora: dict, seed: int = 0):
     lora keys: r (8), alpha (16), dropout (0.0), target_modules ("all-linear").
     A 4-bit model (QLoRA) is first prepared with peft's prepare_model_for_kbit_training.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
 
     if isinstance(model, PeftModel):
         return model
@@ -199,7 +197,6 @@ def finetune(model, tokenizer, prompts: list[str], targets: list[str], *, output
     With `lora`, `model` is wrapped in place by peft (see apply_lora); pass the 4-bit model from
     load_base(quantization="4bit") for QLoRA.
     """
-    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     if keep_optimizer not in ("last", "all"):
         raise PremError(f"keep_optimizer must be 'last' or 'all', got {keep_optimizer!r}")
@@ -288,7 +285,6 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, t
     A full model without tokenizer files (a Trainer given no processing_class saves none) takes the
     tokenizer of `tokenizer`, the model training started from.
     """
-    from premem.model import has_tokenizer, load_base
 
     path = Path(path)
     config = path / "adapter_config.json"
@@ -298,7 +294,6 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, t
                             "model training started from (premem record --base, or the params' base_model)")
         return load_base(str(path), dtype=dtype, device=device, pad_token=pad_token,
                          tokenizer=None if has_tokenizer(path) else tokenizer, trust_remote_code=trust_remote_code)
-    from peft import PeftModel
 
     base = base or json.loads(config.read_text()).get("base_model_name_or_path")
     if not base:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -50,7 +51,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import psutil  # a dependency of vLLM's
+import torch
 
+from premem import training
 from premem.encoding import encode_pairs, truncate_at_stop
 from premem.errors import PremError
 
@@ -178,8 +182,6 @@ def _model_config(model: str) -> dict:
 
 
 def _on_cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -202,7 +204,6 @@ def engine_options(model: str, *, dtype: str | None = None, max_model_len: int |
 
 def _cpu_kv_bytes(config: dict, dtype: str, length: int) -> int:
     """Room for MAX_NUM_SEQS sequences of `length` tokens, at most CPU_KV_SHARE of free memory."""
-    import psutil  # a dependency of vLLM's
 
     free = psutil.virtual_memory().available
     cap = int(free * CPU_KV_SHARE)
@@ -242,7 +243,6 @@ def _release_before_exit() -> None:
     be told to: a worker that finished with an engine alive waited forever. Finalizers of priority
     >= 0 run before that join, in the main process at its exit too; atexit handlers never run in a
     spawned process."""
-    import multiprocessing.util
 
     if not _ENGINE.get("finalizer"):
         _ENGINE["finalizer"] = multiprocessing.util.Finalize(None, _at_exit, exitpriority=100)
@@ -264,7 +264,6 @@ def release() -> None:
         llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    import torch
 
     with contextlib.suppress(ImportError, AttributeError):
         from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
@@ -293,7 +292,6 @@ def merged_adapter(checkpoint: str | Path, base: str | None = None, dtype: str |
     indices by request, not by token: "einsum(): subscript b has size 6 ... 72") and are reported
     wrong on CUDA (vllm-project/vllm#16668, #29955, #51594), and perplexity is half of what premem
     measures. The merged weights compute the adapted model's function (W + scale * B A)."""
-    from premem import training
 
     checkpoint = Path(checkpoint).resolve()
     if str(checkpoint) in _MERGED:

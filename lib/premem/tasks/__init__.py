@@ -24,8 +24,8 @@ from premem.errors import PremError
 from premem.grading import MARKER  # noqa: F401 (tasks.MARKER: how premem's solutions end)
 from premem.tasks import arith, gsm_symbolic, hub, jsonl
 from premem.tasks.arith import TRACE_OPENINGS, arith_steps  # noqa: F401
-from premem.tasks.base import (PREFIX_PERTURBATIONS, PROMPT_TEMPLATE, STOP, TARGET_TEMPLATE,  # noqa: F401
-                               Example, Task, _collect, _seed_int, format_prompt, format_target, perturb_prompt)
+from premem.tasks.base import (PREFIX_PERTURBATIONS, PROMPT_TEMPLATE, STOP, TARGET_TEMPLATE, Example,  # noqa: F401
+                               Task, _collect, _seed_int, format_prompt, format_target, perturb_prompt)
 from premem.tasks.hub import GSM8K_REVISION, MATH_REVISION, MATH_SUBJECTS  # noqa: F401
 from premem.tasks.jsonl import JSONL_OPTIONS, read_jsonl  # noqa: F401
 

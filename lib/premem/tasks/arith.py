@@ -8,7 +8,6 @@ from premem.errors import PremError
 from premem.grading import MARKER
 from premem.tasks.base import PROCEDURAL_BUCKETS, Example, Task, _collect, _digest
 
-
 NAMES = (("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Mia", "she"), ("Sam", "he"), ("Lily", "she"),
          ("Max", "he"), ("Zoe", "she"), ("Leo", "he"), ("Emma", "she"), ("Omar", "he"), ("Nina", "she"))
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from premem.errors import PremError
 
-
 PROMPT_TEMPLATE = "{question}\nAnswer:"
 
 

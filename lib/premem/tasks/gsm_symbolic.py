@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import re
 import random
+import re
 
 from premem.errors import PremError
 from premem.grading import MARKER, normalize_answer
 from premem.tasks.base import PROCEDURAL_BUCKETS, Example, Task, _collect, _digest, _seed_int
-
 
 _RG_SUFFIX = " Give the result as your final answer. Do not include units."
 

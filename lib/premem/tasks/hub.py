@@ -9,7 +9,6 @@ from premem.errors import PremError
 from premem.grading import MARKER, extract_answer, extract_boxed, normalize_answer
 from premem.tasks.base import Example, Task, _bucket, _digest, _select
 
-
 GSM8K_REVISION = "740312add88f781978c0658806c59bc2815b9866"  # openai/gsm8k, config "main"
 
 

@@ -9,7 +9,6 @@ from premem.errors import PremError
 from premem.grading import ANSWER_IN_SOLUTION, check_checker, normalize_answer
 from premem.tasks.base import Example, Task, _select
 
-
 # The jsonl task's options: the user's column names, and how answers are judged.
 JSONL_OPTIONS = ("question", "solution", "answer", "id", "checker")
 
