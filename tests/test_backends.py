@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from premem import backends, data as data_lib, record, recorder, sweep
+from premem import backends, data as data_lib, record, record_schema, recorder, sweep
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -38,9 +38,9 @@ def test_a_backend_registered_in_one_place_records(monkeypatch, tmp_path):
     folder = record.start_run(tmp_path, "r", lr=1e-3, epochs=1, data_fraction=1.0, seed=0, examples=train)
     measure = recorder.Recorder(cfg, train, test, baselines=False)
     assert measure.record(folder, "r", 0, 1, 1.0, lm, tok)
-    samples = record.read_table(record.part_path(folder, "samples", 1), "samples")
+    samples = record_schema.read_table(record.part_path(folder, "samples", 1), "samples")
     assert len(samples) == 3 * (4 + 2) and samples.correct.all()
-    ppl = record.read_table(record.part_path(folder, "perplexity", 1), "perplexity")
+    ppl = record_schema.read_table(record.part_path(folder, "perplexity", 1), "perplexity")
     np.testing.assert_allclose(ppl.perplexity, np.exp(0.5))
 
 

@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 
+from premem import embedded
 from premem import model as pm
 from premem.errors import PremError
 
@@ -14,7 +15,7 @@ TINY = dict(d_model=32, n_layers=2, n_heads=2, steps=6, batch_size=4, seq_len=32
 def test_char_tokenizer_round_trips(tmp_path):
     from transformers import AutoTokenizer
 
-    tok = pm.char_tokenizer()
+    tok = embedded.char_tokenizer()
     text = "What is 3 + 4?\nAnswer: 3 + 4 = 7. #### 7\nDone. ~`{}|"
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
@@ -37,8 +38,8 @@ def test_bpe_tokenizer_round_trips_shortens_and_keeps_digits_apart(tmp_path):
 
     exs = tasks.load_task("arith", split="train", n=300, seed=0)
     texts = [tasks.format_prompt(e, "{question}\nAnswer:") + tasks.format_target(e, " {solution}\nDone.") for e in exs]
-    tok = pm.bpe_tokenizer(texts, 500)
-    assert len(tok) == 500 and tok.convert_ids_to_tokens(list(range(4))) == list(pm.SPECIAL_TOKENS)
+    tok = embedded.bpe_tokenizer(texts, 500)
+    assert len(tok) == 500 and tok.convert_ids_to_tokens(list(range(4))) == list(embedded.SPECIAL_TOKENS)
     n_bpe = sum(len(tok(t)["input_ids"]) for t in texts)
     assert n_bpe < 0.6 * sum(len(t) + 1 for t in texts)  # the point of it: shorter sequences
     odd = "First, 1234 + 56 = 1290. ~`{}|\t é\nDone."  # unseen words and bytes still have tokens
@@ -52,34 +53,34 @@ def test_bpe_tokenizer_round_trips_shortens_and_keeps_digits_apart(tmp_path):
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again(odd)["input_ids"] == tok(odd)["input_ids"]
     with pytest.raises(PremError, match="tokenizer must be one of"):
-        pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="word", **TINY)
+        embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="word", **TINY)
 
 
 def test_embedded_base_hash_of_char_bases_does_not_name_the_tokenizer(tmp_path):
     # Char bases keep the folder (hash) they had before the tokenizer was a choice: the shipped
     # models/ folder must still be found; a BPE base is another folder.
-    char = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
-    assert pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="char", vocab_size=999, **TINY) == char
-    bpe = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="bpe", vocab_size=300, **TINY)
+    char = embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    assert embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="char", vocab_size=999, **TINY) == char
+    bpe = embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, tokenizer="bpe", vocab_size=300, **TINY)
     assert bpe != char
     model, tok = pm.load_base(str(bpe))
     assert len(tok) == model.config.vocab_size <= 300  # merges stop early on 36 short texts
 
 
 def test_embedded_base_builds_loads_and_caches(tmp_path, monkeypatch):
-    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    path = embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
     assert (path / "premem_embedded.json").is_file() and path.parent == tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp folder left behind
 
     def no_training(*a, **k):
         raise AssertionError("pretrained again despite the cache")
 
-    monkeypatch.setattr(pm, "pretrain", no_training)
+    monkeypatch.setattr(embedded, "pretrain", no_training)
     t0 = time.perf_counter()
-    assert pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY) == path
+    assert embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY) == path
     assert time.perf_counter() - t0 < 1.0
     with pytest.raises(AssertionError):  # different hyperparameters -> different hash -> trains
-        pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **{**TINY, "seed": 1})
+        embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **{**TINY, "seed": 1})
 
     model, tok = pm.load_base(str(path), cache_dir=tmp_path)
     assert tok.pad_token is not None and tok.padding_side == "left"
@@ -91,9 +92,9 @@ def test_embedded_base_builds_loads_and_caches(tmp_path, monkeypatch):
 
 
 def test_pretraining_lowers_loss():
-    tok = pm.char_tokenizer()
-    model = pm._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0)
-    losses = pm.pretrain(model, tok, TEXTS, steps=40, lr=1e-2, batch_size=8, seq_len=32, seed=0,
+    tok = embedded.char_tokenizer()
+    model = embedded._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0)
+    losses = embedded.pretrain(model, tok, TEXTS, steps=40, lr=1e-2, batch_size=8, seq_len=32, seed=0,
                          progress=False)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
@@ -114,7 +115,7 @@ def test_load_base_offline_hub_miss_is_prem_error(tmp_path, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_bad_dtype_and_quantization_are_refused(tmp_path):
     """(4bit itself loads on a CPU now: tests/test_qlora.py.)"""
-    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    path = embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
     with pytest.raises(PremError, match="float13"):
         pm.load_base(str(path), cache_dir=tmp_path, dtype="float13")
     with pytest.raises(PremError, match="8bit"):
@@ -142,7 +143,7 @@ def test_a_folder_that_asks_for_its_own_code_is_refused(tmp_path):
     import json
     import shutil
 
-    path = pm.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
+    path = embedded.build_embedded_base(TEXTS, cache_dir=tmp_path, **TINY)
     folder = shutil.copytree(path, tmp_path / "remote")
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "evil.Model"}

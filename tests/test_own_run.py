@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from premem import checkpoints, encoding, metrics, record, record_folder, tasks, trainer_args, training
+from premem import checkpoints, encoding, metrics, record, record_folder, record_schema, tasks, trainer_args, training
 from premem.cli import main
 from premem.config import load_params
 from premem.errors import PremError
@@ -400,7 +400,7 @@ def test_force_deletes_only_a_record(tmp_path):
 
 
 def test_docs_document_the_record_schema():
-    assert record.schema_markdown() in (ROOT / "docs" / "record.md").read_text()
+    assert record_schema.schema_markdown() in (ROOT / "docs" / "record.md").read_text()
 
 
 def test_another_run_of_the_same_name_is_refused_not_merged(hf_run, user, tmp_path, capsys):
@@ -427,7 +427,7 @@ def test_parts_recorded_after_the_tables_are_read(hf_run, tmp_path):
     rec = tmp_path / "rec"
     shutil.copytree(hf_run["record"], rec)
     folder = rec / "runs" / "hf"
-    for table in record.TABLES:
+    for table in record_schema.TABLES:
         part = pd.read_parquet(record.part_path(folder, table, 9))
         record.write_part(folder, table, 12, part.assign(step=12))
     assert list(record.read_runs(rec)[0].steps) == [3, 6, 9, 12]

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import record
+from premem import record, record_schema
 from premem.errors import PremError
-from premem.record import Column
+from premem.record_schema import Column
 
 
 def test_a_table_and_a_column_added_to_the_format_keep_recorded_checkpoints(smoke_sweep, tmp_path, monkeypatch):
@@ -22,15 +22,15 @@ def test_a_table_and_a_column_added_to_the_format_keep_recorded_checkpoints(smok
     assert steps and all(record.part_done(d, s) for d, ss in steps.items() for s in ss)
 
     # Format 2: a column of the checkpoints table and a table of its own, one entry each.
-    monkeypatch.setattr(record, "FORMAT", 2)
-    monkeypatch.setitem(record.SCHEMA, "checkpoints", record.SCHEMA["checkpoints"] + (
+    monkeypatch.setattr(record_schema, "FORMAT", 2)
+    monkeypatch.setitem(record_schema.SCHEMA, "checkpoints", record_schema.SCHEMA["checkpoints"] + (
         Column("lr_now", "number", "learning rate at the checkpoint", since=2),))
-    monkeypatch.setitem(record.SCHEMA, "lengths", (
+    monkeypatch.setitem(record_schema.SCHEMA, "lengths", (
         Column("run", "str", "run name"), Column("step", "int", "optimiser step"),
         Column("example_id", "str", "example id"), Column("length", "int", "sampled tokens")))
-    monkeypatch.setattr(record, "TABLES", record.TABLES + ("lengths",))
-    monkeypatch.setitem(record.TABLE_SINCE, "lengths", 2)
-    monkeypatch.setitem(record.SORT_KEYS, "lengths", ["run", "step", "example_id"])
+    monkeypatch.setattr(record_schema, "TABLES", record_schema.TABLES + ("lengths",))
+    monkeypatch.setitem(record_schema.TABLE_SINCE, "lengths", 2)
+    monkeypatch.setitem(record_schema.SORT_KEYS, "lengths", ["run", "step", "example_id"])
 
     assert all(record.part_done(d, s) for d, ss in steps.items() for s in ss)  # nothing to record again
     for r in record.read_runs(rec):

@@ -172,10 +172,10 @@ def test_premem_beats_train_accuracy_when_runs_memorise(tmp_path):
 @pytest.mark.parametrize("options, steps", [(None, {2, 3, 4}), ({"min_steps": 1, "max_steps": 1}, {1})])
 def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, options, steps):
     """embedded_pretrain_task_options picks the pretraining pool (None: the finetuning task's options)."""
-    from premem import model
+    from premem import embedded
 
     seen = {}
-    monkeypatch.setattr(model, "build_embedded_base", lambda texts, **kw: seen.setdefault("texts", texts))
+    monkeypatch.setattr(embedded, "build_embedded_base", lambda texts, **kw: seen.setdefault("texts", texts))
     cfg = load_params("params/tiny.yaml", embedded_pretrain_examples=300, embedded_pretrain_task_options=options,
                       cache_dir=str(tmp_path))
     sweep.base_model_path(cfg, progress=False)
@@ -190,13 +190,13 @@ def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, 
 def test_default_and_smoke_bases_are_shipped(monkeypatch):
     """params/tiny.yaml and params/smoke.yaml find the base in models/ (a fresh clone never pretrains),
     and it is the BPE base the params name."""
-    from premem import model
+    from premem import embedded
     from premem.config import project_root
 
     def no_pretraining(*a, **k):
         raise AssertionError("pretrained: the default's base is not in models/")
 
-    monkeypatch.setattr(model, "pretrain", no_pretraining)
+    monkeypatch.setattr(embedded, "pretrain", no_pretraining)
     paths = {sweep.base_model_path(load_params(f"params/{name}.yaml"), progress=False) for name in ("tiny", "smoke")}
     assert len(paths) == 1
     path = Path(paths.pop())

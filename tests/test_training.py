@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from premem import checkpoints, encoding, model as pm
+from premem import baselines, checkpoints, embedded, encoding, model as pm
 from premem import training as tr
 from premem.errors import PremError
 
@@ -15,8 +15,8 @@ FAST = dict(lr=1e-2, batch_size=BS, seed=0, warmup_ratio=0.0, progress=False)
 
 
 def tiny():
-    tok = pm.char_tokenizer()
-    return pm._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0), tok
+    tok = embedded.char_tokenizer()
+    return embedded._tiny_llama(len(tok), tok, 32, 2, 2, 32, seed=0), tok
 
 
 def mean_loss(model, tok):
@@ -26,7 +26,7 @@ def mean_loss(model, tok):
 
 
 def test_label_mask_by_hand():
-    tok = pm.char_tokenizer()
+    tok = embedded.char_tokenizer()
     assert tok.bos_token_id is not None
     prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
     ids, n_prompt = encoding.encode_example(tok, prompt, target)
@@ -131,17 +131,17 @@ def test_lora_trains_only_adapter(tmp_path):
 
 def test_param_distance_and_gradient_variance(tmp_path):
     model, tok = tiny()
-    theta0 = tr.snapshot(model)
-    assert tr.param_distance(model, theta0) == 0.0
-    gv = tr.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=4, n_batches=3, seed=0)
-    assert gv > 0 and gv == tr.gradient_variance(model, tok, PROMPTS, TARGETS, 4, 3, seed=0)
+    theta0 = baselines.snapshot(model)
+    assert baselines.param_distance(model, theta0) == 0.0
+    gv = baselines.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=4, n_batches=3, seed=0)
+    assert gv > 0 and gv == baselines.gradient_variance(model, tok, PROMPTS, TARGETS, 4, 3, seed=0)
     assert all(p.grad is None for p in model.parameters()) and model.training is True  # mode restored
-    full = tr.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=N, n_batches=3, seed=0)
+    full = baselines.gradient_variance(model, tok, PROMPTS, TARGETS, batch_size=N, n_batches=3, seed=0)
     assert full == pytest.approx(0.0, abs=1e-12)  # every "minibatch" is the whole set
     tr.finetune(model, tok, PROMPTS, TARGETS, output_dir=tmp_path, epochs=1, **FAST)
-    assert tr.param_distance(model, theta0) > 0
+    assert baselines.param_distance(model, theta0) > 0
     with pytest.raises(PremError, match="nope"):
-        tr.param_distance(model, {"nope": torch.zeros(1)})
+        baselines.param_distance(model, {"nope": torch.zeros(1)})
 
 
 def test_record_sees_the_model_without_the_trainer_autocast():
@@ -173,7 +173,7 @@ def test_record_sees_the_model_without_the_trainer_autocast():
 def test_the_authors_target_format_and_truncation():
     """target_eos: false ends a target at its text (the authors' "\\nDone."); model_max_length cuts
     examples, labels with them, where the model's own context is an error."""
-    tok = pm.char_tokenizer()
+    tok = embedded.char_tokenizer()
     prompt, target = "1 + 2 =\nAnswer:", " 3\nDone."
     (with_eos,) = encoding.build_features(tok, [prompt], [target])
     (without,) = encoding.build_features(tok, [prompt], [target], add_eos=False)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from premem import backends, record, record_folder, recorder, training
+from premem import backends, baselines, record, record_folder, recorder, training
 from premem import data as data_lib
 from premem.checkpoints import checkpoint_folders
 from premem.config import Params, load_params
@@ -45,7 +45,6 @@ class PreMemCallback(TrainerCallback):
         the Trainer's output_dir name); `tau`: a fixed threshold, in place of the params' rule;
         `baselines`: also record claim 2's predictors (param_distance, which keeps a CPU copy of the
         starting weights, and grad_variance, a backward pass per minibatch)."""
-
         if getattr(trainer, "is_fsdp_enabled", False):  # before any work: a sharded forward on rank 0 alone hangs
             raise PremError("PreMemCallback: under FSDP each process holds a shard of the model, which cannot "
                             "sample alone: record the saved checkpoints with `premem record` instead")
@@ -98,7 +97,7 @@ class PreMemCallback(TrainerCallback):
         if state.global_step > 0:  # resumed from a checkpoint: its weights, not the starting ones, are loaded
             self._resumed(args, state)
         elif self.recorder.baselines:  # theta0 of param_distance: the weights training starts at
-            self.init_state = training.snapshot(model)
+            self.init_state = baselines.snapshot(model)
 
     def on_save(self, args, state, control, **kw):
         if self.every_epochs is None:
@@ -119,7 +118,6 @@ class PreMemCallback(TrainerCallback):
     def _resumed(self, args, state) -> None:
         """A resumed run: say what the callback cannot know (the starting weights, for
         param_distance, which is then NaN) and which saved checkpoints a kill left unrecorded."""
-
         lost = [s for s, _ in checkpoint_folders(args.output_dir)
                 if s <= state.global_step and not record.part_done(self.folder, s)]
         if lost:

@@ -103,7 +103,6 @@ def saved_checkpoints(folder: str | Path, select: str = "all") -> list[dict]:
 def state_number(checkpoint: Path, key: str) -> float | None:
     """A number from the checkpoint's trainer_state.json (None: no file or no such key); any other
     value is one error naming the file and key."""
-
     state = Path(checkpoint) / "trainer_state.json"
     value = read_json(state).get(key) if state.is_file() else None
     if value is None:

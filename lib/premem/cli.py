@@ -61,7 +61,6 @@ def cmd_fit(args) -> int:
 
 def tau_arg(text: str):
     """`T` (every dataset) or `NAME=T` (one dataset); a finite number either way."""
-
     name, _, value = text.rpartition("=")
     try:
         tau = float(value)
@@ -250,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ledger)
     return parser
 
+
 # A path premem cannot use for what the user named it for (a read-only or full disk, a name too long,
 # a file where a folder goes): the machine's state or the user's path, not a bug: one line saying where.
 PATH_ERRORS = ("EACCES", "EPERM", "ENOSPC", "EROFS", "EDQUOT", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "EEXIST")
@@ -278,6 +278,7 @@ def main(argv=None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -96,7 +96,6 @@ def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: i
 def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
     """(model, tokenizer) finetuned IFD_EPOCHS epochs on `train`: the run itself when it has that
     many epochs, else a probe finetuned (not recorded) under <out>/ifd/."""
-
     if spec.epochs == IFD_EPOCHS:
         return training.load_checkpoint(record.final_checkpoint(out, spec.run))
     lm, tok = model_lib.load_configured(cfg, base)
@@ -213,7 +212,6 @@ def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> boo
 def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:
     """Per example, the fraction of k_test sampled answers that are right, sampled as a run's final
     checkpoint is (cfg.data_seed): the base model's test accuracy and `collected_accuracy` use it."""
-
     prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
     answers = recorder.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
     checker = tasks.answer_checker(cfg)
@@ -224,7 +222,6 @@ def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) 
 def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
     """The base model's test accuracy before any finetuning (k_test per question): the floor every
     scaling curve starts from. Cached in <out>/base.json."""
-
     f = out / "base.json"
     if not f.exists():
         lm, tok = model_lib.load_configured(cfg, base)
@@ -263,7 +260,6 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     selected originals" is data the model still gets wrong; round 1's rows share one judge per seed
     (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet,
     rewritten after each judge (a killed run resumes)."""
-
     folder = Path(folder)
     out = folder / "collected_accuracy.parquet"
     done = pd.read_parquet(out) if out.exists() else pd.DataFrame(columns=["strategy", "round", "seed"])

@@ -114,7 +114,6 @@ def paired_gaps(table: pd.DataFrame, reference: str = "premem") -> pd.DataFrame:
     over seeds would never reach past the per-seed gaps, the t interval widens as it should;
     `wins`: seeds where the reference was more accurate. Reads accuracy, not examples: no i.i.d.
     curve enters."""
-
     key = ["round", "seed", "n_examples"]
     ref = table[table.strategy == reference].set_index(key).test_acc
     if ref.empty:

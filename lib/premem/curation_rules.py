@@ -125,7 +125,6 @@ def unconditional_prompt(tokenizer) -> str:
 def ifd_scores(lm, tokenizer, examples, prompt_template=tasks.PROMPT_TEMPLATE,
                target_template=tasks.TARGET_TEMPLATE, batch_size: int = 32) -> np.ndarray:
     """log PPL(y|x) / log PPL(y) per example (the target tokens are the same, so a ratio of summed NLLs)."""
-
     targets = [tasks.format_target(ex, target_template) for ex in examples]
     cond, n = target_nll(lm, tokenizer, [tasks.format_prompt(ex, prompt_template) for ex in examples], targets,
                          batch_size=batch_size, progress=False)

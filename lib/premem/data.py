@@ -88,7 +88,6 @@ def write_training_rows(record_dir: str | Path, ids: list[str], out: str | Path)
     they are; for premem's tasks, {id, question, solution, answer}. Only rows as they were measured
     are written: a row edited since it was recorded (its example_digest differs) is left out, with a
     line saying how many. Returns how many were written."""
-
     record_dir = Path(record_dir)
     if not record.is_record_dir(record_dir):
         raise PremError(f"{record_dir}: --below needs a premem record (the released logs hold no training rows)")

@@ -104,7 +104,6 @@ def pick_run(runs: list[RunDynamics], name: str | None = None, least: bool = Fal
 def checkpoint_table(runs: list[RunDynamics], tau: float | dict[str, float]):
     """Tidy table, one row per (run, checkpoint): the predictors and the test accuracy. `tau` is one
     threshold, or one per dataset ({dataset: tau}, as by_dataset names them)."""
-
     rows = []
     for r in runs:
         dataset = r.dataset or DEFAULT_DATASET
@@ -127,7 +126,6 @@ def example_table(run: RunDynamics, tau: float):
     """One row per training example of a run, at its last checkpoint: pre-memorization and train
     accuracy, the gold solution's perplexity, and the epoch and step it was first memorised
     (log(log(perplexity)) < tau; NaN when never). What a user curates data from."""
-
     measured = ~np.isnan(run.perplexity)
     mem = metrics.memorized(run.perplexity, tau) & measured
     first = np.where(mem.any(axis=0), mem.argmax(axis=0), -1)
@@ -138,3 +136,55 @@ def example_table(run: RunDynamics, tau: float):
         perplexity=run.perplexity[-1],
         first_memorized_epoch=np.where(first >= 0, np.asarray(epochs, dtype=float)[first], np.nan),
         first_memorized_step=np.where(first >= 0, run.steps[first].astype(float), np.nan), tau=float(tau)))
+
+
+def from_tables(samples: pd.DataFrame, ppl: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame | None,
+                dataset: str | None) -> list[RunDynamics]:
+    """RunDynamics of every run in a record's tables (premem.record reads them)."""
+    runs = runs.set_index("run")
+    out = []
+    for run, s in samples.groupby("run", sort=True):
+        if run not in runs.index:
+            raise PremError(f"run {run} has samples but no row in runs.parquet")
+        train = s[s.split == "train"].pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
+        test_s = s[s.split == "test"]
+        test_correct = test_s.pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
+        run_ppl = ppl[ppl.run == run]
+        p = run_ppl[run_ppl.trained].pivot_table(index="step", columns="example_id", values="perplexity")
+        p = p.reindex(index=train.index, columns=train.columns)
+        held = run_ppl[~run_ppl.trained]
+        held = held.pivot_table(index="step", columns="example_id", values="perplexity").reindex(train.index) \
+            if len(held) else None
+        epoch = s.groupby("step")["epoch"].first().reindex(train.index)
+        extra = {}
+        if stats is not None:
+            st = stats[stats.run == run].set_index("step").reindex(train.index)
+            extra = {c: st[c].to_numpy(float) for c in st.columns if c not in ("run", "epoch")}
+        # Train loss: mean per-token NLL of the gold solutions, a baseline predictor.
+        extra["train_loss"] = np.nanmean(np.log(p.to_numpy(float)), axis=1)
+        extra["mean_perplexity"] = np.nanmean(p.to_numpy(float), axis=1)
+        info = runs.loc[run]
+        out.append(RunDynamics(
+            run=run, dataset=dataset, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
+            perplexity=p.to_numpy(float), test_acc=test_correct.mean(axis=1).reindex(train.index).to_numpy(float),
+            lr=_maybe(float, info.lr), epochs=_maybe(int, info.epochs), data_fraction=_maybe(float, info.data_fraction),
+            example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,
+            heldout_perplexity=None if held is None else held.to_numpy(float),
+            test_correct=test_correct.reindex(train.index).to_numpy(float),
+            test_confidence=majority_share(test_s).reindex(index=train.index, columns=test_correct.columns).to_numpy(float),
+        ))
+    return out
+
+
+def _maybe(kind, value):
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else kind(value)
+
+
+def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per (step, example): the share of samples giving the most common answer (unparseable counts
+    as its own answer). A label-free confidence, the input of ATC."""
+    answers = samples.assign(answer=samples.answer.fillna("<unparseable>"))
+    counts = answers.groupby(["step", "example_id", "answer"]).size()
+    top = counts.groupby(["step", "example_id"]).max()
+    total = counts.groupby(["step", "example_id"]).sum()
+    return (top / total).unstack("example_id")

@@ -18,7 +18,6 @@ from premem.errors import PremError
 
 def load_runs(path: str | Path):
     """Runs from a folder of premem sweep records, or of the authors' released checkpoints."""
-
     path = Path(path)
     if not path.is_dir():
         raise PremError(f"runs folder not found: {path}")
@@ -31,7 +30,6 @@ def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], ever
     `--tau NAME=T`, else `--tau T`, else `--tau-rule heldout` (calibrated on the held-out examples
     the record holds), else a premem record's own params (its tau or tau rule), else the authors'
     threshold for the datasets they released; any other dataset is an error."""
-
     unknown = set(by_name) - set(groups)
     if unknown:
         raise PremError(f"--tau for dataset {', '.join(map(repr, sorted(unknown)))}, which is not in {path}; "
@@ -61,7 +59,6 @@ def dataset_taus(path: str | Path, groups: dict, by_name: dict[str, float], ever
 def fit_summary(runs, tau: float, tau_from: str = "given") -> dict:
     """The `premem fit --json` object of one dataset: the fit over every checkpoint of every run,
     and the runs. Runs of several datasets are refused: fit each group of `dynamics.by_dataset`."""
-
     table = checkpoint_table(runs, tau)
     datasets = list(dict.fromkeys(table.dataset))
     if len(datasets) > 1:
@@ -93,7 +90,6 @@ def fit_datasets(path: str | Path, taus: dict[str, float] | None = None, tau: fl
                  datasets: list[str] | None = None, rule: str | None = None,
                  quantile: float | None = None) -> list[dict]:
     """`premem fit`: one summary per dataset in the folder (or only `datasets`), each at its own tau."""
-
     groups = by_dataset(load_runs(path), datasets)
     chosen = dataset_taus(path, groups, taus or {}, tau, rule, quantile)
     return [fit_summary(runs, *chosen[name]) for name, runs in groups.items()]

@@ -126,7 +126,6 @@ def boxed_answer(text: str) -> str | None:
 
 def _math_verify_whole(completion: str, gold: str) -> Grade:
     """math-verify finds the answer in the whole completion itself (its last boxed or final expression)."""
-
     on_main = threading.current_thread() is threading.main_thread()
     try:
         found = parse(completion, parsing_timeout=5 if on_main else None)

@@ -127,7 +127,6 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
     ~1M-parameter models far faster than one process with several threads), or here with one worker
     or one job. Float reductions, hence weights and samples, then do not depend on the worker count.
     `fn` must be importable (module level); on_done(result) is called as each job finishes."""
-
     if workers == 1 or len(args) < 2:
         threads = torch.get_num_threads()
         results = []
@@ -150,7 +149,6 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
 
 def quiet_libraries() -> None:
     """Keep worker output to our own progress bars: no per-save bars or backend notices."""
-
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     for name in ("bitsandbytes", "math_verify", "accelerate"):
@@ -159,7 +157,6 @@ def quiet_libraries() -> None:
 
 def spawn_context():
     """Worker processes start fresh (spawn): forking a process whose torch thread pool has run can hang."""
-
     return multiprocessing.get_context("spawn")
 
 
@@ -167,7 +164,6 @@ def die_with_parent(parent: int) -> None:
     """A worker's start: end when `parent` (the pid that spawned it) ends. A pool's worker holds
     both ends of its task queue, so it never sees its parent go (killed, say, or preempted): it
     would wait forever, holding its memory, GPU memory included."""
-
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="premem-parent").start()
 
 

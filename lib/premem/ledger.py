@@ -102,7 +102,6 @@ def write_for(params: str | Path | None = None) -> Path:
     """The ledger of a live params file (default params/tiny.yaml) beside the released logs' claim,
     into that file's figures_dir; the README's copy only for the default, so a smoke run never
     overwrites the numbers the README shows."""
-
     root = project_root()
     live = load_params(root / (params or DEFAULT_PARAMS))
     released = load_params(root / NOTEBOOK_PARAMS["01"])

@@ -63,7 +63,6 @@ def mean_interval(values, population: int | None = None, level: float = 0.95) ->
     """The `level` t interval of the mean of `values` (NaN skipped) as an estimate of the mean over a
     population of `population` items they were drawn from without replacement (finite population
     correction; None: an unlimited population). A census (all items) has no width."""
-
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if x.size < 2:
@@ -107,7 +106,6 @@ def r2_identity(x, y) -> float:
 
 def _ols(x, y):
     """statsmodels' OLS of y on x over the points with both measured, or PremError."""
-
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     if x.shape != y.shape:
         raise PremError(f"predictor has {x.size} points but test accuracy has {y.size}")
@@ -199,7 +197,6 @@ def chosen_tau(cfg, runs) -> tuple[float, Threshold]:
 
 def r2_by_tau(runs, taus) -> "pd.DataFrame":
     """R² of test accuracy on dataset pre-memorization accuracy at each tau (the threshold sweep)."""
-
     test = np.concatenate([r.test_acc for r in runs])
     rows = []
     for tau in taus:

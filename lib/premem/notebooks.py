@@ -60,7 +60,6 @@ def checked_outputs(nb) -> dict[str, list]:
 def use_references(items, root: Path) -> None:
     """Under the switch, make nbval compare each checked cell with the switched params' stored
     outputs (notebooks/outputs/<name>/) instead of the default's, which the notebook shows."""
-
     switched = os.environ.get(SWITCH)
     if not switched:
         return
@@ -94,13 +93,11 @@ def _executed(executed: str | Path):
 
 def store_executed(executed: str | Path, stored: str | Path) -> None:
     """The executed notebook, outputs and all, over its stored source (the default params' run)."""
-
     write_text(stored, nbformat.writes(_executed(executed)) + "\n")
 
 
 def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
     """The checked cells' outputs of a run on other params, for nbval under the switch."""
-
     out = root / REFERENCES / params_name / (Path(executed).stem + ".json")
     return write_text(out, json.dumps(checked_outputs(_executed(executed)), indent=1, ensure_ascii=False) + "\n")
 
@@ -108,7 +105,6 @@ def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
 def notebook_params(namespace: dict):
     """A live notebook's params: $PREMEM_NOTEBOOK_PARAMS when set (the test suite's smoke run), else
     its parameters (`params_file`, or the flat keys `papermill -f` injects)."""
-
     switched = os.environ.get(SWITCH)
     if switched:
         path = Path(switched)
@@ -158,13 +154,13 @@ def curated(namespace: dict):
 def shown(path: str | Path) -> str:
     """A path as a notebook or table prints it: relative to the project root (stored outputs carry
     no machine's folders), a user's own path elsewhere as given."""
-
     path, root = Path(path), project_root()
     return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
 
 
 def numbered_notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
 
 # The expensive stages of the live notebooks, in order: (what runs it, the notebooks that read it).
 # `premem reproduce` runs them as commands first, with their progress in the terminal; the notebooks
@@ -205,7 +201,6 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
     then the numbered notebooks in order with papermill (executed copies under runs/reproduce/),
     then the ledger; returns one row per stage with its time. `store`: the executed notebooks
     become the stored ones (default params), or the nbval references of `params`."""
-
     root = project_root()
     books = numbered_notebooks(root)
     if only:

@@ -28,7 +28,6 @@ def axis_label(name: str) -> str:
 def plot_predictor(table, x: str, ax, y: str = "test_acc", fit: metrics.Fit | None = None):
     """Each run is a line through its checkpoints; the OLS line with its 95% band, and a legend
     carrying the fit's R² and slope CI."""
-
     try:
         fit = fit or metrics.fit_predictor(table[x], table[y])
     except PremError:  # e.g. constant: draw the points, say there is no line
@@ -69,7 +68,6 @@ def predictor_panels(table, predictors: list[str], y: str = "test_acc", title: s
     """One scatter panel per predictor: the claim and its contrast side by side. A table of several
     datasets (its `dataset` column) gets a column of panels per dataset, a row per predictor, as
     the paper's main figure; y is shared within a dataset, never across."""
-
     datasets = list(dict.fromkeys(table["dataset"])) if "dataset" in table else [None]
     several = len(datasets) > 1
     rows, cols = (len(predictors), len(datasets)) if several else (1, len(predictors))
@@ -125,7 +123,6 @@ def example_maps(runs: list[RunDynamics], taus: dict[str, float], names: list[st
                  n_examples: int | None = 200):
     """The per-example map of each named run (default: the first run of each dataset), side by
     side, each at its dataset's threshold."""
-
     chosen = [pick_run(runs, n) for n in names] if names else [g[0] for g in by_dataset(runs).values()]
     fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 6), squeeze=False)
     for ax, run in zip(axes[0], chosen):

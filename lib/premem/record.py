@@ -2,8 +2,8 @@
 
 premem's sweep writes it, `premem record` writes it from any trainer's saved checkpoints,
 `PreMemCallback` writes it during training; every metric, notebook and the claims ledger read it.
-This module owns the format: the schema below writes, validates on read, and renders docs/record.md's
-table, so the three writers cannot drift apart.
+This module writes and reads it; the format itself (SCHEMA, the check on every read and write,
+docs/record.md's table) is premem.record_schema's, so the three writers cannot drift apart.
 
     <record>/config.json                 resolved params, their hash, and provenance: the versions
                                          and time of every session that wrote to the record
@@ -22,85 +22,20 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from premem import io
+from premem import io, record_schema
 from premem.checkpoints import finished_checkpoints
 from premem.config import Params
-from premem.dynamics import RunDynamics
+from premem.dynamics import RunDynamics, from_tables
 from premem.errors import PremError
+from premem.record_schema import FORMAT_KEY, KIND_DTYPES, check, part_format, read_table
 from premem.io import read_json  # noqa: F401 (record.read_json: callers read a record's files with it)
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    kind: str  # str | int | number (int or float, NaN allowed) | bool
-    meaning: str
-    required: bool = True
-    since: int = 1  # the FORMAT that added it: parts written before it need not hold it
-
-
-SCHEMA: dict[str, tuple[Column, ...]] = {
-    "runs": (
-        Column("run", "str", "run name"),
-        Column("lr", "number", "peak learning rate (NaN: not known)"),
-        Column("epochs", "number", "epochs trained (NaN: not known)"),
-        Column("data_fraction", "number", "fraction of the training set the run trained on"),
-        Column("seed", "int", "training seed"),
-        Column("n_train", "int", "training examples the run trained on"),
-    ),
-    "samples": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
-        Column("split", "str", "`train` or `test`"),
-        Column("example_id", "str", "example id (the data's own, else its line or index)"),
-        Column("sample_idx", "int", "which of the k samples"),
-        Column("correct", "bool", "right by the task's answer checker (math-verify, gold first, by default)"),
-        Column("correct_strict", "bool", "right by exact match of the normalised answer (`#### N`)"),
-        Column("parse_ok", "bool", "an answer could be extracted"),
-        Column("answer", "str", "the extracted answer (null: none)"),
-    ),
-    "perplexity": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
-        Column("example_id", "str", "example id"),
-        Column("trained", "bool", "a training example (false: held out, for tau calibration)"),
-        Column("nll", "number", "NLL of the gold target, summed over its tokens"),
-        Column("n_tokens", "int", "target tokens (eos included)"),
-        Column("perplexity", "number", "exp(nll / n_tokens)"),
-    ),
-    "checkpoints": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
-        Column("param_distance", "number", "‖θ−θ₀‖² from the weights training started at (NaN: not known)",
-               required=False),
-        Column("grad_variance", "number", "variance of minibatch gradients of the training loss", required=False),
-    ),
-}
-TABLES = ("samples", "perplexity", "checkpoints")  # written per checkpoint; runs.parquet per record
-# The format parts are written in, kept in each part's parquet metadata. Adding a table (to TABLES,
-# with its FORMAT in TABLE_SINCE) or a column (Column.since) raises FORMAT: parts written before stay
-# recorded (part_done asks each checkpoint only for what its format had), and readers see the new
-# values where they were written (NaN before). tests/test_record_format.py adds both to a record.
-FORMAT = 1
-TABLE_SINCE: dict[str, int] = {}  # a table added after FORMAT 1 -> the FORMAT that added it
-SORT_KEYS = {
-    "samples": ["run", "step", "split", "example_id", "sample_idx"],
-    "perplexity": ["run", "step", "example_id"],
-    "checkpoints": ["run", "step"],
-    "runs": ["run"],
-}
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -128,7 +63,6 @@ def default_dir(cfg: Params) -> Path:
 def example_digest(ex) -> str:
     """A training row by content (question, solution, answer): run.json keeps one per example id,
     so a resumed run or `--below` never takes another row under a recorded id."""
-
     return hashlib.sha256(json.dumps([ex.question, ex.solution, ex.answer]).encode()).hexdigest()[:16]
 
 
@@ -186,19 +120,18 @@ def part_path(folder: Path, table: str, step: int) -> Path:
 def part_done(folder: Path, step: int) -> bool:
     """A checkpoint's parts are all there and readable (a damaged one counts as not recorded, so it
     is recorded again: parts are written atomically, so damage came from outside)."""
-
     try:  # the samples part is written last: its format is the checkpoint's
         written = part_format(pq.read_schema(part_path(folder, "samples", step)))  # the footer alone: cheap
     except Exception:  # missing, truncated, not parquet
         return False
-    for table in TABLES:
-        if TABLE_SINCE.get(table, 1) > written:
+    for table in record_schema.TABLES:
+        if record_schema.TABLE_SINCE.get(table, 1) > written:
             continue  # a table added since this checkpoint was recorded
         try:
             names = pq.read_schema(part_path(folder, table, step)).names
         except Exception:
             return False
-        if any(c.required and c.since <= written and c.name not in names for c in SCHEMA[table]):
+        if any(c.required and c.since <= written and c.name not in names for c in record_schema.SCHEMA[table]):
             return False
     return True
 
@@ -211,23 +144,15 @@ def lost_steps(folder: Path) -> list[int]:
 
 def write_part(folder: Path, table: str, step: int, df: pd.DataFrame) -> Path:
     """One checkpoint's rows of a table, checked against the schema, written atomically with the
-    FORMAT it is written in."""
-
-    check(df, table, f"{table} part of checkpoint {step} in {folder}", written=FORMAT)
+    FORMAT it is written in (premem.record_schema)."""
+    check(df, table, f"{table} part of checkpoint {step} in {folder}", written=record_schema.FORMAT)
     data = pa.Table.from_pandas(df, preserve_index=False)  # as DataFrame.to_parquet(index=False) writes it
-    data = data.replace_schema_metadata({**(data.schema.metadata or {}), FORMAT_KEY: str(FORMAT).encode()})
+    metadata = {**(data.schema.metadata or {}), FORMAT_KEY: str(record_schema.FORMAT).encode()}
+    data = data.replace_schema_metadata(metadata)
     path = part_path(folder, table, step)
     with io.atomic_target(path) as tmp:
         pq.write_table(data, tmp)
     return path
-
-
-FORMAT_KEY = b"premem_format"
-
-
-def part_format(schema) -> int:
-    """The FORMAT a part (its pyarrow schema) was written in: 1 for parts from before it was kept."""
-    return int((schema.metadata or {}).get(FORMAT_KEY, b"1"))
 
 
 def finish_run(folder: Path, steps: list[int]) -> None:
@@ -246,7 +171,6 @@ def reopen_run(folder: Path) -> None:
 
 def final_checkpoint(record_dir: str | Path, run: str) -> Path:
     """The last checkpoint folder of a run premem trained (its weights are always kept)."""
-
     train = run_dir(record_dir, run) / "train"
     ckpts = finished_checkpoints(train)
     if not ckpts:
@@ -258,12 +182,12 @@ def concat_parts(record_dir: Path, table: str, run: str = "*") -> pd.DataFrame:
     """All per-checkpoint parts of a table (of one run, or all), in a fixed order so reruns give
     identical files."""
     parts = sorted((Path(record_dir) / "runs").glob(f"{run}/parts/{table}-*.parquet"))
-    if not parts and TABLE_SINCE.get(table, 1) > 1:  # added since this record's checkpoints were recorded
-        return pd.DataFrame({c.name: pd.Series(dtype=KIND_DTYPES[c.kind]) for c in SCHEMA[table]})
+    if not parts and record_schema.TABLE_SINCE.get(table, 1) > 1:  # added since this record's checkpoints were recorded
+        return pd.DataFrame({c.name: pd.Series(dtype=KIND_DTYPES[c.kind]) for c in record_schema.SCHEMA[table]})
     if not parts:
         raise PremError(f"no recorded {table} parts under {Path(record_dir) / 'runs' / run}")
     df = pd.concat([read_table(p, table) for p in parts], ignore_index=True)
-    return df.sort_values(SORT_KEYS[table], kind="stable").reset_index(drop=True)
+    return df.sort_values(record_schema.SORT_KEYS[table], kind="stable").reset_index(drop=True)
 
 
 def runs_table(record_dir: Path) -> pd.DataFrame:
@@ -271,7 +195,7 @@ def runs_table(record_dir: Path) -> pd.DataFrame:
     rows = []
     for f in sorted((Path(record_dir) / "runs").glob("*/run.json")):
         info = read_json(f)
-        rows.append({c.name: info.get(c.name) for c in SCHEMA["runs"]})
+        rows.append({c.name: info.get(c.name) for c in record_schema.SCHEMA["runs"]})
     if not rows:
         raise PremError(f"no runs (runs/<run>/run.json) in {record_dir}")
     return _numbers(pd.DataFrame(rows)).sort_values("run").reset_index(drop=True)
@@ -303,7 +227,7 @@ def finish(record_dir: str | Path) -> Path:
     if _finished(record_dir) and (record_dir / MANIFEST).is_file():
         return record_dir  # the tables already hold every part: nothing to write
     inputs = _inputs(record_dir)
-    for table in TABLES:
+    for table in record_schema.TABLES:
         io.write_parquet(record_dir / f"{table}.parquet", concat_parts(record_dir, table))
     io.write_parquet(record_dir / "runs.parquet", runs_table(record_dir))
     io.write_json(record_dir / MANIFEST, dict(inputs=inputs))
@@ -326,60 +250,11 @@ def _finished(record_dir: Path) -> bool:
 # ---- reading --------------------------------------------------------------------------------------
 
 
-_KIND_CHECKS = {
-    "str": lambda s: pd.api.types.is_string_dtype(s) or (pd.api.types.is_object_dtype(s) and s.map(
-        lambda v: v is None or isinstance(v, str)).all()) or s.isna().all(),
-    "int": pd.api.types.is_integer_dtype,
-    "number": lambda s: pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s),
-    "bool": pd.api.types.is_bool_dtype,
-}
-
-
-KIND_DTYPES = {"str": object, "int": "int64", "number": "float64", "bool": "bool"}
-
-
-def _kind_ok(c: Column, values: pd.Series) -> bool:
-    if c.since > 1:  # NaN where parts from before the column did not hold it; the rest as written
-        values = values.dropna()
-        if not len(values):
-            return True
-        if c.kind == "int":
-            return _KIND_CHECKS["number"](values) and bool((values % 1 == 0).all())
-        if c.kind == "bool":
-            return bool(values.map(lambda v: isinstance(v, (bool, np.bool_))).all())
-    return _KIND_CHECKS[c.kind](values)
-
-
-def check(df: pd.DataFrame, table: str, where, written: int = 1) -> pd.DataFrame:
-    """The table's columns and kinds as SCHEMA says, or one error naming `where` and the column.
-    `written`: the FORMAT the rows were written in (a table read back may mix formats: a column
-    added since FORMAT 1 is absent from older parts, and part_done checks each part)."""
-    missing = [c.name for c in SCHEMA[table] if c.required and c.since <= written and c.name not in df.columns]
-    if missing:
-        raise PremError(f"{where}: missing columns {missing} of the {table} table (the record format is in "
-                        "premem.record.SCHEMA)")
-    for c in SCHEMA[table]:
-        if c.name in df.columns and len(df) and not _kind_ok(c, df[c.name]):
-            raise PremError(f"{where}: column '{c.name}' holds {df[c.name].dtype}, expected {c.kind}")
-    return df
-
-
-def read_table(f: Path, table: str) -> pd.DataFrame:
-    """A parquet table of the record, validated; missing, truncated or foreign files are one error."""
-    if not f.is_file():
-        raise PremError(f"{f}: missing (a record holds {', '.join(t + '.parquet' for t in SCHEMA)})")
-    try:
-        df = pd.read_parquet(f)
-    except Exception as e:  # pyarrow raises several types for damaged files; all mean the same here
-        raise PremError(f"{f}: not a readable parquet table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return check(df, table, f)
-
-
 def is_record_dir(path: str | Path) -> bool:
     """A folder holding a record, or what is left of one: its config.json, a table, or a run.json
     (`read_runs` then says what is missing, rather than another reader failing on it)."""
     path = Path(path)
-    return ((path / "config.json").is_file() or any((path / f"{t}.parquet").exists() for t in SCHEMA)
+    return ((path / "config.json").is_file() or any((path / f"{t}.parquet").exists() for t in record_schema.SCHEMA)
             or any((path / "runs").glob("*/run.json")))
 
 
@@ -403,13 +278,13 @@ def read_runs(record_dir: str | Path) -> list[RunDynamics]:
     record_dir = Path(record_dir)
     if not (record_dir / "config.json").is_file():
         raise PremError(f"not a premem record folder (no config.json): {record_dir}")
-    return dynamics(*_tables(record_dir), _dataset(record_dir))
+    return from_tables(*_tables(record_dir), _dataset(record_dir))
 
 
 def read_run_parts(record_dir: str | Path, run: str) -> RunDynamics:
     """One run from its parts alone, e.g. while it is being recorded."""
     record_dir = Path(record_dir)
-    return dynamics(*_tables(record_dir, run), _dataset(record_dir))[0]
+    return from_tables(*_tables(record_dir, run), _dataset(record_dir))[0]
 
 
 def _dataset(record_dir: Path) -> str | None:
@@ -430,63 +305,3 @@ def _tables(record_dir: Path, run: str | None = None):
             runs, concat_parts(record_dir, "checkpoints", run or "*"))
 
 
-def dynamics(samples: pd.DataFrame, ppl: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame | None,
-             dataset: str | None) -> list[RunDynamics]:
-    """RunDynamics of every run in the tables."""
-    runs = runs.set_index("run")
-    out = []
-    for run, s in samples.groupby("run", sort=True):
-        if run not in runs.index:
-            raise PremError(f"run {run} has samples but no row in runs.parquet")
-        train = s[s.split == "train"].pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
-        test_s = s[s.split == "test"]
-        test_correct = test_s.pivot_table(index="step", columns="example_id", values="correct", aggfunc="mean")
-        run_ppl = ppl[ppl.run == run]
-        p = run_ppl[run_ppl.trained].pivot_table(index="step", columns="example_id", values="perplexity")
-        p = p.reindex(index=train.index, columns=train.columns)
-        held = run_ppl[~run_ppl.trained]
-        held = held.pivot_table(index="step", columns="example_id", values="perplexity").reindex(train.index) \
-            if len(held) else None
-        epoch = s.groupby("step")["epoch"].first().reindex(train.index)
-        extra = {}
-        if stats is not None:
-            st = stats[stats.run == run].set_index("step").reindex(train.index)
-            extra = {c: st[c].to_numpy(float) for c in st.columns if c not in ("run", "epoch")}
-        # Train loss: mean per-token NLL of the gold solutions, a baseline predictor.
-        extra["train_loss"] = np.nanmean(np.log(p.to_numpy(float)), axis=1)
-        extra["mean_perplexity"] = np.nanmean(p.to_numpy(float), axis=1)
-        info = runs.loc[run]
-        out.append(RunDynamics(
-            run=run, dataset=dataset, steps=train.index.to_numpy(), train_acc=train.to_numpy(float),
-            perplexity=p.to_numpy(float), test_acc=test_correct.mean(axis=1).reindex(train.index).to_numpy(float),
-            lr=_maybe(float, info.lr), epochs=_maybe(int, info.epochs), data_fraction=_maybe(float, info.data_fraction),
-            example_ids=train.columns.to_numpy(), epoch_of_step=epoch.to_numpy(), extra=extra,
-            heldout_perplexity=None if held is None else held.to_numpy(float),
-            test_correct=test_correct.reindex(train.index).to_numpy(float),
-            test_confidence=majority_share(test_s).reindex(index=train.index, columns=test_correct.columns).to_numpy(float),
-        ))
-    return out
-
-
-def _maybe(kind, value):
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else kind(value)
-
-
-def majority_share(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (step, example): the share of samples giving the most common answer (unparseable counts
-    as its own answer). A label-free confidence, the input of ATC."""
-    answers = samples.assign(answer=samples.answer.fillna("<unparseable>"))
-    counts = answers.groupby(["step", "example_id", "answer"]).size()
-    top = counts.groupby(["step", "example_id"]).max()
-    total = counts.groupby(["step", "example_id"]).sum()
-    return (top / total).unstack("example_id")
-
-
-def schema_markdown() -> str:
-    """docs/record.md's table of the record format, from SCHEMA."""
-    lines = ["| table | column | kind | meaning |", "|---|---|---|---|"]
-    for table, columns in SCHEMA.items():
-        for i, c in enumerate(columns):
-            optional = "" if c.required else " (optional)"
-            lines.append(f"| {f'`{table}.parquet`' if i == 0 else ''} | `{c.name}` | {c.kind} | {c.meaning}{optional} |")
-    return "\n".join(lines) + "\n"

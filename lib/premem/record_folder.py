@@ -67,7 +67,6 @@ def check_target(out: str | Path, cfg: Params, *, force: bool = False, extra_key
 def data_digests(cfg: Params) -> dict[str, tuple[str, str]]:
     """{split: (its files, sha256 of their bytes)} of the params' data files: what a record
     measured, by content (a path alone would let an edited file pass for the recorded one)."""
-
     out = {}
     for split, files in sorted((cfg.data_files or {}).items()):
         paths = [Path(f) for f in ([files] if isinstance(files, str) else files if isinstance(files, list) else [])]
@@ -120,7 +119,6 @@ def locked(record_dir: str | Path, command: str = ""):
     this very process still holds (a callback's run stopped by Ctrl-C in a notebook, trained again)
     or one whose holder ended without releasing it is taken over with a line saying so, and the
     temporaries of writers killed mid-write are removed."""
-
     record_dir = Path(record_dir)
     record_dir.mkdir(parents=True, exist_ok=True)
     key = str(record_dir.resolve())

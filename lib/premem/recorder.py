@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
-from premem import (backends, checkpoints, encoding, grading, launcher, metrics, perplexity, record, record_folder,
-                    tasks, trainer_args, training)
+from premem import (backends, baselines, checkpoints, encoding, grading, launcher, metrics, perplexity, record,
+                    record_folder, record_schema, tasks, trainer_args, training)
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -85,9 +85,8 @@ class Recorder:
     def record(self, folder: Path, run: str, run_seed: int, step: int, epoch, model, tok, *,
                init_state=None, checkpoint=None, sample_test: bool = True) -> bool:
         """Write the checkpoint's parts into the run's folder; False when they were there already.
-        `init_state` (training.snapshot of the starting weights) gives param_distance, else NaN;
+        `init_state` (baselines.snapshot of the starting weights) gives param_distance, else NaN;
         `checkpoint` is the saved folder, for vLLM."""
-
         if record.part_done(folder, step):
             return False
         if not self.lengths_checked:  # once, with the first checkpoint's tokenizer, before any sampling
@@ -121,8 +120,8 @@ class Recorder:
             _to_gpu_after_engine(backend, model)
         if self.baselines:
             if init_state is not None:
-                distance = training.param_distance(model, init_state)
-            variance = training.gradient_variance(model, tok, self.prompts["train"], self.targets["train"],
+                distance = baselines.param_distance(model, init_state)
+            variance = baselines.gradient_variance(model, tok, self.prompts["train"], self.targets["train"],
                                                   batch_size=cfg.per_device_batch_size or cfg.batch_size,
                                                   n_batches=GRAD_VARIANCE_BATCHES, seed=seed,
                                                   add_eos=cfg.target_eos, max_length=cfg.model_max_length)
@@ -130,7 +129,7 @@ class Recorder:
         # samples last: part_done needs all three, so a kill in between redoes the checkpoint.
         record.write_part(folder, "perplexity", step, ppl)
         record.write_part(folder, "checkpoints", step, stats)
-        record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record.SCHEMA["samples"]]))
+        record.write_part(folder, "samples", step, pd.DataFrame(rows, columns=[c.name for c in record_schema.SCHEMA["samples"]]))
         return True
 
 
@@ -139,7 +138,6 @@ def check_gold(examples, checker: str, strict: bool) -> None:
     written like the solutions, so where the checker finds no answer in them (no `####`, no boxed
     answer) train accuracy can only be 0. For a user's data (strict) one error naming the first;
     for premem's own tasks a warning."""
-
     bad = [ex for ex in examples if not grading.grade(ex.solution, ex.answer, checker).correct]
     if not bad:
         return
@@ -158,7 +156,6 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
     """Examples measured as training saw them: over model_max_length, scored on the tokens within it
     (`note`: a line says how many); a prompt alone over it, or an example over the model's context
     without a model_max_length, one error."""
-
     lengths = [len(ids) for ids, _ in encoding.encode_pairs(tok, prompts, targets, add_eos=cfg.target_eos,
                                                               max_length=None)]
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -178,7 +175,6 @@ def check_lengths(cfg: Params, model, tok, prompts: list[str], targets: list[str
 def check_lengths_before_training(cfg: Params, base: str, examples: list) -> None:
     """check_lengths with the base's tokenizer and config alone (no weights loaded), before a sweep
     trains anything: a length error then costs nothing."""
-
     folder, kwargs = model_lib.source(str(base), cfg.trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(folder, cache_dir=cfg.path("cache_dir"),
@@ -198,6 +194,7 @@ def _to_gpu_after_engine(backend, model) -> None:
     backend.release()
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to("cuda")
+
 
 # ---- door 1: a trainer's saved checkpoints ---------------------------------------------------------
 
@@ -268,17 +265,15 @@ def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> N
 
 
 def _starting_weights(recorder: Recorder, ckpts: list[dict], base: str | None):
-    """training.snapshot of `base`, where the baselines need it (param_distance of full models)."""
-
+    """baselines.snapshot of `base`, where the baselines need it (param_distance of full models)."""
     if not (recorder.baselines and base is not None and any(c["kind"] == "model" for c in ckpts)):
         return None
     init_model, _ = training.load_checkpoint(base)
-    return training.snapshot(init_model)
+    return baselines.snapshot(init_model)
 
 
 def _record_one(recorder: Recorder, folder: Path, run: str, seed: int, c: dict, base: str | None, init_state) -> None:
     """One saved checkpoint into the run's folder (init_state None: loaded here, where needed)."""
-
     if init_state is None:
         init_state = _starting_weights(recorder, [c], base)
     cfg = recorder.cfg
@@ -294,7 +289,6 @@ def run_summary(cfg: Params, record_dir: Path, run: str) -> dict:
     """Pre-memorization accuracy, train accuracy and memorised share of a run at its newest recorded
     checkpoint, with the 95% interval of the pre-mem estimate over the recorded examples (finite
     population correction when they are a subsample of the training set)."""
-
     dyn = record.read_run_parts(record_dir, run)
     tau = metrics.chosen_tau(cfg, [dyn])[0]
     per_example = metrics.pre_mem_acc(dyn.train_acc, dyn.perplexity, tau)[-1]

