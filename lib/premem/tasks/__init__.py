@@ -11,6 +11,9 @@ Tasks (`load_task(name, split, n, seed, **options)`), a module each, one `Task` 
 Splits never share a question: procedural tasks assign each generated question to a split by a hash
 of its text (so disjointness holds across seeds too), and a single local file set is split the same
 way. For a given seed, the first n examples of a larger n are the smaller set.
+
+A task's data library (reasoning_gym, Hugging Face datasets) is imported when that task loads, not
+with the package: a run of arith never pays for them.
 """
 from __future__ import annotations
 
