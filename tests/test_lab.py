@@ -91,3 +91,11 @@ def test_run_sh_lab_starts_a_kernel_in_the_project_environment(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
         server.wait(timeout=20)
         log.close()
+
+
+def test_progress_bars_are_widgets_in_the_lab():
+    """tqdm.auto draws widgets in JupyterLab only where ipywidgets is installed; without it every bar
+    warns "IProgress not found" and falls back to text."""
+    from tqdm.notebook import IProgress
+
+    assert IProgress is not None

@@ -229,6 +229,8 @@ def test_stored_notebooks_hold_the_default_run_and_the_switch_has_references():
         assert all(c.execution_count == i for i, c in enumerate(nb.cells, start=1) if c.cell_type == "code"), book.name
         assert "papermill" not in nb.metadata and not any("papermill" in c.metadata for c in nb.cells)
         assert not [o for c in code for o in c.outputs if o.get("name") == "stderr"], book.name
+        assert not [o for c in code for o in c.outputs if notebooks.WIDGET in o.get("data", {})], book.name
+        assert "widgets" not in nb.metadata, book.name  # a widget's state a stored notebook cannot replay
         images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
         assert images, f"{book.name} shows no figure"
         if book.name[:2] != "02":  # 02 is no claim of its own
@@ -243,6 +245,26 @@ def test_stored_notebooks_hold_the_default_run_and_the_switch_has_references():
                                                          if k.startswith("text/")) for c in code for o in c.outputs)
         machine = re.findall(r"(?:/work|/home|/root|/tmp|/Users|/private)/[^\s'\"]*", texts)
         assert not machine, f"{book.name} prints paths of the machine that stored it: {machine[:2]}"
+
+
+def test_stored_notebooks_drop_progress_bars_as_text_and_as_widgets():
+    """Progress bars (stderr text, or tqdm widgets under ipywidgets) and widget state leave a stored
+    notebook; what a cell printed or displayed stays."""
+    import nbformat
+
+    from premem import notebooks
+
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {"m": {}}}})
+    bar = {"model_id": "m", "version_major": 2, "version_minor": 0}
+    cell = nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="100%|##########| 3/3"),
+        nbformat.v4.new_output("display_data", data={notebooks.WIDGET: bar, "text/plain": "  0%|"}),
+        nbformat.v4.new_output("stream", name="stdout", text="tiny: 12 runs\n"),
+        nbformat.v4.new_output("display_data", data={"text/markdown": "| claim |"})])
+    nb.cells.append(cell)
+    notebooks.strip_run_metadata(nb)
+    assert [o.get("text") or o["data"].get("text/markdown") for o in cell.outputs] == ["tiny: 12 runs\n", "| claim |"]
+    assert "widgets" not in nb.metadata and cell.execution_count == 1
 
 
 def test_the_switch_swaps_in_the_references(monkeypatch, tmp_path):

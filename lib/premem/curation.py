@@ -161,10 +161,8 @@ def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progr
         jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
         final_only = {spec_of(s, r, seed).run for s, seed in chains
                       if not reads_history(plan, s, r, cfg.curation_top_fraction)}
-        bar = tqdm(total=len(jobs), desc=f"curation round {r} of {n_rounds}", unit="run", disable=not progress)
-        sweep.run_jobs(cfg, jobs, test, held, out, base, bar, recorded=originals, test_final_only=True,
-                       final_only=final_only)
-        bar.close()
+        sweep.run_jobs(cfg, jobs, test, held, out, base, f"curation round {r} of {n_rounds}" if progress else None,
+                       recorded=originals, test_final_only=True, final_only=final_only)
         record.finish(out)  # every run started so far: on a rerun, later rounds' runs too
         dyns = {d.run: d for d in record.read_runs(out)}
         for s, seed in chains:

@@ -32,23 +32,33 @@ from premem.io import write_text
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
 REFERENCES = "notebooks/outputs"
+WIDGET = "application/vnd.jupyter.widget-view+json"  # the output type of a tqdm bar under ipywidgets
 
 
 def strip_run_metadata(nb) -> None:
-    """Drop what differs from run to run (timings, progress bars on stderr, versions); number the
-    cells in order so a rerun's diff shows only changed results."""
+    """Drop what differs from run to run (timings, progress bars: on stderr, or as widgets, whose
+    state a stored notebook cannot replay; versions); number the cells in order so a rerun's diff
+    shows only changed results."""
     for number, cell in enumerate(nb.cells, start=1):
         cell.metadata.pop("papermill", None)  # papermill times markdown cells too
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
         cell.execution_count = number
-        cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        cell.outputs = [o for o in cell.outputs if not _progress(o)]
         for o in cell.outputs:
             if "execution_count" in o:
                 o["execution_count"] = number
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
     nb.metadata.get("language_info", {}).pop("version", None)
+
+
+def _progress(output) -> bool:
+    """A progress bar's output: text on stderr, or a tqdm widget (ipywidgets)."""
+    if output.get("output_type") == "stream":
+        return output.get("name") == "stderr"
+    return WIDGET in output.get("data", {})
 
 
 def checked_outputs(nb) -> dict[str, list]:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from premem import (backends, baselines, checkpoints, embedded, launcher, record, record_folder, recorder, stages, tasks,
-                    training)
+from premem import (bars, backends, baselines, checkpoints, embedded, launcher, record, record_folder, recorder,
+                    stages, tasks, training)
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import Params, project_root
@@ -256,25 +256,32 @@ def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_di
     return spec.run
 
 
-def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str, bar=None,
-             recorded=None, test_final_only: bool = False, final_only=()) -> None:
+def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str,
+             desc: str | None = None, recorded=None, test_final_only: bool = False, final_only=()) -> None:
     """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
     (`recorded`, `test_final_only`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
-    (launcher.map_one_thread)."""
+    (launcher.map_one_thread). `desc`: a bar of the jobs' checkpoints under that name, moving as
+    each is recorded, in whichever process (premem.bars); None: no bar."""
+    planned = sum(1 if s.run in final_only else bars.saves(s.epochs, save_every(cfg, s.epochs))
+                  for s in jobs)
+    bar = tqdm(total=planned, desc=desc, unit="checkpoint", disable=desc is None or launcher.rank() != 0)
+    with bars.counting(bar, lambda: bars.recorded_checkpoints(record_dir, [s.run for s in jobs])):
+        _run_jobs(cfg, jobs, test, heldout, record_dir, base_path, bar, recorded, test_final_only, final_only)
+    bar.close()
+
+
+def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str, bar, recorded, test_final_only,
+              final_only) -> None:
     # Ranks of a multi-process launch all go through every run (train_and_record skips a done one
     # on rank 0's word), so that none waits for the others in a run they skipped.
     todo = {s: t for s, t in jobs.items()
             if launcher.world_size() > 1 or not record.is_done(record.run_dir(record_dir, s.run))}
-    if bar is not None:
-        bar.update(len(jobs) - len(todo))
     args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
              s.run in final_only) for s, t in todo.items()]
 
     def done(run):
-        if bar is not None:
-            bar.set_postfix_str(run)
-            bar.update()
+        bar.set_postfix_str(f"{run} done")
 
     if cfg.launcher == "local":  # the ranks of a multi-process launch train each run together
         launcher.map_one_thread(_run_job, args, 1 if launcher.world_size() > 1 else cfg.workers, done)
@@ -310,9 +317,8 @@ def sweep(cfg: Params, out: str | Path | None = None, force: bool = False, progr
         training.wait_for_ranks()  # no rank reads the folder before rank 0 has made it
         base = base_model_path(cfg, progress=progress)
         recorder.check_lengths_before_training(cfg, base, train_all + heldout)  # before any run trains
-        bar = tqdm(total=len(specs), desc=f"sweep {cfg.name}", unit="run", disable=not (progress and lead))
-        run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base, bar)
-        bar.close()
+        run_jobs(cfg, {s: train_subset(train_all, s) for s in specs}, test, heldout, out, base,
+                 f"sweep {cfg.name}" if progress else None)
         if lead:
             record.finish(out)
     return out
