@@ -62,10 +62,11 @@ def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *,
     """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
     in `workers` one-thread processes (launcher.map_one_thread), which does not change the tables."""
     robustness.check(perturbations)
-    _, dyn, _, tau = robustness.resolved(record_dir, run, k, tau)  # one run and tau for every worker
-    tables = launcher.map_one_thread(_table_job, [(str(record_dir), dyn.run, p, k, seed, tau) for p in perturbations],
-                                     workers)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=robustness.COLUMNS)
+    _, dyn, n, tau = robustness.resolved(record_dir, run, k, tau)  # one run and tau for every worker
+    # Only what is not cached yet goes to workers: a cached stage starts no process.
+    todo = [p for p in perturbations if not robustness.cache_path(record_dir, dyn.run, p, n, seed, tau).exists()]
+    launcher.map_one_thread(_table_job, [(str(record_dir), dyn.run, p, k, seed, tau) for p in todo], workers)
+    return robustness.read_tables(record_dir, dyn.run, perturbations, k=k, seed=seed, tau=tau)
 
 
 def sample_perturbations(record_dir: str | Path, cfg: Params | None = None, tau: float | None = None) -> pd.DataFrame:
