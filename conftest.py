@@ -43,7 +43,7 @@ def released_root() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    from premem.notebooks import use_references
+    from premem.reproduce import use_references
 
     use_references(items, ROOT)
     if HAVE_RELEASED:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from premem import bars, baselines, grading, perplexity, record_folder, sampling, sweep, tasks, training
+from premem import bars, baselines, grading, perplexity, record_folder, run_grid, sampling, sweep, tasks, training
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import load_params, project_root
-from premem.notebooks import STAGES
+from premem.reproduce import STAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_engines import matmul_rate  # noqa: E402
@@ -84,13 +84,13 @@ def profiled_run(cfg, folder: Path) -> dict:
     """One sweep run (the grid's longest: most epochs, full data) trained and recorded in this
     process at one thread, under cProfile; seconds by phase, cumulative."""
     torch.set_num_threads(1)
-    spec = max(sweep.grid(cfg), key=lambda s: (s.epochs, s.data_fraction))
+    spec = max(run_grid.grid(cfg), key=lambda s: (s.epochs, s.data_fraction))
     train, test, held = data_lib.load_examples(cfg, heldout=True)
     base = sweep.base_model_path(cfg, progress=False)
     record_folder.create(folder, cfg)
     profile = cProfile.Profile()
     start = time.perf_counter()
-    profile.runcall(sweep.train_and_record, cfg, spec, sweep.train_subset(train, spec), test, folder, base, held)
+    profile.runcall(sweep.train_and_record, cfg, spec, run_grid.train_subset(train, spec), test, folder, base, held)
     total = time.perf_counter() - start
     stats = pstats.Stats(profile).stats
     out = dict(run=spec.run, checkpoints=bars.saves(spec.epochs, sweep.save_every(cfg, spec.epochs)), total=total)

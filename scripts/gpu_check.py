@@ -113,7 +113,7 @@ def smollm(tmp: Path, n_train: int = 128, lrs=(2e-5, 1e-4, 5e-4), epochs: int = 
 
 
 def qlora(tmp: Path) -> dict:
-    from premem import data as data_lib, record, record_folder, sweep, training
+    from premem import data as data_lib, record, record_folder, run_grid, sweep, training
     from premem.config import load_params
 
     tok = char_tokenizer(bos=True)
@@ -123,7 +123,7 @@ def qlora(tmp: Path) -> dict:
     cfg = load_params(ROOT / "params/smoke.yaml", base_model=str(base), quantization="4bit", dtype="bfloat16",
                       lora={"r": 8, "alpha": 16}, workers=1, k=2, max_new_tokens=40, out_dir=str(tmp / "runs"))
     train, test, held = data_lib.load_examples(cfg, heldout=True)
-    spec = sweep.RunSpec("qlora", 1e-3, 2, 1.0, 0)
+    spec = run_grid.RunSpec("qlora", 1e-3, 2, 1.0, 0)
     t0 = time.perf_counter()
     record_folder.create(tmp / "rec", cfg)
     sweep.train_and_record(cfg, spec, train, test, tmp / "rec", str(base), held)

@@ -21,7 +21,7 @@ import tempfile
 import pandas as pd
 import torch
 
-from premem import config, curation, grading, model, recorder, sweep, tasks
+from premem import config, curation, grading, model, recorder, run_grid, sweep, tasks
 from premem import data as data_lib
 
 
@@ -55,7 +55,7 @@ def main():
 
     base = sweep.base_model_path(cfg, progress=False)
     lm, tok = model.load_base(base)
-    spec = sweep.RunSpec(args.kind, cfg.curation_lr, args.epochs, 1.0, args.seed)
+    spec = run_grid.RunSpec(args.kind, cfg.curation_lr, args.epochs, 1.0, args.seed)
     with tempfile.TemporaryDirectory() as out:  # trained as a curation round is
         sweep.finetune_on(cfg, lm, tok, data, out, spec, args.epochs, args.epochs)
     answers = recorder.sample_answers(cfg, lm, base, tok, [tasks.format_prompt(ex, cfg.prompt_template) for ex in test],

@@ -1,6 +1,7 @@
 """premem.claims and premem.ledger: the verdict rules on hand-made tables, the claims computed from
 records without running a notebook, the README refresh, and the stored notebooks' outputs."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from premem import claims, ledger, metrics, record
-from premem.config import load_params
+from premem.config import NOTEBOOK_PARAMS, SWITCH, load_params
 from premem.errors import PremError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +142,53 @@ def test_claims_on_a_record_without_any_notebook(tmp_path, smoke_sweep):
     assert "| claim | paper | ours | verdict |" in c1._repr_markdown_()
 
 
+def test_a_notebook_on_a_finished_record_runs_no_stage_and_imports_no_torch(tmp_path, smoke_sweep):
+    """notebooks.open_record reads a finished sweep without importing the sweep (torch, transformers:
+    seconds a notebook kernel would pay), and sweeps when a run of the grid is unfinished."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from premem import notebooks
+
+    shared, made = smoke_sweep
+    cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)
+    assert not notebooks.swept(cfg)
+    shutil.copytree(made, record.default_dir(cfg), ignore=shutil.ignore_patterns("robustness"))
+    assert notebooks.swept(cfg)
+    params = tmp_path / "smoke.yaml"
+    params.write_text(yaml.safe_dump(yaml.safe_load((ROOT / "params/smoke.yaml").read_text())
+                                     | dict(out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)))
+    code = ("import sys; from premem import notebooks; s = notebooks.open_record({}); "
+            "print('torch' in sys.modules, len(s.runs))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH: str(params)}, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    assert out == f"False {len(record.read_runs(made))}"
+    run = next(d for d in (record.default_dir(cfg) / "runs").iterdir() if d.is_dir())
+    (run / "done.json").unlink()
+    assert not notebooks.swept(cfg)  # an unfinished run: the setup sweeps (resuming), as before
+
+
+def test_a_curation_is_finished_for_the_rules_and_seeds_the_params_name(tmp_path):
+    from premem import notebooks
+    from premem.curation_efficiency import folder_of
+
+    cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path))
+    folder = folder_of(cfg)
+    assert not notebooks.is_curated(cfg)
+    folder.mkdir(parents=True)
+    chains = [(s, seed) for s in cfg.curation_strategies for seed in cfg.curation_seeds]
+    pd.DataFrame(dict(strategy=[c[0] for c in chains], seed=[c[1] for c in chains])).to_parquet(
+        folder / "curation.parquet")
+    assert not notebooks.is_curated(cfg)  # no efficiency table: the curation did not finish
+    pd.DataFrame(dict(strategy=["premem"])).to_parquet(folder / "efficiency.parquet")
+    assert notebooks.is_curated(cfg)
+    more = cfg.model_copy(update=dict(curation_seeds=[*cfg.curation_seeds, 99]))
+    assert folder_of(more) == folder and not notebooks.is_curated(more)  # a seed added: curate it
+
+
 def test_a_claim_registered_in_one_place_reaches_the_ledger(tmp_path, smoke_sweep, monkeypatch):
     import shutil
 
@@ -196,7 +244,7 @@ def test_reproduce_runs_one_notebook_and_writes_its_ledger(tmp_path):
     A params file outside the project (a user's own) works too, here for notebook 04."""
     import shutil
 
-    from premem.notebooks import reproduce
+    from premem.reproduce import reproduce
 
     readme = (ROOT / "README.md").read_text()
     with pytest.raises(PremError, match="no notebook numbered 99"):
@@ -221,26 +269,26 @@ def test_stored_notebooks_hold_the_default_run_and_the_switch_has_references():
     metadata, no progress bars); every checked cell has smoke's output for nbval under the switch."""
     import nbformat
 
-    from premem import notebooks
+    from premem import reproduce
 
-    for book in notebooks.numbered_notebooks(ROOT):
+    for book in reproduce.numbered_notebooks(ROOT):
         nb = nbformat.read(book, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.execution_count == i for i, c in enumerate(nb.cells, start=1) if c.cell_type == "code"), book.name
         assert "papermill" not in nb.metadata and not any("papermill" in c.metadata for c in nb.cells)
         assert not [o for c in code for o in c.outputs if o.get("name") == "stderr"], book.name
-        assert not [o for c in code for o in c.outputs if notebooks.WIDGET in o.get("data", {})], book.name
+        assert not [o for c in code for o in c.outputs if reproduce.WIDGET in o.get("data", {})], book.name
         assert "widgets" not in nb.metadata, book.name  # a widget's state a stored notebook cannot replay
         images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
         assert images, f"{book.name} shows no figure"
         if book.name[:2] != "02":  # 02 is no claim of its own
             assert any("| claim | paper | ours | verdict |" in o.get("data", {}).get("text/markdown", "")
                        for c in code for o in c.outputs), f"{book.name} shows no ledger row"
-        if book.name[:2] not in notebooks.NOTEBOOK_PARAMS:
+        if book.name[:2] not in NOTEBOOK_PARAMS:
             assert f"{load_params(ROOT / 'params/tiny.yaml').name}:" in "".join(
                 o.get("text", "") for c in code for o in c.outputs) or book.name[:2] == "07", book.name
-        refs = json.loads((ROOT / notebooks.REFERENCES / "smoke" / f"{book.stem}.json").read_text())
-        assert set(refs) == set(notebooks.checked_outputs(nb)), book.name
+        refs = json.loads((ROOT / reproduce.REFERENCES / "smoke" / f"{book.stem}.json").read_text())
+        assert set(refs) == set(reproduce.checked_outputs(nb)), book.name
         texts = "".join(str(o.get("text", "")) + "".join(str(v) for k, v in o.get("data", {}).items()
                                                          if k.startswith("text/")) for c in code for o in c.outputs)
         machine = re.findall(r"(?:/work|/home|/root|/tmp|/Users|/private)/[^\s'\"]*", texts)
@@ -252,17 +300,17 @@ def test_stored_notebooks_drop_progress_bars_as_text_and_as_widgets():
     notebook; what a cell printed or displayed stays."""
     import nbformat
 
-    from premem import notebooks
+    from premem import reproduce
 
     nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {"m": {}}}})
     bar = {"model_id": "m", "version_major": 2, "version_minor": 0}
     cell = nbformat.v4.new_code_cell("x", outputs=[
         nbformat.v4.new_output("stream", name="stderr", text="100%|##########| 3/3"),
-        nbformat.v4.new_output("display_data", data={notebooks.WIDGET: bar, "text/plain": "  0%|"}),
+        nbformat.v4.new_output("display_data", data={reproduce.WIDGET: bar, "text/plain": "  0%|"}),
         nbformat.v4.new_output("stream", name="stdout", text="tiny: 12 runs\n"),
         nbformat.v4.new_output("display_data", data={"text/markdown": "| claim |"})])
     nb.cells.append(cell)
-    notebooks.strip_run_metadata(nb)
+    reproduce.strip_run_metadata(nb)
     assert [o.get("text") or o["data"].get("text/markdown") for o in cell.outputs] == ["tiny: 12 runs\n", "| claim |"]
     assert "widgets" not in nb.metadata and cell.execution_count == 1
 
@@ -270,7 +318,7 @@ def test_stored_notebooks_drop_progress_bars_as_text_and_as_widgets():
 def test_the_switch_swaps_in_the_references(monkeypatch, tmp_path):
     import nbformat
 
-    from premem import notebooks
+    from premem import reproduce
 
     class IPyNbCell:  # what nbval's items carry that use_references reads
         def __init__(self, fspath, cell):
@@ -280,18 +328,18 @@ def test_the_switch_swaps_in_the_references(monkeypatch, tmp_path):
     nb = nbformat.read(book, as_version=4)
     items = [IPyNbCell(book, c) for c in nb.cells if c.cell_type == "code"]
     stored = {c.id: c.outputs for c in nb.cells if c.cell_type == "code"}
-    checked = [i for i in items if i.cell.source.startswith(notebooks.CHECK_MARK)]
-    monkeypatch.setenv(notebooks.SWITCH, "params/tiny.yaml")  # the default: the stored outputs stand
-    notebooks.use_references(items, ROOT)
+    checked = [i for i in items if i.cell.source.startswith(reproduce.CHECK_MARK)]
+    monkeypatch.setenv(SWITCH, "params/tiny.yaml")  # the default: the stored outputs stand
+    reproduce.use_references(items, ROOT)
     assert all(i.cell.outputs == stored[i.cell.id] for i in items)
-    monkeypatch.setenv(notebooks.SWITCH, "params/smoke.yaml")
-    notebooks.use_references(items, ROOT)
-    refs = json.loads((ROOT / notebooks.REFERENCES / "smoke" / f"{book.stem}.json").read_text())
+    monkeypatch.setenv(SWITCH, "params/smoke.yaml")
+    reproduce.use_references(items, ROOT)
+    refs = json.loads((ROOT / reproduce.REFERENCES / "smoke" / f"{book.stem}.json").read_text())
     assert checked and all(i.cell.outputs == refs[i.cell.id] for i in checked)
     assert all(i.cell.outputs == stored[i.cell.id] for i in items if i not in checked)
     # A params file with no references: the cell's expected output says which command makes them.
     other = tmp_path / "other.yaml"
     other.write_text((ROOT / "params/smoke.yaml").read_text().replace("name: smoke", "name: other"))
-    monkeypatch.setenv(notebooks.SWITCH, str(other))
-    notebooks.use_references(items, ROOT)
+    monkeypatch.setenv(SWITCH, str(other))
+    reproduce.use_references(items, ROOT)
     assert "premem reproduce --params" in checked[0].cell.outputs[0].text

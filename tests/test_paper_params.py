@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from premem import released, sweep
+from premem import released, run_grid, sweep
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -41,7 +41,7 @@ def test_paper_params_hold_the_authors_settings(model, dataset):
     assert got == AUTHORS[dataset]
     assert cfg.task == dataset and cfg.base_model == {"llama3-8b": "meta-llama/Meta-Llama-3-8B",
                                                       "gemma2-9b": "google/gemma-2-9b"}[model]
-    assert {(s.lr, s.epochs, s.data_fraction) for s in sweep.grid(cfg)} == RELEASED_RUNS[dataset]
+    assert {(s.lr, s.epochs, s.data_fraction) for s in run_grid.grid(cfg)} == RELEASED_RUNS[dataset]
     # Each value names where it comes from: its line carries a comment naming a script of the authors'.
     lines = {line.split(":", 1)[0]: line for line in path.read_text().splitlines() if re.match(r"^\w+:", line)}
     sourced = [k for k in AUTHORS[dataset] if k not in ("k_test", "target_template", "tau_rule")]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from premem import launcher, record, stages, sweep
+from premem import launcher, record, run_grid, stages, sweep
 from premem import data as data_lib
 from premem.config import load_params
 from premem.errors import PremError
@@ -74,12 +74,12 @@ def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, m
         f.unlink()
     (run / "done.json").unlink()
     here = small(cache, stages="separate")
-    (spec,) = sweep.grid(here)
+    (spec,) = run_grid.grid(here)
     train, test, held = data_lib.load_examples(here, heldout=True)
     result = {}
     monkeypatch.setattr(stages, "POLL_S", 0.5)
     recorder = threading.Thread(target=lambda: result.update(steps=stages.record_run(
-        here, spec, sweep.train_subset(train, spec), test, held, out, sweep.base_model_path(here, progress=False),
+        here, spec, run_grid.train_subset(train, spec), test, held, out, sweep.base_model_path(here, progress=False),
         wait=True)))
     recorder.start()
     time.sleep(3 * stages.POLL_S)

@@ -148,7 +148,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from premem.notebooks import reproduce
+    from premem.reproduce import reproduce
 
     summary = reproduce(params=args.params, only=args.only, store=args.store)
     print(summary.to_string(index=False))

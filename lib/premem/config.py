@@ -325,6 +325,7 @@ NOT_SHAPING = (
 DEFAULT_PARAMS = "params/tiny.yaml"  # the CPU default: what `premem reproduce`, the ledger and the notebooks run
 # Notebooks whose data come from a params file of their own, whatever `--params` says.
 NOTEBOOK_PARAMS = {"01": "params/released_llama3-8b.yaml"}
+SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
 
 
 def project_root() -> Path:
@@ -337,6 +338,13 @@ def project_root() -> Path:
         if (folder / "params").is_dir() and (folder / "pyproject.toml").is_file():
             return folder
     return here
+
+
+def shown(path: str | Path) -> str:
+    """A path as a notebook or table prints it: relative to the project root (stored outputs carry
+    no machine's folders), a user's own path elsewhere as given."""
+    path, root = Path(path), project_root()
+    return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
 
 
 def _reads_as_float(value) -> bool:

@@ -43,7 +43,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from premem import data as data_lib
-from premem import grading, io, launcher, metrics, record, record_folder, recorder, sweep, tasks, training
+from premem import grading, io, launcher, metrics, record, record_folder, recorder, run_grid, sweep, tasks, training
 from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
@@ -93,7 +93,7 @@ def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: i
     return out
 
 
-def ifd_model(cfg: Params, out: Path, spec: sweep.RunSpec, train: list[Example], base: str):
+def ifd_model(cfg: Params, out: Path, spec: run_grid.RunSpec, train: list[Example], base: str):
     """(model, tokenizer) finetuned IFD_EPOCHS epochs on `train`: the run itself when it has that
     many epochs, else a probe finetuned (not recorded) under <out>/ifd/."""
     if spec.epochs == IFD_EPOCHS:
@@ -153,7 +153,7 @@ def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progr
     new = {(s, seed): [] for s in plan for seed in cfg.curation_seeds}
 
     def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
-        return sweep.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
+        return run_grid.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
 
     n_rounds, rows = max(len(b) for b in plan.values()), []
     for r in range(n_rounds + 1):

@@ -1,115 +1,20 @@
-"""Running the numbered notebooks with papermill, and storing them with the CPU default's results.
+"""What a live notebook calls first: its params, and the record its claim reads.
 
-A stored notebook holds the outputs of a `premem reproduce --store` run on params/tiny.yaml (figures
-and tables: what a reader sees before running anything), with no run metadata. The test suite runs
-the notebooks under nbval on the smoke params instead, through one switch ($PREMEM_NOTEBOOK_PARAMS,
-which conftest.py sets): the cells marked `# NBVAL_CHECK_OUTPUT` are then compared with the smoke
-run's outputs, kept in notebooks/outputs/<params name>/ by `premem reproduce --params
-params/smoke.yaml --store`.
+`open_record` (notebooks 02-06), `perturbed` (06) and `curated` (07) run the stage a notebook
+needs when its record is missing or unfinished, with its progress shown, and otherwise only read
+(a stage is imported only to run: a notebook on cached records starts without torch). Running and
+storing the notebooks themselves is premem.reproduce's.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
-import nbformat
 import pandas as pd
-import papermill
-import yaml
-from jupyter_client.manager import KernelManager
 
-from premem import claims, curation, ledger, perturb, record, sweep
-from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, from_notebook, load_params, project_root
-from premem.errors import PremError
-from premem.io import write_text
-
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-SWITCH = "PREMEM_NOTEBOOK_PARAMS"  # a params file every live notebook reads instead of its own
-REFERENCES = "notebooks/outputs"
-WIDGET = "application/vnd.jupyter.widget-view+json"  # the output type of a tqdm bar under ipywidgets
-
-
-def strip_run_metadata(nb) -> None:
-    """Drop what differs from run to run (timings, progress bars: on stderr, or as widgets, whose
-    state a stored notebook cannot replay; versions); number the cells in order so a rerun's diff
-    shows only changed results."""
-    for number, cell in enumerate(nb.cells, start=1):
-        cell.metadata.pop("papermill", None)  # papermill times markdown cells too
-        cell.metadata.pop("execution", None)
-        if cell.cell_type != "code":
-            continue
-        cell.execution_count = number
-        cell.outputs = [o for o in cell.outputs if not _progress(o)]
-        for o in cell.outputs:
-            if "execution_count" in o:
-                o["execution_count"] = number
-    nb.metadata.pop("papermill", None)
-    nb.metadata.pop("widgets", None)
-    nb.metadata.get("language_info", {}).pop("version", None)
-
-
-def _progress(output) -> bool:
-    """A progress bar's output: text on stderr, or a tqdm widget (ipywidgets)."""
-    if output.get("output_type") == "stream":
-        return output.get("name") == "stderr"
-    return WIDGET in output.get("data", {})
-
-
-def checked_outputs(nb) -> dict[str, list]:
-    """{cell id: stdout outputs} of the cells nbval compares."""
-    return {c.id: [o for o in c.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"]
-            for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith(CHECK_MARK)}
-
-
-def use_references(items, root: Path) -> None:
-    """Under the switch, make nbval compare each checked cell with the switched params' stored
-    outputs (notebooks/outputs/<name>/) instead of the default's, which the notebook shows."""
-    switched = os.environ.get(SWITCH)
-    if not switched:
-        return
-    name = load_params(Path(switched) if Path(switched).is_absolute() else root / switched).name
-    if name == load_params(root / DEFAULT_PARAMS).name:
-        return
-    refs = {}
-    for item in items:
-        cell = getattr(item, "cell", None)
-        if type(item).__name__ != "IPyNbCell" or not cell.source.lstrip().startswith(CHECK_MARK):
-            continue
-        book = Path(str(item.fspath))
-        f = root / REFERENCES / name / (book.stem + ".json")
-        if f not in refs:
-            refs[f] = json.loads(f.read_text()) if f.is_file() else {}
-        missing = [dict(output_type="stream", name="stdout", text=(
-            f"(no stored output of this cell for {name} in {f.relative_to(root)}: run "
-            f"`premem reproduce --params {switched} --store`)\n"))]
-
-        cell.outputs = [nbformat.from_dict(o) for o in refs[f].get(cell.id, missing)]
-        cell.execution_count = cell.execution_count or 1  # nbval compares only cells that ran
-
-
-def _executed(executed: str | Path):
-    nb = nbformat.read(executed, as_version=4)
-    # papermill adds an injected-parameters cell; the stored notebook keeps only its own cells.
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    strip_run_metadata(nb)
-    return nb
-
-
-def store_executed(executed: str | Path, stored: str | Path) -> None:
-    """The executed notebook, outputs and all, over its stored source (the default params' run)."""
-    write_text(stored, nbformat.writes(_executed(executed)) + "\n")
-
-
-def store_reference(executed: str | Path, params_name: str, root: Path) -> Path:
-    """The checked cells' outputs of a run on other params, for nbval under the switch."""
-    out = root / REFERENCES / params_name / (Path(executed).stem + ".json")
-    return write_text(out, json.dumps(checked_outputs(_executed(executed)), indent=1, ensure_ascii=False) + "\n")
+from premem import claims, record, robustness, run_grid
+from premem.config import SWITCH, from_notebook, load_params, project_root, shown
+from premem.curation_efficiency import folder_of
 
 
 def notebook_params(namespace: dict):
@@ -126,12 +31,12 @@ def notebook_params(namespace: dict):
 def open_record(namespace: dict):
     """The setup of notebooks 02-06: the sweep record its claims stand on (a claims.Sweep).
 
-    By default the notebook's params are swept (cached: at once when already swept) and figures go
-    to their figures_dir. With `record_dir` set (`papermill -p record_dir runs/mine`) it reads that
-    record instead, whatever wrote it (premem record, PreMemCallback, a sweep), with the params the
-    record was made with, and saves its results and figures into <record_dir>/results and /figures.
+    By default the notebook's params are swept when their record is missing or unfinished (else it
+    is only read) and figures go to their figures_dir. With `record_dir` set (`papermill -p
+    record_dir runs/mine`) it reads that record instead, whatever wrote it (premem record,
+    PreMemCallback, a sweep), with the params the record was made with, and saves its results and
+    figures into <record_dir>/results and /figures.
     """
-
     given = namespace.get("record_dir")
     if given:
         record_dir = Path(given) if Path(given).is_absolute() else project_root() / given
@@ -141,119 +46,54 @@ def open_record(namespace: dict):
         s = claims.open_sweep(cfg, record_dir)
     else:
         cfg = notebook_params(namespace)
-        sweep.sweep(cfg)  # cached: at once when already swept
+        if not swept(cfg):
+            from premem import sweep  # the stage, imported only to run (torch, transformers: seconds)
+
+            sweep.sweep(cfg)
         s = claims.open_sweep(cfg)
     print(f"{s.cfg.name}: {len(s.runs)} runs from {shown(s.record_dir)}")
     print(s.threshold)
     return s
 
 
+def swept(cfg) -> bool:
+    """Every run of the params' grid finished in their record, and its tables up to date."""
+    folder = record.default_dir(cfg)
+    return (record.is_record_dir(folder) and record.finished(folder)
+            and all(record.is_done(record.run_dir(folder, spec.run)) for spec in run_grid.grid(cfg)))
+
+
 def perturbed(s) -> None:
-    """The setup of notebook 06: claim 3's perturbations sampled for the record `s` (a
-    claims.Sweep), each in one of cfg.workers processes; cached in the record, so at once when done."""
-    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)
+    """The setup of notebook 06: claim 3's perturbations for the record `s` (a claims.Sweep),
+    sampled when not cached yet, each in one of cfg.workers processes."""
+    cfg = s.cfg
+    run = cfg.robustness_run or robustness.default_run(s.record_dir)
+    k = robustness.samples_per_query(cfg, cfg.robustness_k)
+    if all(robustness.cache_path(s.record_dir, run, p, k, cfg.robustness_seed, s.tau).exists()
+           for p in robustness.kinds(cfg)):
+        return
+    from premem import perturb  # the stage, imported only to run
+
+    perturb.sample_perturbations(s.record_dir, cfg, tau=s.tau)
 
 
 def curated(namespace: dict):
-    """The setup of notebook 07: its params, curated (a bar per round; cached: at once when done)."""
+    """The setup of notebook 07: its params, curated when their curation is missing or unfinished (a
+    bar per round)."""
     cfg = notebook_params(namespace)
-    curation.curate(cfg)
+    if not is_curated(cfg):
+        from premem import curation  # the stage, imported only to run
+
+        curation.curate(cfg)
     return cfg
 
 
-def shown(path: str | Path) -> str:
-    """A path as a notebook or table prints it: relative to the project root (stored outputs carry
-    no machine's folders), a user's own path elsewhere as given."""
-    path, root = Path(path), project_root()
-    return str(path.relative_to(root) if path.is_absolute() and path.is_relative_to(root) else path)
-
-
-def numbered_notebooks(root: Path) -> list[Path]:
-    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-# The expensive stages of the live notebooks, in order: (what runs it, the notebooks that read it).
-# `premem reproduce` runs them as commands first, with their progress in the terminal; the notebooks
-# then read the cached records in seconds. A new stage is one entry.
-STAGES = {
-    "sweep": (lambda cfg, progress: sweep.sweep(cfg, progress=progress), ("02", "03", "04", "05", "06")),
-    "perturb": (lambda cfg, progress: perturbed(claims.open_sweep(cfg)), ("06",)),
-    "curate": (lambda cfg, progress: curation.curate(cfg, progress=progress), ("07",)),
-}
-
-
-def _kernel_manager():
-    """Kernels over IPC sockets in a temporary folder: no TCP ports, so no "running over TCP
-    without encryption" warning for every notebook."""
-
-    class IPCKernelManager(KernelManager):
-        def __init__(self, **kw):
-            kw.setdefault("transport", "ipc")
-            kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"premem-kernel-{uuid.uuid4().hex[:12]}"))
-            super().__init__(**kw)
-
-    return IPCKernelManager
-
-
-@contextlib.contextmanager
-def _without(variable: str):
-    saved = os.environ.pop(variable, None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[variable] = saved
-
-
-def reproduce(params: str | None = None, only: list[str] | None = None, progress: bool = True,
-              store: bool = False) -> "pd.DataFrame":
-    """Run the live params' expensive stages (sweep, curation; cached) with their progress shown,
-    then the numbered notebooks in order with papermill (executed copies under runs/reproduce/),
-    then the ledger; returns one row per stage with its time. `store`: the executed notebooks
-    become the stored ones (default params), or the nbval references of `params`."""
-    root = project_root()
-    books = numbered_notebooks(root)
-    if only:
-        unknown = set(only) - {b.name[:2] for b in books}
-        if unknown:
-            raise PremError(f"--only: no notebook numbered {', '.join(sorted(unknown))} in {root / 'notebooks'}")
-        books = [b for b in books if b.name[:2] in only]
-    # Every params file is validated before anything runs (a bad --params fails at once).
-    files = {b: root / NOTEBOOK_PARAMS.get(b.name[:2], params or DEFAULT_PARAMS) for b in books}
-    configs = {b: load_params(f) for b, f in files.items()}
-    live_file = root / (params or DEFAULT_PARAMS)
-    live = load_params(live_file)
-    out_dir = root / "runs" / "reproduce"
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    rows, numbers = [], {b.name[:2] for b in books}
-    for stage, (run_stage, users) in STAGES.items():
-        if numbers & set(users):
-            print(f"reproduce: {stage} {live.name} (cached parts are not redone)", file=sys.stderr, flush=True)
-            start = time.time()
-            run_stage(live, progress)
-            rows.append(dict(stage=stage, params=shown(live_file), config_hash=live.hash(),
-                             seconds=round(time.time() - start, 1), executed=""))
-    for book in books:
-        params_file, cfg = files[book], configs[book]
-        print(f"reproduce: {book.name}", file=sys.stderr, flush=True)
-        start = time.time()
-        # A notebook whose parameters cell names params_file gets the file (no warnings about keys
-        # its cell lacks); notebook 01's flat parameters get the file's keys.
-        takes_file = "params_file" in papermill.inspect_notebook(str(book))
-        parameters = {"params_file": str(params_file)} if takes_file else yaml.safe_load(params_file.read_text()) or {}
-        with _without(SWITCH):  # the notebooks run on the params given here, whatever the caller's switch
-            papermill.execute_notebook(str(book), str(out_dir / book.name), parameters=parameters,
-                                       cwd=str(book.parent), progress_bar=False, kernel_name="python3",
-                                       kernel_manager_class=_kernel_manager())
-        rows.append(dict(stage=book.name, params=shown(params_file), config_hash=cfg.hash(),
-                         seconds=round(time.time() - start, 1), executed=str((out_dir / book.name).relative_to(root))))
-        if store and live_file.resolve() == (root / DEFAULT_PARAMS).resolve():
-            store_executed(out_dir / book.name, book)
-        elif store:
-            store_reference(out_dir / book.name, live.name, root)
-
-    ledger.write_for(params)  # the claims ledger, from the records the stages made
-    table = pd.DataFrame(rows)
-    return pd.concat([table, pd.DataFrame([dict(stage="total", seconds=round(table.seconds.sum(), 1))])],
-                     ignore_index=True).fillna("")
+def is_curated(cfg) -> bool:
+    """The params' curation finished for every rule and seed they name (seeds and rules added to a
+    finished curation are curated, reusing the rest)."""
+    folder = folder_of(cfg)
+    if not (folder / "efficiency.parquet").is_file():
+        return False
+    table = pd.read_parquet(folder / "curation.parquet")
+    chains = set(zip(table.strategy, table.seed))
+    return all((s, seed) in chains for s in cfg.curation_strategies for seed in cfg.curation_seeds)

@@ -224,7 +224,7 @@ def finish(record_dir: str | Path) -> Path:
     write the manifest of what they hold: tables without a matching manifest (a finish that was
     killed, runs recorded since) are never read as the record."""
     record_dir = Path(record_dir)
-    if _finished(record_dir) and (record_dir / MANIFEST).is_file():
+    if finished(record_dir) and (record_dir / MANIFEST).is_file():
         return record_dir  # the tables already hold every part: nothing to write
     inputs = _inputs(record_dir)
     for table in record_schema.TABLES:
@@ -234,7 +234,7 @@ def finish(record_dir: str | Path) -> Path:
     return record_dir
 
 
-def _finished(record_dir: Path) -> bool:
+def finished(record_dir: Path) -> bool:
     """Whether the top-level tables are the record: they exist and hold every part there is now."""
     if not (record_dir / "samples.parquet").exists():
         return False
@@ -294,7 +294,7 @@ def _dataset(record_dir: Path) -> str | None:
 
 def _tables(record_dir: Path, run: str | None = None):
     """(samples, perplexity, runs, checkpoints): the finished tables, or the parts (of `run`)."""
-    if run is None and _finished(record_dir):
+    if run is None and finished(record_dir):
         tables = [read_table(record_dir / f"{t}.parquet", t) for t in ("samples", "perplexity", "runs")]
         stats_file = record_dir / "checkpoints.parquet"
         return (*tables, read_table(stats_file, "checkpoints") if stats_file.exists() else None)

@@ -10,13 +10,10 @@ rerun recomputes nothing that finished and yields identical tables.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,44 +23,9 @@ from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import Params, project_root
 from premem.errors import PremError
+from premem.run_grid import RunSpec, grid, train_subset
 
 SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    run: str
-    lr: float
-    epochs: int
-    data_fraction: float
-    seed: int
-
-
-def grid(cfg: Params) -> list[RunSpec]:
-    """The runs of a params file: its explicit `runs` list, else lrs x epochs x data_fractions x seeds."""
-    if cfg.runs is not None:
-        points = [(r.lr, r.epochs, r.data_fraction, r.seed) for r in cfg.runs]
-    elif not cfg.seeds:
-        raise PremError("seeds: the grid is empty; give at least one seed")
-    else:
-        points = itertools.product(cfg.lrs, cfg.epochs, cfg.data_fractions, cfg.seeds)
-    specs, seen = [], set()
-    for lr, epochs, frac, seed in points:
-        if (lr, epochs, frac, seed) in seen:
-            raise PremError(f"runs: lr {lr:g}, epochs {epochs}, data_fraction {frac:g}, seed {seed} is listed twice")
-        seen.add((lr, epochs, frac, seed))
-        if not 0 < frac <= 1:
-            raise PremError(f"data_fractions: {frac} is not in (0, 1]")
-        # The name is for people; the values live in runs.parquet and are never parsed back.
-        specs.append(RunSpec(f"lr{lr:g}_ep{epochs}_frac{frac:g}_seed{seed}", lr, epochs, frac, seed))
-    return specs
-
-
-def train_subset(train, spec: RunSpec):
-    """Nested subsets: the first round(f * n) of one fixed permutation, so quarter is inside half."""
-    order = np.random.default_rng(12345).permutation(len(train))
-    m = max(1, int(round(spec.data_fraction * len(train))))
-    return [train[i] for i in sorted(order[:m])]
 
 
 def base_model_path(cfg: Params, progress: bool = True) -> str:
