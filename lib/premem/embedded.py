@@ -26,12 +26,8 @@ import premem
 from premem.errors import PremError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, in this order
-
-
 # Printable ASCII plus newline; tab and the other odd whitespace map to <unk> (tasks never use them).
 CHARS = tuple(c for c in string.printable if c not in "\t\r\x0b\x0c")
-
-
 EMBEDDED_FORMAT = 1  # bump when the embedded recipe changes, so old caches are not reused
 
 

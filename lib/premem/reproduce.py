@@ -1,4 +1,6 @@
-"""Running the numbered notebooks with papermill, and storing them with the CPU default's results.
+"""`premem reproduce`: the expensive stages first (STAGES, their bars in the terminal), then the
+numbered notebooks with papermill on the cached records, then the ledger; and storing the notebooks
+with the CPU default's results.
 
 A stored notebook holds the outputs of a `premem reproduce --store` run on params/tiny.yaml (figures
 and tables: what a reader sees before running anything), with no run metadata. The test suite runs
@@ -29,13 +31,8 @@ from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, SWITCH, load_params, 
 from premem.errors import PremError
 from premem.io import write_text
 
-
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-
-
 REFERENCES = "notebooks/outputs"
-
-
 WIDGET = "application/vnd.jupyter.widget-view+json"  # the output type of a tqdm bar under ipywidgets
 
 

@@ -301,6 +301,3 @@ def load_checkpoint(path, *, base: str | None = None, dtype=None, device=None, t
     model, tok = load_base(base, dtype=dtype, device=device, pad_token=pad_token, quantization=quantization,
                            trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable), tok
-
-
-

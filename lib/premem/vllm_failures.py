@@ -22,16 +22,9 @@ from pathlib import Path
 
 from premem.errors import PremError
 
-
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
-
-
 _GENERIC = ("EngineDeadError", "EngineGenerateError")  # vLLM's words for "see the log above"
-
-
 WATCH_S = 1.0  # how often the watchdog looks at the engine
-
-
 LOGGING_CONFIG = "premem-vllm-logging.json"
 
 
