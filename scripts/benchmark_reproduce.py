@@ -80,6 +80,22 @@ def sampler(cfg, n_prompts: int, flops_per_token: float) -> list[dict]:
     return rows
 
 
+def by_phase(fn, *args, **kwargs) -> dict:
+    """fn(*args, **kwargs) under cProfile in this process: seconds in all and by phase (PHASES,
+    cumulative; training without the recording it calls)."""
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.runcall(fn, *args, **kwargs)
+    out = dict(total=time.perf_counter() - start)
+    stats = pstats.Stats(profile).stats
+    for phase, (phase_fn, _) in PHASES.items():
+        code = phase_fn.__code__
+        out[phase] = sum(v[3] for k, v in stats.items() if k[0] == code.co_filename and k[1] == code.co_firstlineno)
+    out["training"] -= out["sampling"] + out["perplexity"] + out["grading"] + out["baselines"]  # recorded inside
+    out["other"] = out["total"] - sum(out[p] for p in PHASES)
+    return out
+
+
 def profiled_run(cfg, folder: Path) -> dict:
     """One sweep run (the grid's longest: most epochs, full data) trained and recorded in this
     process at one thread, under cProfile; seconds by phase, cumulative."""
@@ -88,18 +104,8 @@ def profiled_run(cfg, folder: Path) -> dict:
     train, test, held = data_lib.load_examples(cfg, heldout=True)
     base = sweep.base_model_path(cfg, progress=False)
     record_folder.create(folder, cfg)
-    profile = cProfile.Profile()
-    start = time.perf_counter()
-    profile.runcall(sweep.train_and_record, cfg, spec, run_grid.train_subset(train, spec), test, folder, base, held)
-    total = time.perf_counter() - start
-    stats = pstats.Stats(profile).stats
-    out = dict(run=spec.run, checkpoints=bars.saves(spec.epochs, sweep.save_every(cfg, spec.epochs)), total=total)
-    for phase, (fn, _) in PHASES.items():
-        code = fn.__code__
-        out[phase] = sum(v[3] for k, v in stats.items() if k[0] == code.co_filename and k[1] == code.co_firstlineno)
-    out["training"] -= out["sampling"] + out["perplexity"] + out["grading"] + out["baselines"]  # recorded inside
-    out["other"] = total - sum(out[p] for p in PHASES)
-    return out
+    phases = by_phase(sweep.train_and_record, cfg, spec, run_grid.train_subset(train, spec), test, folder, base, held)
+    return dict(run=spec.run, checkpoints=bars.saves(spec.epochs, sweep.save_every(cfg, spec.epochs)), **phases)
 
 
 def stages(cfg, folder: Path) -> list[dict]:

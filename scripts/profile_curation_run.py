@@ -6,29 +6,23 @@ read history) and a round-1 sized run recorded at its last checkpoint alone (128
 
 Not a test: docs/speed.md carries one run's numbers.
 """
-import cProfile
-import pstats
+import sys
 import tempfile
-import time
 from pathlib import Path
+
 import torch
-from premem import baselines, curation, grading, perplexity, record_folder, run_grid, sampling, sweep, training
+
+from premem import curation, record_folder, run_grid, sweep
 from premem import data as data_lib
 from premem.config import load_params
 
-PH = {"training": training.finetune, "sampling": sampling.sample, "perplexity": perplexity.target_nll,
-      "grading": grading.grade_many, "baselines": baselines.gradient_variance}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_reproduce import by_phase  # noqa: E402
 
-def prof(fn, *a, **k):
-    p = cProfile.Profile(); t = time.perf_counter(); p.runcall(fn, *a, **k); total = time.perf_counter() - t
-    st = pstats.Stats(p).stats
-    out = {"total": total}
-    for n, f in PH.items():
-        c = f.__code__
-        out[n] = sum(v[3] for kk, v in st.items() if kk[0] == c.co_filename and kk[1] == c.co_firstlineno)
-    out["training"] -= out["sampling"] + out["perplexity"] + out["grading"] + out["baselines"]
-    out["other"] = total - sum(out[n] for n in PH)
-    return {k: round(v, 1) for k, v in out.items()}
+
+def prof(fn, *args, **kwargs) -> dict:
+    return {k: round(v, 1) for k, v in by_phase(fn, *args, **kwargs).items()}
+
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
