@@ -23,6 +23,12 @@ class Column:
     since: int = 1  # the FORMAT that added it: parts written before it need not hold it
 
 
+# The key of every per-checkpoint table: which run, and which of its checkpoints.
+AT_CHECKPOINT = (
+    Column("run", "str", "run name"),
+    Column("step", "int", "optimiser step of the checkpoint"),
+    Column("epoch", "number", "epoch of the checkpoint"),
+)
 SCHEMA: dict[str, tuple[Column, ...]] = {
     "runs": (
         Column("run", "str", "run name"),
@@ -33,9 +39,7 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         Column("n_train", "int", "training examples the run trained on"),
     ),
     "samples": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
+        *AT_CHECKPOINT,
         Column("split", "str", "`train` or `test`"),
         Column("example_id", "str", "example id (the data's own, else its line or index)"),
         Column("sample_idx", "int", "which of the k samples"),
@@ -45,9 +49,7 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         Column("answer", "str", "the extracted answer (null: none)"),
     ),
     "perplexity": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
+        *AT_CHECKPOINT,
         Column("example_id", "str", "example id"),
         Column("trained", "bool", "a training example (false: held out, for tau calibration)"),
         Column("nll", "number", "NLL of the gold target, summed over its tokens"),
@@ -55,9 +57,7 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         Column("perplexity", "number", "exp(nll / n_tokens)"),
     ),
     "checkpoints": (
-        Column("run", "str", "run name"),
-        Column("step", "int", "optimiser step of the checkpoint"),
-        Column("epoch", "number", "epoch of the checkpoint"),
+        *AT_CHECKPOINT,
         Column("param_distance", "number", "‖θ−θ₀‖² from the weights training started at (NaN: not known)",
                required=False),
         Column("grad_variance", "number", "variance of minibatch gradients of the training loss", required=False),
