@@ -42,6 +42,26 @@ def released_root() -> Path:
     return RELEASED
 
 
+# Tests that write the project's own runs/ and figures folders (the notebooks under nbval sweep smoke
+# there; reproduce's test runs one of them): under pytest-xdist one worker runs them all, in order.
+PROJECT_FOLDERS = (".ipynb::", "::test_reproduce_runs_one_notebook_and_writes_its_ledger")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`bash run.sh test` runs the suite in two pytest-xdist workers: a test file goes to one worker
+    whole (its module fixtures are built once), and the notebooks with reproduce's test to one worker,
+    in order. (A scheduler of our own: pytest-xdist 3.8's `xdist_group` marks do not group under
+    pytest 9, which no longer reads the node ids it rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "project-folders" if any(p in nodeid for p in PROJECT_FOLDERS) else nodeid.split("::", 1)[0]
+
+    return ByFile(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     from premem.reproduce import use_references
 

@@ -34,7 +34,10 @@ case "${1:-}" in
     test)
         setup
         shift
-        exec .venv/bin/python -m pytest --nbval-lax --sanitize-with notebooks/sanitize.cfg tests notebooks "$@"
+        # Two pytest-xdist workers keep both cores busy (conftest.py sends a file's tests, and the
+        # notebooks, to one worker); PREMEM_TEST_WORKERS=0 runs the suite in this process.
+        exec .venv/bin/python -m pytest -n "${PREMEM_TEST_WORKERS:-2}" --dist loadfile --nbval-lax \
+            --sanitize-with notebooks/sanitize.cfg tests notebooks "$@"
         ;;
     reproduce)
         setup

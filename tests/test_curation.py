@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import curation, encoding, perplexity, record, record_folder, sampling, tasks, training
+from premem import curation, encoding, launcher, perplexity, record, record_folder, sampling, tasks, training
 from premem.config import CURATION_KEYS, load_params
 from premem.errors import PremError
 
@@ -335,9 +335,28 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")
     assert sorted(e.meta["similar_to"] for e in collected) == sorted(sel.example_id.repeat(sel.n_new))
 
+    # Under a launcher of jobs the graph goes a level at a time, its runs as job arrays (submitit's
+    # debug executor runs them here): the same runs, collections, tables and judgements.
+    jobs = cfg.model_copy(update=dict(launcher="slurm", slurm_cluster="debug"))
+    with single_thread():
+        levels = curation.curate(jobs, out=tmp_path / "levels", progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(levels / "curation.parquet"), table)
+    assert (levels / "collected" / "premem_r1_seed0.jsonl").read_text() == \
+        (out / "collected" / "premem_r1_seed0.jsonl").read_text()
+    pd.testing.assert_frame_equal(curation.collected_accuracy(cfg, levels, progress=False),
+                                  curation.collected_accuracy(cfg, out, progress=False))
+
     def refuse(*a, **k):
         raise AssertionError("a cached curation must not train, sample or score")
     for mod, name in [(training, "finetune"), (sampling, "sample"), (perplexity, "target_nll")]:
         monkeypatch.setattr(mod, name, refuse)
+    graphs = []
+    monkeypatch.setattr(launcher, "run_graph", lambda fn, nodes, workers, on_done=None: graphs.append(nodes))
     assert curation.curate(cfg, progress=False) == out
+    assert graphs == [{}]  # every step finished: no worker to start
     pd.testing.assert_frame_equal(pd.read_parquet(out / "curation.parquet"), table)
+    # The curation judged each collection under the run that chose it as it went: cached, no sampling.
+    judged = curation.collected_accuracy(cfg, out, progress=False)
+    assert judged[["strategy", "round", "judge", "n_collected"]].values.tolist() == [
+        ["ifd", 1, "originals_seed0", 4], ["iid", 1, "originals_seed0", 4], ["premem", 1, "originals_seed0", 4]]
+    assert judged.accuracy.between(0, 1).all()

@@ -25,11 +25,13 @@ the pre-memorization rule) records the originals' accuracy and perplexity at eve
 epoch, as Algorithm 1 scores, unless curation_max_checkpoints bounds them) and test accuracy at the
 last; every other run (a chain's last round, iid's rounds) records its last checkpoint alone, and its
 `pre_mem_acc` reads NaN.
+The rounds are a chain's, not the whole curation's: each step (a run, a selection and collection, a
+judging of the collected data) runs in a worker as soon as what it reads exists (`_graph`), so no
+core waits for a round's slowest run.
 Output: <out_dir>/curation-<hash>/, itself a record folder (`premem fit` reads its final checkpoints), with
 curation.parquet, efficiency.parquet, base.json (the base model's own test accuracy: where finetuning
-starts from), and selections/ and collected/ per (strategy, round, seed); `collected_accuracy` adds
-collected_accuracy.parquet (how hard each collection was for the run that chose it);
-a rerun trains and scores nothing twice.
+starts from), selections/ and collected/ per (strategy, round, seed), and collected_accuracy.parquet
+(how hard each collection was for the run that chose it); a rerun trains and scores nothing twice.
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from premem import (bars, grading, io, launcher, metrics, record, record_folder, recorder, run_grid, sweep, tasks,
+                    training)
 from premem import data as data_lib
-from premem import grading, io, launcher, metrics, record, record_folder, recorder, run_grid, sweep, tasks, training
 from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
 # The rules and the measures live in modules of their own; their names are curation's API too.
@@ -142,47 +145,162 @@ def curate(cfg: Params, out: str | Path | None = None, force: bool = False, prog
     record_folder.check_target(out, cfg, force=force, extra_keys=CURATION_KEYS)
     with record_folder.locked(out, "premem curate"):
         record_folder.create(out, cfg, force=force, extra_keys=CURATION_KEYS, command="premem curate")
-        _curate(cfg, out, originals, test, held, source, progress)
+        _curate(cfg, out, (originals, test, held, source), progress)
     return out
 
 
-def _curate(cfg: Params, out: Path, originals, test, held, source: Source, progress: bool) -> None:
+# ---- the graph ---------------------------------------------------------------------------------------
+# The curation is a graph of steps, each run by a worker as soon as what it reads exists:
+#   ("run", s, r, seed)   train and record run r of strategy s's chain (round 0: s None, shared);
+#   ("next", s, r, seed)  score the originals on that run, select, collect round r + 1's examples;
+#   ("judge", run)        the collected data's accuracy under the run that chose it (collected_accuracy);
+#   ("base",)             the base model's own test accuracy.
+# So no worker waits for a round's slowest run while another chain could go on (Algorithm 1's rounds
+# are a chain's, not the whole curation's), and selecting, collecting and judging run in the workers.
+
+def _graph(cfg: Params) -> dict:
+    """{node: (args, after)} in priority order: collecting first (it unlocks runs), then runs by
+    round, then what nothing waits for."""
+    plan, seeds = {s: budgets(cfg, s) for s in cfg.curation_strategies}, cfg.curation_seeds
+    nexts, runs, judges = {}, {}, {}
+    for seed in seeds:
+        runs[("run", None, 0, seed)] = ()
+        for s, b in plan.items():
+            for r in range(len(b) + 1):
+                made_by = ("run", s if r else None, r, seed)
+                if r:
+                    runs[made_by] = (("next", s, r - 1, seed),)
+                if r < len(b):
+                    nexts[("next", s, r, seed)] = (made_by,)
+                    judge = ("judge", run_name(s, r, seed))
+                    judges[judge] = judges.get(judge, ()) + (("next", s, r, seed),)
+    order = sorted(nexts, key=lambda n: n[2]) + sorted(runs, key=lambda n: n[2]) + [("base",)] + list(judges)
+    after = nexts | runs | judges | {("base",): ()}
+    return {node: ((node,), after[node]) for node in order}
+
+
+def _left(out: Path, graph: dict) -> dict:
+    """The graph without the steps an earlier curation finished (a cached one starts no worker)."""
+    judged = _judged(out)
+
+    def done(node, after):
+        kind, *key = node
+        if kind == "run":
+            return record.is_done(record.run_dir(out, run_name(*key)))
+        if kind == "next":
+            return _collected_file(out, key[0], key[1] + 1, key[2]).exists()
+        if kind == "judge":
+            return all(done(n, ()) and (n[1], n[2] + 1, n[3]) in judged for n in after)
+        return (out / "base.json").exists()
+
+    left = {node: step for node, step in graph.items() if not done(node, step[1])}
+    return {node: (args, tuple(a for a in after if a in left)) for node, (args, after) in left.items()}
+
+
+def _spec(cfg: Params, s: str | None, r: int, seed: int) -> run_grid.RunSpec:
+    # Deterministic names, for people: the values live in runs.parquet.
+    return run_grid.RunSpec(run_name(s, r, seed), cfg.curation_lr, cfg.curation_epochs, 1.0, seed)
+
+
+def _final_only(cfg: Params, s: str | None, r: int) -> bool:
+    plan = {x: budgets(cfg, x) for x in cfg.curation_strategies}
+    return not reads_history(plan, s, r, cfg.curation_top_fraction)
+
+
+def _chain_train(out: Path, originals: list[Example], s: str | None, r: int, seed: int) -> list[Example]:
+    """What run r of a chain trains on: the originals, then each round's collection in order."""
+    return originals + [ex for i in range(1, r + 1) for ex in _read_examples(_collected_file(out, s, i, seed))]
+
+
+def _collected_file(out: Path, s: str, r: int, seed: int) -> Path:
+    return out / "collected" / f"{run_name(s, r, seed)}.jsonl"
+
+
+def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
+    """One node of the graph (in a worker process, or here); a judge returns its rows."""
+    cfg, out, (originals, test, held, source) = Params.model_validate_json(cfg_json), Path(out), data
+    kind, *key = node
+    if kind == "run":
+        s, r, seed = key
+        sweep.train_and_record(cfg, _spec(cfg, s, r, seed), _chain_train(out, originals, s, r, seed), test, out,
+                               base, held, recorded=originals, test_final_only=True,
+                               final_only=_final_only(cfg, s, r))
+    elif kind == "next":
+        s, r, seed = key
+        collected = _collected_file(out, s, r + 1, seed)
+        if not collected.exists():
+            spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)
+            d = record.read_run_parts(out, spec.run)
+            tau = metrics.chosen_tau(cfg, [d])[0]
+            _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, budgets(cfg, s)[r], d, tau,
+                                                   spec, _chain_train(out, originals, s, r, seed), originals,
+                                                   held + test, history=history))
+    elif kind == "judge":
+        items = _collected_by_judge(out, _judged(out)).get(key[0])
+        return _judge_rows(cfg, out, key[0], items) if items else []
+    else:
+        _record_base(cfg, out, base, test)
+
+
+def _curate(cfg: Params, out: Path, data: tuple, progress: bool) -> None:
     base = sweep.base_model_path(cfg, progress=progress)
-    lr, epochs = cfg.curation_lr, cfg.curation_epochs
-    plan = {s: budgets(cfg, s) for s in cfg.curation_strategies}
-    new = {(s, seed): [] for s in plan for seed in cfg.curation_seeds}
+    graph, cfg_json = _left(out, _graph(cfg)), cfg.model_dump_json()
+    runs = [n for n in _graph(cfg) if n[0] == "run"]
+    every = bars.saves(cfg.curation_epochs, sweep.save_every(cfg, cfg.curation_epochs))
+    planned = sum(1 if _final_only(cfg, s, r) else every for _, s, r, _ in runs)
+    bar = tqdm(total=planned, desc="curation", unit="checkpoint", disable=not progress)
 
-    def spec_of(s, r, seed):  # deterministic names, for people: the values live in runs.parquet
-        return run_grid.RunSpec(run_name(s, r, seed), lr, epochs, 1.0, seed)
+    def done(node, result):
+        if node[0] == "judge" and result:
+            _add_judged(out, result)
+        if node[0] == "run":
+            bar.set_postfix_str(f"{run_name(*node[1:])} done")
 
-    n_rounds, rows = max(len(b) for b in plan.values()), []
-    for r in range(n_rounds + 1):
-        chains = [(s, seed) for s in plan for seed in cfg.curation_seeds if len(plan[s]) >= r]
-        jobs = {spec_of(s, r, seed): originals + new[(s, seed)] for s, seed in chains}  # round 0: one run
-        final_only = {spec_of(s, r, seed).run for s, seed in chains
-                      if not reads_history(plan, s, r, cfg.curation_top_fraction)}
-        sweep.run_jobs(cfg, jobs, test, held, out, base, f"curation round {r} of {n_rounds}" if progress else None,
-                       recorded=originals, test_final_only=True, final_only=final_only)
-        record.finish(out)  # every run started so far: on a rerun, later rounds' runs too
-        dyns = {d.run: d for d in record.read_runs(out)}
-        for s, seed in chains:
-            spec = spec_of(s, r, seed)
-            d, tau = dyns[spec.run], metrics.chosen_tau(cfg, [dyns[spec.run]])[0]
-            pre = np.nan if spec.run in final_only else float(d.pre_mem_acc(tau)[-1])  # one checkpoint: no history
-            rows.append(dict(strategy=s, round=r, seed=seed, n_examples=len(jobs[spec]), n_new=len(new[(s, seed)]),
-                             test_acc=float(d.test_acc[-1]), pre_mem_acc=pre, run=spec.run))
-            if r < len(plan[s]):  # not the chain's last run: collect for the next round
-                collected = out / "collected" / f"{run_name(s, r + 1, seed)}.jsonl"
-                if not collected.exists():
-                    _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, plan[s][r], d,
-                                                           tau, spec, jobs[spec], originals, held + test,
-                                                           history=spec.run not in final_only))
-                new[(s, seed)] = new[(s, seed)] + _read_examples(collected)
-        table = pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
-        io.write_parquet(out / "curation.parquet", table)
-    if "iid" in plan:
+    with bars.counting(bar, lambda: bars.recorded_checkpoints(out, [run_name(*n[1:]) for n in runs])):
+        if cfg.launcher == "local" and launcher.world_size() == 1:
+            launcher.run_graph(_step, {n: ((cfg_json, str(out), base, data, n), after)
+                                       for n, (_, after) in graph.items()}, cfg.workers, done)
+        else:  # each launcher's runs through the sweep's jobs, a level of the graph at a time
+            _curate_by_levels(cfg, out, base, data, graph, done)
+    bar.close()
+    record.finish(out)
+    table = _table(cfg, out, data[0])
+    io.write_parquet(out / "curation.parquet", table)
+    if "iid" in cfg.curation_strategies:
         _write_efficiency(out, table)
-    _record_base(cfg, out, base, test)
+
+
+def _curate_by_levels(cfg: Params, out: Path, base: str, data: tuple, graph: dict, done) -> None:
+    """The graph under a launcher of jobs (Slurm) or a multi-process launch: every ready run as one
+    array of jobs (sweep.run_jobs), then every other ready step here, until none is left."""
+    originals, test, held, _ = data
+    finished, cfg_json = set(), cfg.model_dump_json()
+    while len(finished) < len(graph):
+        ready = [n for n, (_, after) in graph.items() if n not in finished and finished.issuperset(after)]
+        runs = [n for n in ready if n[0] == "run"]
+        if runs:
+            sweep.run_jobs(cfg, {_spec(cfg, s, r, seed): _chain_train(out, originals, s, r, seed)
+                                 for _, s, r, seed in runs},
+                           test, held, out, base, recorded=originals, test_final_only=True,
+                           final_only={run_name(s, r, seed) for _, s, r, seed in runs if _final_only(cfg, s, r)})
+        for node in ready:
+            done(node, None if node[0] == "run" else _step(cfg_json, str(out), base, data, node))
+            finished.add(node)
+
+
+def _table(cfg: Params, out: Path, originals: list[Example]) -> pd.DataFrame:
+    """curation.parquet: a row per (strategy, round, seed), read from the finished record."""
+    dyns, rows = {d.run: d for d in record.read_runs(out)}, []
+    for s in cfg.curation_strategies:
+        for seed in cfg.curation_seeds:
+            for r in range(len(budgets(cfg, s)) + 1):
+                d = dyns[run_name(s, r, seed)]
+                tau = metrics.chosen_tau(cfg, [d])[0]
+                pre = np.nan if _final_only(cfg, s, r) else float(d.pre_mem_acc(tau)[-1])  # one checkpoint: no history
+                n = len(_chain_train(out, originals, s, r, seed))
+                rows.append(dict(strategy=s, round=r, seed=seed, n_examples=n, n_new=n - len(originals),
+                                 test_acc=float(d.test_acc[-1]), pre_mem_acc=pre, run=run_name(s, r, seed)))
+    return pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
 
 
 def _write_efficiency(out: Path, table: pd.DataFrame) -> None:
@@ -256,25 +374,48 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     round, seed), the accuracy of round r-1's final checkpoint on the examples collected for round r
     (k_test samples each), and their mean step count. Algorithm 1 pays off only where data "like the
     selected originals" is data the model still gets wrong; round 1's rows share one judge per seed
-    (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet,
-    rewritten after each judge (a killed run resumes)."""
+    (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet
+    (the curation fills it as it goes), rewritten after each judge (a killed run resumes)."""
     folder = Path(folder)
-    out = folder / "collected_accuracy.parquet"
-    done = pd.read_parquet(out) if out.exists() else pd.DataFrame(columns=["strategy", "round", "seed"])
-    have = set(zip(done.strategy, done["round"], done.seed))
+    by_judge = _collected_by_judge(folder, _judged(folder))
+    for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
+        _add_judged(folder, _judge_rows(cfg, folder, judge, items))
+    rows = pd.read_parquet(folder / JUDGED) if (folder / JUDGED).exists() else pd.DataFrame(
+        columns=["strategy", "round", "seed"])
+    return rows.sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
+
+
+JUDGED = "collected_accuracy.parquet"
+
+
+def _judged(folder: Path) -> set:
+    """The (strategy, round, seed) collections already judged."""
+    done = pd.read_parquet(folder / JUDGED) if (folder / JUDGED).exists() else None
+    return set() if done is None else set(zip(done.strategy, done["round"], done.seed))
+
+
+def _collected_by_judge(folder: Path, judged: set) -> dict:
+    """{judge run: [((strategy, round, seed), examples)]} of the collections not judged yet."""
     by_judge = {}
     for f in sorted((folder / "collected").glob("*.jsonl")):  # run_name(strategy, round, seed).jsonl
         s, r, seed = key = chain_of(f.stem)
-        if key not in have:
+        if key not in judged:
             by_judge.setdefault(run_name(s, r - 1, seed), []).append((key, _read_examples(f)))
-    rows = done.to_dict("records")
-    for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
-        ckpt = record.final_checkpoint(folder, judge)
-        lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
-        acc = iter(example_accuracy(cfg, lm, ckpt, tok, [ex for _, exs in items for ex in exs]))
-        for (s, r, seed), exs in items:
-            rows.append(dict(strategy=s, round=r, seed=seed, judge=judge, n_collected=len(exs),
-                             accuracy=float(np.mean([next(acc) for _ in exs])) if exs else np.nan,
-                             mean_steps=float(np.mean([n_steps(ex) for ex in exs])) if exs else np.nan))
-        io.write_parquet(out, pd.DataFrame(rows))
-    return pd.DataFrame(rows).sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
+    return by_judge
+
+
+def _judge_rows(cfg: Params, folder: Path, judge: str, items: list) -> list[dict]:
+    """The rows of one judge's collections: its final checkpoint samples them all in one call."""
+    ckpt = record.final_checkpoint(folder, judge)
+    lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
+    acc = iter(example_accuracy(cfg, lm, ckpt, tok, [ex for _, exs in items for ex in exs]))
+    return [dict(strategy=s, round=r, seed=seed, judge=judge, n_collected=len(exs),
+                 accuracy=float(np.mean([next(acc) for _ in exs])) if exs else np.nan,
+                 mean_steps=float(np.mean([n_steps(ex) for ex in exs])) if exs else np.nan)
+            for (s, r, seed), exs in items]
+
+
+def _add_judged(folder: Path, rows: list[dict]) -> None:
+    # Only one process writes the table: collected_accuracy, or the curation's parent.
+    done = pd.read_parquet(folder / JUDGED).to_dict("records") if (folder / JUDGED).exists() else []
+    io.write_parquet(folder / JUDGED, pd.DataFrame(done + rows))

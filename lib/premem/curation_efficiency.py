@@ -92,10 +92,13 @@ def data_efficiency(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> p
     if len(seeds) < 2 or point.empty:
         return point
     rng, by_seed = np.random.default_rng(seed), {s: table[table.seed == s] for s in seeds}
-    boot = []
+    boot, seen = [], {}
     for _ in range(n_boot):  # a resample holds repeated seeds: their runs enter the means twice
-        pick = pd.concat([by_seed[s] for s in rng.choice(seeds, size=len(seeds))], ignore_index=True)
-        boot.append(_ratios(pick).set_index(["strategy", "round"]).ratio)
+        draw = tuple(rng.choice(seeds, size=len(seeds)))
+        if draw not in seen:  # 3 seeds draw only 27 sequences: each is computed once (19 s -> 0.3 s)
+            pick = pd.concat([by_seed[s] for s in draw], ignore_index=True)
+            seen[draw] = _ratios(pick).set_index(["strategy", "round"]).ratio
+        boot.append(seen[draw])
     boot = pd.concat(boot, axis=1)
     for i, r in point.iterrows():  # inverted_cdf: no interpolation between inf values
         b = boot.loc[(r.strategy, r["round"])].to_numpy(dtype=float)

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,50 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
             if on_done is not None:
                 on_done(f.result())
         return [f.result() for f in futures]
+
+
+def run_graph(fn, nodes: dict, workers: int, on_done=None) -> None:
+    """fn(*args) for each node {key: (args, after)}, once every node in `after` has finished, at one
+    torch thread each: in `workers` spawned processes, or here with one worker. Both cores stay busy
+    while any node can run (no round waits for its slowest job); at most `workers` nodes run at a
+    time, and a free worker takes the first ready node in `nodes`' order (the caller's priority).
+    on_done(key, result) is called here as each finishes; the first error is raised."""
+    missing = {a for _, after in nodes.values() for a in after} - set(nodes)
+    if missing:
+        raise PremError(f"run_graph: nodes come after nodes that are not in the graph: {sorted(missing)[:3]}")
+    pending, finished, running = dict(nodes), set(), {}
+    if not pending:
+        return
+
+    def ready():
+        return [key for key, (_, after) in pending.items() if finished.issuperset(after)]
+
+    def finish(key, result):
+        finished.add(key)
+        if on_done is not None:
+            on_done(key, result)
+
+    if workers == 1:
+        threads = torch.get_num_threads()
+        try:
+            while pending:
+                if not ready():
+                    raise PremError(f"run_graph: a cycle among {sorted(map(str, pending))[:3]}")
+                key = ready()[0]
+                finish(key, _at_one_thread(fn, pending.pop(key)[0]))
+        finally:
+            torch.set_num_threads(threads)
+        return
+    with ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        while pending or running:
+            for key in ready()[:workers - len(running)]:
+                running[pool.submit(_at_one_thread, fn, pending.pop(key)[0])] = key
+            if not running:
+                raise PremError(f"run_graph: a cycle among {sorted(map(str, pending))[:3]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(running.pop(future), future.result())
 
 
 def quiet_libraries() -> None:
