@@ -30,7 +30,10 @@ def smoke_sweep(tmp_path_factory):
     from premem import sweep
     from premem.config import load_params
 
-    tmp = tmp_path_factory.mktemp("smoke-sweep")
+    # Under pytest-xdist the workers share one (the basetemp's parent is the run's own folder): the
+    # sweep's lock makes the second wait for the first, then read its finished record.
+    base = tmp_path_factory.getbasetemp()
+    tmp = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke-sweep"
     cfg = load_params(ROOT / "params" / "smoke.yaml", workers=1, cache_dir=str(tmp / "cache"))
     return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
 
@@ -45,6 +48,8 @@ def released_root() -> Path:
 # Tests that write the project's own runs/ and figures folders (the notebooks under nbval sweep smoke
 # there; reproduce's test runs one of them): under pytest-xdist one worker runs them all, in order.
 PROJECT_FOLDERS = (".ipynb::", "::test_reproduce_runs_one_notebook_and_writes_its_ledger")
+# Run first, so that under pytest-xdist no worker is left alone with one of them at the end.
+LONGEST = ("tests/test_engines.py", "notebooks/", "tests/test_stages.py", "tests/test_sweep.py")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -54,6 +59,8 @@ def pytest_xdist_make_scheduler(config, log):
     in order. (A scheduler of our own: pytest-xdist 3.8's `xdist_group` marks do not group under
     pytest 9, which no longer reads the node ids it rewrites.)"""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # files in the order pytest_collection_modifyitems leaves them
 
     class ByFile(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -66,6 +73,8 @@ def pytest_collection_modifyitems(config, items):
     from premem.reproduce import use_references
 
     use_references(items, ROOT)
+    # The longest files first (tests/test_engines.py ~4 min, the notebooks ~2).
+    items.sort(key=lambda item: next((i for i, f in enumerate(LONGEST) if item.nodeid.startswith(f)), len(LONGEST)))
     if HAVE_RELEASED:
         return
     skip = pytest.mark.skip(reason=f"released logs not found at {RELEASED} (set PREMEM_RELEASED_LOGS)")

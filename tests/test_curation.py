@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import curation, encoding, launcher, perplexity, record, record_folder, sampling, tasks, training
+from premem import (curation, curation_judge, encoding, launcher, perplexity, record, record_folder, sampling, tasks,
+                    training)
 from premem.config import CURATION_KEYS, load_params
 from premem.errors import PremError
 
@@ -178,14 +179,14 @@ def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path,
     pool = tasks.load_task("arith", "train", 9, seed=4)
     files = {"premem_r1_seed0": pool[:3], "iid_r1_seed0": pool[3:5], "premem_r2_seed0": pool[5:9]}
     for name, exs in files.items():
-        curation._write_examples(tmp_path / "collected" / f"{name}.jsonl", exs)
+        curation.write_examples(tmp_path / "collected" / f"{name}.jsonl", exs)
     right = {ex.question for ex in pool[::2]}  # the judge gets pool[0], [2], [4], ... right, the others wrong
     judges = []
     monkeypatch.setattr(record, "final_checkpoint", lambda folder, run: run)
     monkeypatch.setattr(model_lib, "load_base", lambda run, **kw: (run, None))
     monkeypatch.setattr(tasks, "format_prompt",
                         lambda ex, t: ex.question if ex.question in right else "wrong:" + ex.question)
-    monkeypatch.setattr(curation, "n_steps", lambda ex: len(ex.question))
+    monkeypatch.setattr(curation_judge, "n_steps", lambda ex: len(ex.question))
 
     def fake_sample(cfg_, lm, ckpt, tok, prompts, k, seed):  # the gold answer where the prompt is "right"
         judges.append(lm)
@@ -201,7 +202,7 @@ def test_collected_accuracy_judges_each_round_by_the_run_that_chose_it(tmp_path,
     assert got.loc[("premem", 2), "mean_steps"] == np.mean([len(ex.question) for ex in pool[5:9]])
     assert sorted(judges) == ["originals_seed0", "premem_r1_seed0"]  # one load and one sampling per judge
     # Cached: a rerun samples nothing, and a new collected file is judged alone.
-    curation._write_examples(tmp_path / "collected" / "iid_r2_seed0.jsonl", pool[:1])
+    curation.write_examples(tmp_path / "collected" / "iid_r2_seed0.jsonl", pool[:1])
     again = curation.collected_accuracy(cfg, tmp_path, progress=False).set_index(["strategy", "round"])
     assert judges[2:] == ["iid_r1_seed0"] and again.loc[("iid", 2), "accuracy"] == 1.0
     pd.testing.assert_series_equal(again.accuracy.drop(("iid", 2)), got.accuracy)
@@ -332,7 +333,7 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     curation.plot_scaling(table, ax, base_acc=0.125)
     assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == ":"] == [[0.125, 0.125]]
     plt.close(fig)
-    collected = curation._read_examples(out / "collected" / "premem_r1_seed0.jsonl")
+    collected = curation.read_examples(out / "collected" / "premem_r1_seed0.jsonl")
     assert sorted(e.meta["similar_to"] for e in collected) == sorted(sel.example_id.repeat(sel.n_new))
 
     # Under a launcher of jobs the graph goes a level at a time, its runs as job arrays (submitit's

@@ -10,9 +10,9 @@ reported wrong on CUDA); per-request seeds reproducible run to run, in any promp
 and subset; one engine per process, reused for a checkpoint's measurements, and its processes gone
 after release; a failure inside the engine (a refused setting, a dead engine process) as one
 PremError line with vLLM's reason, never a hang; `stages: separate` with the paper params'
-recording settings (pad token added, targets without eos, top_p, stop) recording a run checkpoint
-by checkpoint, each in a process of its own; `premem record --backend vllm` on checkpoints a plain
-transformers Trainer saved.
+recording settings (pad token added, targets without eos, top_p, stop) recording a run's checkpoint
+in a process of its own (tests/test_stages.py: several checkpoints, each as it appears); `premem
+record --backend vllm` on a checkpoint a plain transformers Trainer saved.
 
 What only CUDA builds have, and no test here reaches: moving the recorder's model to the GPU after
 the engine is released (recorder._to_gpu_after_vllm; on a CPU the release itself is checked), the
@@ -99,6 +99,10 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     prompts, targets = prompts_targets(examples(8))
     length = vllm_backend.needed_length(tok, prompts, targets, 96)
     opts = dict(max_new_tokens=96, stop=STOP, tokenizer=tok, max_model_len=length)
+    with single_thread():  # the transformers path's answers first: vLLM's engine process keeps a core busy
+        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
+        want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
+                     for add_eos in (True, False)}
     samples = vllm_backend.sample(str(BASE), prompts, k=4, temperature=0.8, top_p=0.95, seed=5, **opts)
     llm = vllm_backend._ENGINE["llm"]
     assert [len(s) for s in samples] == [4] * 8
@@ -114,14 +118,11 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     assert other != samples
     # Temperature 0: exactly the transformers path's greedy answers.
     greedy = vllm_backend.sample(str(BASE), prompts, k=2, temperature=0, top_p=1.0, seed=0, **opts)
-    with single_thread():
-        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
     assert greedy == want
     # Perplexity from prompt logprobs, with and without eos, as the transformers path computes it.
     for add_eos in (True, False):
         nll, n = vllm_backend.target_nll(BASE, tok, prompts, targets, add_eos=add_eos, max_model_len=length)
-        with single_thread():
-            want_nll, want_n = perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
+        want_nll, want_n = want_nlls[add_eos]
         np.testing.assert_array_equal(n, want_n)
         np.testing.assert_allclose(nll, want_nll, rtol=1e-4)
     assert vllm_backend._ENGINE["llm"] is llm  # one engine served all of it
@@ -139,22 +140,22 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     assert time.monotonic() - started < 60 and "\n" not in str(e.value)
 
 
-def test_adapter_is_served_merged_into_its_base(adapter, fresh_engine):
+def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine):
     folder, adapted, tok = adapter
     prompts, targets = prompts_targets(examples(6, seed=1))
     length = vllm_backend.needed_length(tok, prompts, targets, 64)
-    nll, _ = vllm_backend.target_nll(folder, tok, prompts, targets, max_model_len=length)
-    with single_thread():
+    with single_thread():  # the references first: vLLM's engine process keeps a core busy while it lives
         want, _ = perplexity.target_nll(adapted, tok, prompts, targets, progress=False)
         greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP, progress=False)
+        base_nll, _ = perplexity.target_nll(base[0], tok, prompts, targets, progress=False)
+    nll, _ = vllm_backend.target_nll(folder, tok, prompts, targets, max_model_len=length)
     np.testing.assert_allclose(nll, want, rtol=1e-4)
     greedy = vllm_backend.sample(str(folder), prompts, k=1, temperature=0, top_p=1.0, max_new_tokens=64, stop=STOP,
                                  seed=0, tokenizer=tok, max_model_len=length)
     assert greedy == greedy_want
     merged = vllm_backend.merged_adapter(folder)
     assert vllm_backend._ENGINE["key"][0] == str(merged) and (merged / "config.json").is_file()
-    # The adapter moved the answers: the base alone (no LoRARequest) scores differently.
-    base_nll, _ = vllm_backend.target_nll(BASE, tok, prompts, targets, max_model_len=length)
+    # The adapter moved the answers: the base alone scores differently, so the engine served the adapter.
     assert not np.allclose(base_nll, nll, rtol=1e-3)
     # release() ends the engine's processes now; the merged copy goes at this process's exit.
     assert engine_children()
@@ -180,11 +181,12 @@ def tiny_llama_without_pad(folder: Path) -> Path:
 
 def test_separate_stages_with_the_paper_recording_settings(tmp_path, fresh_engine):
     """The paper params (backend vllm, stages separate, pad token added, targets without eos, top_p
-    0.95, stop) on a tiny Llama: each checkpoint recorded by an engine in a process of its own;
-    perplexities equal a transformers-backend record of the same run."""
+    0.95, stop) on a tiny Llama: its checkpoint recorded by an engine in a process of its own (one
+    checkpoint: tests/test_stages.py records several, each as it appears); perplexities equal a
+    transformers-backend record of the same run."""
     paper = yaml.safe_load((ROOT / "params" / "llama3-8b_gsm8k.yaml").read_text())
     assert (paper["backend"], paper["stages"], paper["pad_token"], paper["target_eos"]) == ("vllm", "separate", "add", False)
-    small = dict(task="arith", n_train=6, n_test=4, n_heldout=0, runs=[dict(lr=3e-3, epochs=2, data_fraction=1.0)],
+    small = dict(task="arith", n_train=6, n_test=4, n_heldout=0, runs=[dict(lr=3e-3, epochs=1, data_fraction=1.0)],
                  base_model=str(tiny_llama_without_pad(tmp_path / "llama")), batch_size=4, per_device_batch_size=2,
                  warmup_steps=0, mixed_precision="no", max_new_tokens=24, k=3, k_test=2, model_max_length=512,  # char tokens: arith prompts run to ~300
                  out_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
@@ -198,13 +200,13 @@ def test_separate_stages_with_the_paper_recording_settings(tmp_path, fresh_engin
     assert "vllm" not in sys.modules or vllm_backend._ENGINE["llm"] is None  # no engine in this process
     got, want = ({t: pd.read_parquet(records[b] / f"{t}.parquet") for t in ("samples", "perplexity")}
                  for b in ("vllm", "transformers"))
-    assert sorted(got["perplexity"].step.unique()) == [2, 4]  # 6 examples / batch 4: 2 steps an epoch
+    assert sorted(got["perplexity"].step.unique()) == [2]  # 6 examples / batch 4: 2 steps an epoch
     np.testing.assert_allclose(got["perplexity"].nll, want["perplexity"].nll, rtol=1e-4)
     assert (got["perplexity"].n_tokens == want["perplexity"].n_tokens).all()
     s = got["samples"]
     assert (s[s.split == "train"].groupby("step").size() == 6 * 3).all()
-    assert (s[(s.split == "test") & (s.step == 4)].groupby("example_id").size() == 2).all()
-    tok = training.load_checkpoint(next((records["vllm"] / "runs").iterdir()) / "train" / "checkpoint-4")[1]
+    assert (s[(s.split == "test") & (s.step == 2)].groupby("example_id").size() == 2).all()
+    tok = training.load_checkpoint(next((records["vllm"] / "runs").iterdir()) / "train" / "checkpoint-2")[1]
     assert tok.pad_token == "[PAD]"  # added, as the authors' scripts do
 
 

@@ -79,7 +79,7 @@ def test_run_graph_starts_a_node_when_what_it_reads_is_done_not_when_a_round_is(
     """a -> c -> d beside a long b: in rounds d would wait for b; here both workers stay busy and d
     ends first. on_done sees every node's result once."""
     log, seen = tmp_path / "log", []
-    nodes = {"b": ((str(log), "b", 4.0), ()), "a": ((str(log), "a", 0.1), ()),
+    nodes = {"b": ((str(log), "b", 3.0), ()), "a": ((str(log), "a", 0.1), ()),
              "c": ((str(log), "c", 0.1), ("a",)), "d": ((str(log), "d", 0.1), ("c",))}
     launcher.run_graph(_node, nodes, 2, lambda key, result: seen.append((key, result)))
     lines = [line.split() for line in log.read_text().splitlines()]

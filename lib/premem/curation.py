@@ -16,7 +16,8 @@ all strategies. Strategies spend the same budgets:
 Ranked strategies take the top curation_top_fraction, by default as many as the pre-memorization
 rule selects on the same run; ties keep the originals' order. The rules are the entries of
 premem.curation_rules.RULES, the sources of similar examples premem.curation_sources, the measures
-(data efficiency, paired gaps, the figure) premem.curation_efficiency.
+(data efficiency, paired gaps, the figure) premem.curation_efficiency, a chain's names and collections
+premem.curation_chains, the judging of collected data premem.curation_judge.
 
 Runs record what curation reads, since sampling is a large part of a run's cost
 (sweep.train_and_record's `recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a
@@ -36,16 +37,13 @@ starts from), selections/ and collected/ per (strategy, round, seed), and collec
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from premem import (bars, grading, io, launcher, metrics, record, record_folder, recorder, run_grid, sweep, tasks,
-                    training)
+from premem import bars, io, launcher, metrics, record, record_folder, run_grid, sweep, training
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
@@ -54,46 +52,14 @@ from premem.curation_efficiency import (base_test_acc, curation_params, data_eff
                                         iid_examples_needed, paired_gaps, plot_scaling)
 from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness, ifd_scores,  # noqa: F401
                                    n_steps, score_table, select, unconditional_prompt)
+from premem.curation_chains import (allocate, budgets, chain_of, chain_train, collect, collected_file,  # noqa: F401
+                                    read_examples, run_name, write_examples)
+from premem.curation_judge import (JUDGED, add_judged, collected_accuracy, collected_by_judge,  # noqa: F401
+                                   example_accuracy, judge_rows, judged, record_base)
 from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
-from premem.errors import PremError
 from premem.tasks import Example
 
 IFD_EPOCHS = 2  # Li et al.'s IFD uses a briefly finetuned ("pre-experienced") model
-
-
-def allocate(ids: list[str], n: int, capacity: dict | None = None) -> dict[str, int]:
-    """Round-robin: n new examples over `ids` in order, skipping those whose source ran dry."""
-    counts = dict.fromkeys(ids, 0)
-    cap = {i: (capacity or {}).get(i) for i in ids}
-    open_ = [i for i in ids if cap[i] is None or cap[i] > 0]
-    while n > 0:
-        if not open_:
-            raise PremError(f"no similar examples left to collect {n} more (selected: {ids[:3]}...)")
-        for i in list(open_):
-            if n == 0:
-                break
-            counts[i] += 1
-            n -= 1
-            if cap[i] is not None and counts[i] >= cap[i]:
-                open_.remove(i)
-    return counts
-
-
-def collect(source: Source, originals: dict, counts: dict, exclude: set, seed: int) -> list[Example]:
-    """counts[id] new examples like each original, none of whose questions is in `exclude` (updated)."""
-    out = []
-    for i, c in counts.items():
-        ex, got, ask = originals[i], [], c
-        while len(got) < c:
-            cap = source.capacity(ex)
-            stream = source.similar(ex, ask if cap is None else min(ask, cap), seed)
-            got = [e for e in stream if e.question not in exclude][:c]
-            if len(got) < c and (cap is not None and ask >= cap or ask > 50 * c + len(exclude)):
-                raise PremError(f"only {len(got)} new examples like {i}, {c} asked")
-            ask += c
-        exclude.update(e.question for e in got)
-        out += got
-    return out
 
 
 def ifd_model(cfg: Params, out: Path, spec: run_grid.RunSpec, train: list[Example], base: str):
@@ -104,34 +70,6 @@ def ifd_model(cfg: Params, out: Path, spec: run_grid.RunSpec, train: list[Exampl
     lm, tok = model_lib.load_configured(cfg, base)
     ckpts = sweep.finetune_on(cfg, lm, tok, train, out / "ifd" / spec.run, spec, IFD_EPOCHS, IFD_EPOCHS)
     return training.load_checkpoint(ckpts[-1]["path"])
-
-
-# ---- the rounds --------------------------------------------------------------------------------------
-
-def _write_examples(path: Path, examples: list[Example]) -> None:
-    io.write_text(path, "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in examples))
-
-
-def _read_examples(path: Path) -> list[Example]:
-    return [Example(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def budgets(cfg: Params, strategy: str) -> list[int]:
-    b = (cfg.curation_iid_rounds or cfg.curation_rounds) if strategy == "iid" else cfg.curation_rounds
-    if not b or any(n < 1 for n in b):
-        raise PremError(f"curation budgets must be positive, got {b} for {strategy}")
-    return list(b)
-
-
-def run_name(strategy: str, r: int, seed: int) -> str:
-    """A chain's run after r collections; also the stem of the selection and the collection that fed it."""
-    return f"originals_seed{seed}" if r == 0 else f"{strategy}_r{r}_seed{seed}"
-
-
-def chain_of(name: str) -> tuple[str, int, int]:
-    """(strategy, round, seed) of a run_name with round >= 1 (strategy names may hold underscores)."""
-    s, r, seed = name.rsplit("_", 2)
-    return s, int(r.removeprefix("r")), int(seed.removeprefix("seed"))
 
 
 def curate(cfg: Params, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
@@ -181,16 +119,16 @@ def _graph(cfg: Params) -> dict:
 
 def _left(out: Path, graph: dict) -> dict:
     """The graph without the steps an earlier curation finished (a cached one starts no worker)."""
-    judged = _judged(out)
+    seen = judged(out)
 
     def done(node, after):
         kind, *key = node
         if kind == "run":
             return record.is_done(record.run_dir(out, run_name(*key)))
         if kind == "next":
-            return _collected_file(out, key[0], key[1] + 1, key[2]).exists()
+            return collected_file(out, key[0], key[1] + 1, key[2]).exists()
         if kind == "judge":
-            return all(done(n, ()) and (n[1], n[2] + 1, n[3]) in judged for n in after)
+            return all(done(n, ()) and (n[1], n[2] + 1, n[3]) in seen for n in after)
         return (out / "base.json").exists()
 
     left = {node: step for node, step in graph.items() if not done(node, step[1])}
@@ -207,39 +145,30 @@ def _final_only(cfg: Params, s: str | None, r: int) -> bool:
     return not reads_history(plan, s, r, cfg.curation_top_fraction)
 
 
-def _chain_train(out: Path, originals: list[Example], s: str | None, r: int, seed: int) -> list[Example]:
-    """What run r of a chain trains on: the originals, then each round's collection in order."""
-    return originals + [ex for i in range(1, r + 1) for ex in _read_examples(_collected_file(out, s, i, seed))]
-
-
-def _collected_file(out: Path, s: str, r: int, seed: int) -> Path:
-    return out / "collected" / f"{run_name(s, r, seed)}.jsonl"
-
-
 def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
     """One node of the graph (in a worker process, or here); a judge returns its rows."""
     cfg, out, (originals, test, held, source) = Params.model_validate_json(cfg_json), Path(out), data
     kind, *key = node
     if kind == "run":
         s, r, seed = key
-        sweep.train_and_record(cfg, _spec(cfg, s, r, seed), _chain_train(out, originals, s, r, seed), test, out,
+        sweep.train_and_record(cfg, _spec(cfg, s, r, seed), chain_train(out, originals, s, r, seed), test, out,
                                base, held, recorded=originals, test_final_only=True,
                                final_only=_final_only(cfg, s, r))
     elif kind == "next":
         s, r, seed = key
-        collected = _collected_file(out, s, r + 1, seed)
+        collected = collected_file(out, s, r + 1, seed)
         if not collected.exists():
             spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)
             d = record.read_run_parts(out, spec.run)
             tau = metrics.chosen_tau(cfg, [d])[0]
-            _write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, budgets(cfg, s)[r], d, tau,
-                                                   spec, _chain_train(out, originals, s, r, seed), originals,
+            write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, budgets(cfg, s)[r], d, tau,
+                                                   spec, chain_train(out, originals, s, r, seed), originals,
                                                    held + test, history=history))
     elif kind == "judge":
-        items = _collected_by_judge(out, _judged(out)).get(key[0])
-        return _judge_rows(cfg, out, key[0], items) if items else []
+        items = collected_by_judge(out, judged(out)).get(key[0])
+        return judge_rows(cfg, out, key[0], items) if items else []
     else:
-        _record_base(cfg, out, base, test)
+        record_base(cfg, out, base, test)
 
 
 def _curate(cfg: Params, out: Path, data: tuple, progress: bool) -> None:
@@ -252,7 +181,7 @@ def _curate(cfg: Params, out: Path, data: tuple, progress: bool) -> None:
 
     def done(node, result):
         if node[0] == "judge" and result:
-            _add_judged(out, result)
+            add_judged(out, result)
         if node[0] == "run":
             bar.set_postfix_str(f"{run_name(*node[1:])} done")
 
@@ -279,7 +208,7 @@ def _curate_by_levels(cfg: Params, out: Path, base: str, data: tuple, graph: dic
         ready = [n for n, (_, after) in graph.items() if n not in finished and finished.issuperset(after)]
         runs = [n for n in ready if n[0] == "run"]
         if runs:
-            sweep.run_jobs(cfg, {_spec(cfg, s, r, seed): _chain_train(out, originals, s, r, seed)
+            sweep.run_jobs(cfg, {_spec(cfg, s, r, seed): chain_train(out, originals, s, r, seed)
                                  for _, s, r, seed in runs},
                            test, held, out, base, recorded=originals, test_final_only=True,
                            final_only={run_name(s, r, seed) for _, s, r, seed in runs if _final_only(cfg, s, r)})
@@ -297,7 +226,7 @@ def _table(cfg: Params, out: Path, originals: list[Example]) -> pd.DataFrame:
                 d = dyns[run_name(s, r, seed)]
                 tau = metrics.chosen_tau(cfg, [d])[0]
                 pre = np.nan if _final_only(cfg, s, r) else float(d.pre_mem_acc(tau)[-1])  # one checkpoint: no history
-                n = len(_chain_train(out, originals, s, r, seed))
+                n = len(chain_train(out, originals, s, r, seed))
                 rows.append(dict(strategy=s, round=r, seed=seed, n_examples=n, n_new=n - len(originals),
                                  test_acc=float(d.test_acc[-1]), pre_mem_acc=pre, run=run_name(s, r, seed)))
     return pd.DataFrame(rows).sort_values(["strategy", "round", "seed"], kind="stable").reset_index(drop=True)
@@ -325,26 +254,6 @@ def reads_history(plan: dict, s: str, r: int, top_fraction: float | None) -> boo
     return any(reads(x) for x in plan) if r == 0 else r < len(plan[s]) and reads(s)
 
 
-def example_accuracy(cfg: Params, lm, checkpoint, tok, examples: list[Example]) -> np.ndarray:
-    """Per example, the fraction of k_test sampled answers that are right, sampled as a run's final
-    checkpoint is (cfg.data_seed): the base model's test accuracy and `collected_accuracy` use it."""
-    prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in examples]
-    answers = recorder.sample_answers(cfg, lm, checkpoint, tok, prompts, cfg.k_test or cfg.k, cfg.data_seed)
-    checker = tasks.answer_checker(cfg)
-    return np.asarray([np.mean([g.correct for g in grading.grade_many(a, ex.answer, checker)])
-                       for ex, a in zip(examples, answers)], dtype=float)
-
-
-def _record_base(cfg: Params, out: Path, base: str, test: list[Example]) -> None:
-    """The base model's test accuracy before any finetuning (k_test per question): the floor every
-    scaling curve starts from. Cached in <out>/base.json."""
-    f = out / "base.json"
-    if not f.exists():
-        lm, tok = model_lib.load_configured(cfg, base)
-        acc = example_accuracy(cfg, lm, base, tok, test)  # the same k per question: its mean is the sample mean
-        io.write_json(f, dict(test_acc=float(acc.mean()), n_test=len(test), k=cfg.k_test or cfg.k))
-
-
 def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train, originals, others,
                 history=True):
     """Score the originals on run `d`, select, allocate `budget` round-robin over the selection's
@@ -369,53 +278,3 @@ def _next_round(cfg, out, base, source, s, r, seed, budget, d, tau, spec, train,
     return got
 
 
-def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -> pd.DataFrame:
-    """How hard each strategy's collected data was for the run whose scores chose it: per (strategy,
-    round, seed), the accuracy of round r-1's final checkpoint on the examples collected for round r
-    (k_test samples each), and their mean step count. Algorithm 1 pays off only where data "like the
-    selected originals" is data the model still gets wrong; round 1's rows share one judge per seed
-    (the originals' run), so they compare the rules directly. Cached in <folder>/collected_accuracy.parquet
-    (the curation fills it as it goes), rewritten after each judge (a killed run resumes)."""
-    folder = Path(folder)
-    by_judge = _collected_by_judge(folder, _judged(folder))
-    for judge, items in tqdm(sorted(by_judge.items()), desc="collected data", disable=not progress):
-        _add_judged(folder, _judge_rows(cfg, folder, judge, items))
-    rows = pd.read_parquet(folder / JUDGED) if (folder / JUDGED).exists() else pd.DataFrame(
-        columns=["strategy", "round", "seed"])
-    return rows.sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
-
-
-JUDGED = "collected_accuracy.parquet"
-
-
-def _judged(folder: Path) -> set:
-    """The (strategy, round, seed) collections already judged."""
-    done = pd.read_parquet(folder / JUDGED) if (folder / JUDGED).exists() else None
-    return set() if done is None else set(zip(done.strategy, done["round"], done.seed))
-
-
-def _collected_by_judge(folder: Path, judged: set) -> dict:
-    """{judge run: [((strategy, round, seed), examples)]} of the collections not judged yet."""
-    by_judge = {}
-    for f in sorted((folder / "collected").glob("*.jsonl")):  # run_name(strategy, round, seed).jsonl
-        s, r, seed = key = chain_of(f.stem)
-        if key not in judged:
-            by_judge.setdefault(run_name(s, r - 1, seed), []).append((key, _read_examples(f)))
-    return by_judge
-
-
-def _judge_rows(cfg: Params, folder: Path, judge: str, items: list) -> list[dict]:
-    """The rows of one judge's collections: its final checkpoint samples them all in one call."""
-    ckpt = record.final_checkpoint(folder, judge)
-    lm, tok = model_lib.load_base(str(ckpt), dtype=cfg.dtype)
-    acc = iter(example_accuracy(cfg, lm, ckpt, tok, [ex for _, exs in items for ex in exs]))
-    return [dict(strategy=s, round=r, seed=seed, judge=judge, n_collected=len(exs),
-                 accuracy=float(np.mean([next(acc) for _ in exs])) if exs else np.nan,
-                 mean_steps=float(np.mean([n_steps(ex) for ex in exs])) if exs else np.nan)
-            for (s, r, seed), exs in items]
-
-
-def _add_judged(folder: Path, rows: list[dict]) -> None:
-    # Only one process writes the table: collected_accuracy, or the curation's parent.
-    done = pd.read_parquet(folder / JUDGED).to_dict("records") if (folder / JUDGED).exists() else []
-    io.write_parquet(folder / JUDGED, pd.DataFrame(done + rows))

@@ -172,9 +172,9 @@ def run_graph(fn, nodes: dict, workers: int, on_done=None) -> None:
         threads = torch.get_num_threads()
         try:
             while pending:
-                if not ready():
+                key = next(iter(ready()), None)
+                if key is None:
                     raise PremError(f"run_graph: a cycle among {sorted(map(str, pending))[:3]}")
-                key = ready()[0]
                 finish(key, _at_one_thread(fn, pending.pop(key)[0]))
         finally:
             torch.set_num_threads(threads)

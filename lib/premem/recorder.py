@@ -243,7 +243,7 @@ def _record_checkpoints(recorder: Recorder, ckpts: list[dict], out: Path, run: s
 def starting_model(cfg: Params, base: str | None) -> str | None:
     """The model training started from: `--base`, else the params' base_model (not the embedded
     one, which is premem's own recipe, not a folder)."""
-    return base or (None if cfg.base_model == "embedded" else cfg.base_model)
+    return base or (None if cfg.base_model == "embedded" else model_lib.named_base(cfg.base_model) or cfg.base_model)
 
 
 def check_base(base: str | None, ckpts: list[dict], pad_token: str = "eos") -> None:

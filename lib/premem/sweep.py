@@ -30,6 +30,8 @@ SHIPPED_MODELS = "models"  # base models the repository carries, named by conten
 
 def base_model_path(cfg: Params, progress: bool = True) -> str:
     """The base model to finetune: the embedded recipe is pretrained once and cached by content hash."""
+    if model_lib.named_base(cfg.base_model):
+        return model_lib.named_base(cfg.base_model)
     if cfg.base_model != "embedded":
         local = cfg.path("base_model")  # a folder relative to the project root, or a hub id
         return str(local) if local.exists() else cfg.base_model
@@ -239,6 +241,9 @@ def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str
     # on rank 0's word), so that none waits for the others in a run they skipped.
     todo = {s: t for s, t in jobs.items()
             if launcher.world_size() > 1 or not record.is_done(record.run_dir(record_dir, s.run))}
+    # Longest first (epochs x examples: training, and the checkpoints recorded, grow with both), so
+    # that no worker is left alone with a long run at the end. Runs do not depend on their order.
+    todo = dict(sorted(todo.items(), key=lambda job: -job[0].epochs * len(job[1])))
     args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
              s.run in final_only) for s, t in todo.items()]
 
