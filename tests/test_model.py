@@ -1,5 +1,6 @@
 """premem.model: char tokenizer, the cached embedded base, and load_base on folders, gguf and bad paths."""
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,6 +137,18 @@ def test_load_base_gguf_generates(tmp_path):
     # De-quantised floats, no longer marked quantised: the Trainer finetunes it in full (gpu_check's smollm stage).
     assert not model.is_quantized and model.hf_quantizer is None and next(model.parameters()).is_floating_point()
     assert not hasattr(model.config, "quantization_config")
+    # Its live params (issue 32) load, name this file, and one finetuning step on their task runs.
+    from premem import data as data_lib, run_grid, tasks, training
+    from premem.config import load_params
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params" / "smollm2-135m_arith.yaml")
+    assert pm.named_base(cfg.base_model) == str(gguf) and len(run_grid.grid(cfg)) == 6
+    train = data_lib.load_examples(cfg)[0][:2]
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    ckpts = training.finetune(model, tok, [tasks.format_prompt(e, cfg.prompt_template) for e in train],
+                              [tasks.format_target(e, cfg.target_template) for e in train], output_dir=tmp_path / "run",
+                              lr=cfg.lrs[-1], epochs=1, batch_size=2, warmup_ratio=0.0, progress=False)  # no warmup
+    assert [c["step"] for c in ckpts] == [1] and not torch.equal(model.model.layers[0].mlp.down_proj.weight, before)
 
 
 def test_a_folder_that_asks_for_its_own_code_is_refused(tmp_path):
