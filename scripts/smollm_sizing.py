@@ -39,16 +39,16 @@ if __name__ == "__main__":
     for threads in (1, 2):
         torch.set_num_threads(threads)
         row = {}
-        for how, lora in (("full", None), ("lora r16", dict(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                               "o_proj"]))):
+        lora_r16 = dict(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        for how, lora in (("full", None), ("lora r16", lora_r16)):
             lm, tok = model_lib.load_configured(cfg, base)
             with tempfile.TemporaryDirectory() as tmp:
                 s, _ = timed(lambda: training.finetune(lm, tok, prompts, targets, output_dir=tmp, lr=1e-4, epochs=1,
                                                        batch_size=8, lora=lora, progress=False))
             row[f"train epoch, {how}: s per example"] = round(s / N, 2)
         lm, tok = model_lib.load_configured(cfg, base)
-        s, answers = timed(lambda: sampling.sample(lm, tok, prompts, k=4, temperature=0.8, max_new_tokens=cfg.max_new_tokens,
-                                                   stop=cfg.stop, seed=0, batch_size=64, progress=False))
+        s, answers = timed(lambda: sampling.sample(lm, tok, prompts, k=4, temperature=0.8, stop=cfg.stop, seed=0,
+                                                   max_new_tokens=cfg.max_new_tokens, batch_size=64, progress=False))
         ntok = sum(len(tok(c)["input_ids"]) for a in answers for c in a)
         row["sampling k=4: s per question"] = round(s / N, 2)
         row["sampling: tokens/s"] = round(ntok / s, 1)
