@@ -47,15 +47,16 @@ from premem import bars, io, launcher, metrics, record, record_folder, run_grid,
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
-# The rules and the measures live in modules of their own; their names are curation's API too.
-from premem.curation_efficiency import (base_test_acc, curation_params, data_efficiency, folder_of,  # noqa: F401
-                                        iid_examples_needed, paired_gaps, plot_scaling)
-from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness, ifd_scores,  # noqa: F401
-                                   n_steps, score_table, select, unconditional_prompt)
+# The chains, the judging, the rules and the measures live in modules of their own; their names are
+# curation's API too.
 from premem.curation_chains import (allocate, budgets, chain_of, chain_train, collect, collected_file,  # noqa: F401
                                     read_examples, run_name, write_examples)
+from premem.curation_efficiency import (base_test_acc, curation_params, data_efficiency, folder_of,  # noqa: F401
+                                        iid_examples_needed, paired_gaps, plot_scaling)
 from premem.curation_judge import (JUDGED, add_judged, collected_accuracy, collected_by_judge,  # noqa: F401
                                    example_accuracy, judge_rows, judged, record_base)
+from premem.curation_rules import (RULES, check_strategies, forgetting_events, hardness, ifd_scores,  # noqa: F401
+                                   n_steps, score_table, select, unconditional_prompt)
 from premem.curation_sources import PoolSource, ProceduralSource, Source, source_for  # noqa: F401
 from premem.tasks import Example
 
