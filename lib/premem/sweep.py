@@ -30,8 +30,9 @@ SHIPPED_MODELS = "models"  # base models the repository carries, named by conten
 
 def base_model_path(cfg: Params, progress: bool = True) -> str:
     """The base model to finetune: the embedded recipe is pretrained once and cached by content hash."""
-    if model_lib.named_base(cfg.base_model):
-        return model_lib.named_base(cfg.base_model)
+    named = model_lib.named_base(cfg.base_model)  # one premem knows by name (model.NAMED_BASES)
+    if named:
+        return named
     if cfg.base_model != "embedded":
         local = cfg.path("base_model")  # a folder relative to the project root, or a hub id
         return str(local) if local.exists() else cfg.base_model
