@@ -157,14 +157,12 @@ def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
                                final_only=_final_only(cfg, s, r))
     elif kind == "next":
         s, r, seed = key
-        collected = collected_file(out, s, r + 1, seed)
-        if not collected.exists():
-            spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)
-            d = record.read_run_parts(out, spec.run)
-            tau = metrics.chosen_tau(cfg, [d])[0]
-            write_examples(collected, _next_round(cfg, out, base, source, s, r, seed, budgets(cfg, s)[r], d, tau,
-                                                   spec, chain_train(out, originals, s, r, seed), originals,
-                                                   held + test, history=history))
+        spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)  # _left skipped it if collected
+        d = record.read_run_parts(out, spec.run)
+        tau = metrics.chosen_tau(cfg, [d])[0]
+        write_examples(collected_file(out, s, r + 1, seed),
+                       _next_round(cfg, out, base, source, s, r, seed, budgets(cfg, s)[r], d, tau, spec,
+                                   chain_train(out, originals, s, r, seed), originals, held + test, history=history))
     elif kind == "judge":
         items = collected_by_judge(out, judged(out)).get(key[0])
         return judge_rows(cfg, out, key[0], items) if items else []
@@ -174,8 +172,8 @@ def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
 
 def _curate(cfg: Params, out: Path, data: tuple, progress: bool) -> None:
     base = sweep.base_model_path(cfg, progress=progress)
-    graph, cfg_json = _left(out, _graph(cfg)), cfg.model_dump_json()
-    runs = [n for n in _graph(cfg) if n[0] == "run"]
+    whole, cfg_json = _graph(cfg), cfg.model_dump_json()
+    graph, runs = _left(out, whole), [n for n in whole if n[0] == "run"]  # the bar counts every run
     every = bars.saves(cfg.curation_epochs, sweep.save_every(cfg, cfg.curation_epochs))
     planned = sum(1 if _final_only(cfg, s, r) else every for _, s, r, _ in runs)
     bar = tqdm(total=planned, desc="curation", unit="checkpoint", disable=not progress)
