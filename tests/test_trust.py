@@ -322,22 +322,42 @@ def test_finetune_leaves_another_trainers_checkpoints_alone(tmp_path, base):
     assert snapshot(tmp_path) == before
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The pool workers (spawned processes) whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
-    """A scheduler's stop (SIGTERM) unwinds like Ctrl-C: the lock is released (emptied) and no
-    temporary is left, so the next writer neither waits nor finds half-written files."""
+    """A scheduler's stop (SIGTERM to the command alone, as `timeout` sends it) unwinds like Ctrl-C:
+    the lock is released (emptied), no temporary is left, and the command's worker processes end
+    with it: none goes on training, and the runs not yet started are not started."""
     import signal
     import time
 
     params = tmp_path / "p.yaml"
-    params.write_text(SMOKE.read_text() + f"\nworkers: 1\ncache_dir: {tmp_path / 'cache'}\n")
+    params.write_text(SMOKE.read_text() + f"\nworkers: 2\nepochs: [2, 3, 4]\ncache_dir: {tmp_path / 'cache'}\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "premem", "sweep", "--params", str(params), "--out", str(out),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not ((out / record_folder.LOCK).is_file() and (out / record_folder.LOCK).read_text()) and time.time() < deadline:
-        time.sleep(0.2)
+    while not list(out.glob("runs/*/parts/*.parquet")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # until a worker is inside a run
     assert "premem sweep" in (out / record_folder.LOCK).read_text()  # holding it
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]  # no worker left running
+    assert len(list(out.glob("runs/*/done.json"))) < 6  # the pool did not run the grid to its end
     assert (out / record_folder.LOCK).read_text() == ""  # released on the way out
     assert not [p for p in out.rglob(".*") if io.is_temporary(p)]

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from premem import io, metrics, predictors, record, robustness
-from premem.config import CURATION_KEYS, Params
+from premem import io, metrics, predictors, record, robustness, shipped
+from premem.config import CURATION_KEYS, Params, shown
 from premem.curation_efficiency import base_test_acc, curation_params, folder_of, paired_gaps
 from premem.dynamics import checkpoint_table
 from premem.errors import Missing  # noqa: F401 (re-exported: callers catch claims.Missing)
@@ -73,12 +73,13 @@ class Sweep:
 
 
 def open_sweep(cfg: Params | None = None, record_dir: str | Path | None = None) -> Sweep:
-    """The record of `cfg`'s sweep, or the record at `record_dir` with the params it was made with
-    (whatever wrote it: a sweep, premem record, PreMemCallback)."""
-    record_dir = Path(record.default_dir(cfg) if record_dir is None else record_dir)
+    """The record of `cfg`'s sweep (made here, else shipped: premem.shipped), or the record at
+    `record_dir` with the params it was made with (whatever wrote it: a sweep, premem record,
+    PreMemCallback)."""
+    record_dir = Path(shipped.find_dir(cfg) if record_dir is None else record_dir)
     if not (record_dir / "samples.parquet").exists():
         made_by = f"premem sweep --params <{cfg.name}'s params file>" if cfg else "premem sweep or premem record"
-        raise Missing(f"no record at {record_dir}: run `{made_by}`")
+        raise Missing(f"no record at {shown(record_dir)}: run `{made_by}`")
     cfg = record.read_config(record_dir) if cfg is None else cfg
     runs = record.read_runs(record_dir)
     tau, threshold = metrics.chosen_tau(cfg, runs)
@@ -273,7 +274,8 @@ def curation_efficiency(cfg: Params) -> Claim:
     i.i.d. scaling, the i.i.d. curve, and paired gaps by seed."""
     folder = folder_of(cfg)
     if not (folder / "efficiency.parquet").is_file():
-        raise Missing(f"no finished curation at {folder}: run `premem curate --params <{cfg.name}'s params file>`")
+        raise Missing(f"no finished curation at {shown(folder)}: "
+                      f"run `premem curate --params <{cfg.name}'s params file>`")
     table = pd.read_parquet(folder / "curation.parquet")
     efficiency = pd.read_parquet(folder / "efficiency.parquet")
     base = pd.DataFrame(dict(test_acc=[base_test_acc(folder)]))

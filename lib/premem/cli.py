@@ -8,6 +8,7 @@ premem examples PATH  one row per training example: pre-mem accuracy, when it wa
 premem reproduce    run the numbered notebooks in order (papermill), figures into figures/
 premem ledger       the claims ledger (figures/claims.md) from the cached records
 premem curate       claim 4's curation rounds; premem perturb: claim 3's perturbed queries
+premem ship         copy a finished record's tables (not its checkpoints) into records/, which the repository carries
 
 The commands that run a stage (record, pretrain, sweep, perturb, curate, reproduce, ledger) import
 it when they run: torch, transformers and papermill take seconds to import, and `premem --help`, a
@@ -28,10 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from premem import data as data_lib
-from premem import io, record, record_folder
+from premem import io, record, record_folder, shipped
 from premem.config import load_params, project_root
 from premem.dynamics import by_dataset, example_table, pick_run
-from premem.errors import PremError
+from premem.errors import PremError, terminated
 from premem.fitting import dataset_taus, fit_datasets, load_runs, print_fit
 
 
@@ -147,6 +148,12 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    cfg = load_params(args.params)
+    print(shipped.ship(record.default_dir(cfg)))
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from premem.reproduce import reproduce
 
@@ -237,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perturb", help="sample claim 3's perturbed training queries of a swept params file (cached)")
     p.add_argument("--params", required=True, help="params YAML file, e.g. params/tiny.yaml (swept first)")
     p.set_defaults(func=cmd_perturb)
+    p = sub.add_parser("ship", help="copy a params file's finished record (tables and caches, no checkpoints) into "
+                       "records/, where the ledger and notebooks read it on any machine")
+    p.add_argument("--params", required=True, help="params YAML file whose record (<out_dir>/<name>-<hash>) to ship")
+    p.set_defaults(func=cmd_ship)
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--params", help="params file for the live notebooks (default params/tiny.yaml)")
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
@@ -255,16 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 PATH_ERRORS = ("EACCES", "EPERM", "ENOSPC", "EROFS", "EDQUOT", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "EEXIST")
 
 
-def _terminated(signum, frame):
-    """SIGTERM (a scheduler's stop, `kill`) ends the command like Ctrl-C: its atomic writes remove
-    their temporaries and its lock is released on the way out."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    before = signal.signal(signal.SIGTERM, terminated) if main_thread else None
     try:
         return args.func(args)
     except PremError as e:

@@ -10,9 +10,11 @@ so nothing recorded is lost.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from premem.errors import PremError
+from premem.errors import PremError, terminated
 
 LAUNCHERS = ("local", "slurm")
 
@@ -138,8 +140,7 @@ def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
         finally:
             torch.set_num_threads(threads)
         return results
-    with ProcessPoolExecutor(min(workers, len(args)), mp_context=spawn_context(), initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with worker_pool(min(workers, len(args))) as pool:
         futures = [pool.submit(_at_one_thread, fn, a) for a in args]
         for f in as_completed(futures):
             if on_done is not None:
@@ -179,8 +180,7 @@ def run_graph(fn, nodes: dict, workers: int, on_done=None) -> None:
         finally:
             torch.set_num_threads(threads)
         return
-    with ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with worker_pool(workers) as pool:
         while pending or running:
             for key in ready()[:workers - len(running)]:
                 running[pool.submit(_at_one_thread, fn, pending.pop(key)[0])] = key
@@ -204,10 +204,43 @@ def spawn_context():
     return multiprocessing.get_context("spawn")
 
 
+@contextlib.contextmanager
+def worker_pool(workers: int, initializer=None):
+    """A pool of `workers` spawned processes that ends with its caller: when the caller stops (an
+    error, Ctrl-C, a SIGTERM that the command turned into SystemExit) no worker goes on. A plain
+    pool's exit would wait for the jobs it runs: a lone SIGTERM to the parent (`timeout`, some
+    schedulers) left both workers training to the end of their runs."""
+    pool = ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=initializer or die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 10.0) -> None:
+    """Cancel what has not started and end the workers: SIGTERM first (each unwinds as the command
+    does, its atomic writes removing their temporaries), SIGKILL for one still there after grace_s."""
+    workers = list((pool._processes or {}).values())  # noqa: SLF001 (the pool has no public handle on them)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in workers:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def die_with_parent(parent: int) -> None:
-    """A worker's start: end when `parent` (the pid that spawned it) ends. A pool's worker holds
-    both ends of its task queue, so it never sees its parent go (killed, say, or preempted): it
-    would wait forever, holding its memory, GPU memory included."""
+    """A worker's start: end when `parent` (the pid that spawned it) ends, and unwind on SIGTERM
+    (the pool's stop_workers). A pool's worker holds both ends of its task queue, so it never sees
+    its parent go (killed, say, or preempted): it would wait forever, holding its memory, GPU
+    memory included."""
+    signal.signal(signal.SIGTERM, terminated)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="premem-parent").start()
 
 
@@ -245,5 +278,5 @@ def _alone(parent: int) -> None:
 def in_fresh_process(fn, args: tuple) -> None:
     """fn(*args) in a new spawned process of its own (one torch thread on a CPU), waited for; its
     error is raised here."""
-    with ProcessPoolExecutor(1, mp_context=spawn_context(), initializer=_alone, initargs=(os.getpid(),)) as pool:
+    with worker_pool(1, initializer=_alone) as pool:
         pool.submit(Job(fn), *args).result()

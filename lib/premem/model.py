@@ -5,6 +5,8 @@ ready for batched generation. The embedded default is built by premem.embedded.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -50,8 +52,9 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         # Never the folder's own Python unless asked: transformers would otherwise ask on stdin (and run it on "y").
         tok = AutoTokenizer.from_pretrained(tok_folder, cache_dir=kwargs["cache_dir"],
                                             trust_remote_code=trust_remote_code, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **file_kwargs,
-                                                     **kwargs)
+        with _gguf_bar_as_transformers_bars() if "gguf_file" in file_kwargs else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **file_kwargs,
+                                                         **kwargs)
     except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
     if "gguf_file" in file_kwargs:
@@ -67,6 +70,25 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
                         f"{model.get_input_embeddings().num_embeddings}: not the model's own tokenizer")
     prepare_tokenizer(tok, model, pad_token=pad_token)
     return model, tok
+
+
+@contextlib.contextmanager
+def _gguf_bar_as_transformers_bars():
+    """transformers' gguf loader draws its bar with tqdm itself, not through its own switchable bars:
+    where those are off (premem's workers, launcher.quiet_libraries), it goes too (a sweep's
+    terminal showed a de-quantising bar per run between its own bar's updates)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging as hf_logging
+
+    shown = getattr(gguf, "tqdm", None)
+    if shown is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf.tqdm = functools.partial(shown, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = shown
 
 
 def load_configured(cfg, spec: str, **kwargs):

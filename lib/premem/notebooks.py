@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from premem import claims, record, robustness, run_grid
+from premem import claims, record, robustness, shipped
 from premem.config import SWITCH, from_notebook, load_params, project_root, shown
 from premem.curation_efficiency import folder_of
 
@@ -46,7 +46,7 @@ def open_record(namespace: dict):
         s = claims.open_sweep(cfg, record_dir)
     else:
         cfg = notebook_params(namespace)
-        if not swept(cfg):
+        if not shipped.swept(cfg):
             from premem import sweep  # the stage, imported only to run (torch, transformers: seconds)
 
             sweep.sweep(cfg)
@@ -54,13 +54,6 @@ def open_record(namespace: dict):
     print(f"{s.cfg.name}: {len(s.runs)} runs from {shown(s.record_dir)}")
     print(s.threshold)
     return s
-
-
-def swept(cfg) -> bool:
-    """Every run of the params' grid finished in their record, and its tables up to date."""
-    folder = record.default_dir(cfg)
-    return (record.is_record_dir(folder) and record.finished(folder)
-            and all(record.is_done(record.run_dir(folder, spec.run)) for spec in run_grid.grid(cfg)))
 
 
 def perturbed(s) -> None:

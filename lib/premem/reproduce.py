@@ -26,7 +26,7 @@ import papermill
 import yaml
 from jupyter_client.manager import KernelManager
 
-from premem import claims, curation, ledger, perturb, sweep
+from premem import claims, curation, ledger, perturb, shipped, sweep
 from premem.config import DEFAULT_PARAMS, NOTEBOOK_PARAMS, SWITCH, load_params, project_root, shown
 from premem.errors import PremError
 from premem.io import write_text
@@ -121,14 +121,15 @@ def numbered_notebooks(root: Path) -> list[Path]:
 # `premem reproduce` runs them as commands first, with their progress in the terminal; the notebooks
 # then read the cached records in seconds. A new stage is one entry.
 STAGES = {
-    "sweep": (lambda cfg, progress: sweep.sweep(cfg, progress=progress), ("02", "03", "04", "05", "06")),
+    "sweep": (lambda cfg, progress: shipped.swept(cfg) or sweep.sweep(cfg, progress=progress),
+              ("02", "03", "04", "05", "06")),
     "perturb": (lambda cfg, progress: _perturb(claims.open_sweep(cfg)), ("06",)),
     "curate": (lambda cfg, progress: curation.curate(cfg, progress=progress), ("07",)),
 }
 
 
 def _perturb(s) -> None:
-    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)
+    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)  # cached perturbations start no worker
 
 
 def _kernel_manager():
