@@ -204,6 +204,8 @@ def test_binned_means_counts_and_wilson_intervals():
     lo, hi = proportion_confint(5, 8, method="wilson")
     np.testing.assert_allclose(b.loc[2, ["ci_low", "ci_high"]].astype(float), [lo, hi])
     assert (b.ci_low <= b["mean"]).all() and (b["mean"] <= b.ci_high).all()
+    every = robustness.binned(hand_table().head(3).assign(robustness=1.0, pre_mem_acc=1.0), "pre_mem_acc")
+    assert every.ci_high.tolist() == [1.0] and every.samples.tolist() == [12]  # Wilson's 12 of 12: 1 - 1e-16
     assert robustness.binned(hand_table(), "train_acc").n_examples.tolist() == [8]
     # By default the bins fit the accuracies' grid: 4 samples give multiples of 0.25, each its own bin.
     assert robustness.binned(hand_table(), "pre_mem_acc").bin.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -155,7 +155,10 @@ def binned(table: pd.DataFrame, by: str = "pre_mem_acc", width: float | None = N
     out = t.groupby("bin").agg(n_examples=("robustness", "size"), mean=("robustness", "mean"),
                                correct=("correct", "sum"), samples=("samples", "sum")).reset_index()
     lo, hi = proportion_confint(out.correct, out.samples, alpha=0.05, method="wilson")
-    return out.assign(ci_low=np.asarray(lo), ci_high=np.asarray(hi))
+    # Wilson's bound at a proportion of 0 or 1 is that proportion up to float rounding (12 of 12
+    # gives 0.9999999999999999), which left the bin's mean outside its own interval.
+    share = out.correct / out.samples
+    return out.assign(ci_low=np.minimum(np.asarray(lo), share), ci_high=np.maximum(np.asarray(hi), share))
 
 
 @dataclass(frozen=True)
