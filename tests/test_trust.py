@@ -349,8 +349,8 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "premem", "sweep", "--params", str(params), "--out", str(out),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(out.glob("runs/*/parts/*.parquet")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)  # until a worker is inside a run
+    while len(list(out.glob("runs/*/run.json"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # until both workers are inside a run (a worker opens its run)
     assert "premem sweep" in (out / record_folder.LOCK).read_text()  # holding it
     workers = _workers_of(proc.pid)
     assert len(workers) == 2

@@ -121,7 +121,15 @@ def run_arrays(cfg, arrays: list[Array], folder: str | Path, on_done=None, poll_
 def _at_one_thread(fn, args):
     torch.set_num_threads(1)
     quiet_libraries()
-    return fn(*args)
+    try:
+        return fn(*args)
+    except SystemExit as e:
+        if multiprocessing.parent_process() is None:
+            raise
+        # A pool worker stopped by stop_workers' SIGTERM: the job has unwound (its temporaries are
+        # gone); end the process now, or the pool's worker loop would report the exit as the job's
+        # result and wait for another job until the grace period's SIGKILL.
+        os._exit(e.code if isinstance(e.code, int) else 1)
 
 
 def map_one_thread(fn, args: list[tuple], workers: int, on_done=None) -> list:
