@@ -123,7 +123,8 @@ def read_tables(record_dir: str | Path, run: str | None, perturbations, *, k: in
     paths = {p: cache_path(record_dir, dyn.run, p, k, seed, tau) for p in perturbations}
     lacking = [p for p, f in paths.items() if not f.exists()]
     if lacking:
-        raise Missing(f"robustness of run {dyn.run} under {', '.join(lacking)} not sampled yet in {shown(record_dir)}: "
+        raise Missing(f"robustness of run {dyn.run} under {', '.join(lacking)} not sampled yet in "
+                      f"{shown(record_dir)}: "
                       f"run `premem perturb --params <{cfg.name}'s params file>` (or notebook 06, premem reproduce)")
     tables = [pd.read_parquet(f) for f in paths.values()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)

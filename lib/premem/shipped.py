@@ -4,10 +4,11 @@ params) on a machine that never ran it. A record that costs an hour of these CPU
 sweep) is then made once, by the commands that made it (`premem sweep`, `premem perturb`), and
 shipped with `premem ship`.
 
-`swept` says whether a params file's record is there to read (the notebooks' setup and `premem
-reproduce` sweep only when it is not). A shipped record is read only where the params' own record folder (<out_dir>/<name>-<hash>) holds
+A shipped record is read only where the params' own record folder (<out_dir>/<name>-<hash>) holds
 no record: a record made here is always the one read. Its hash is the params' (config.hash), so an
-edited params file names another record and the shipped one is no longer taken for it.
+edited params file names another record and the shipped one is no longer taken for it. `swept` says
+whether a params file's record is there to read (the notebooks' setup and `premem reproduce` sweep
+only when it is not).
 """
 from __future__ import annotations
 
