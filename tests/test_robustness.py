@@ -136,17 +136,19 @@ def test_real_sampling_end_to_end(smoke_record):
         perturb.robustness_table(out, None, perturbation="shuffle", progress=False)
 
 
-def test_perturbations_in_worker_processes_match_one_process(smoke_record, tmp_path):
-    """Two one-thread workers give the same tables as this process at one thread; cached tables are read back."""
+def test_perturbations_in_worker_processes_match_one_process(smoke_record, tmp_path, capsys):
+    """Two one-thread workers give the same tables as this process at one thread; cached tables are
+    read back; the bar counts the perturbations as their tables are cached."""
     import shutil
 
     cfg, out = smoke_record
     copy = tmp_path / "record"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("robustness"))
     kinds = ["first", "problem"]
-    parallel = perturb.robustness_tables(copy, None, kinds, k=2, seed=9, workers=2)
+    parallel = perturb.robustness_tables(copy, None, kinds, k=2, seed=9, workers=2, progress=True)
     assert parallel.perturbation.tolist() == ["first"] * cfg.n_train + ["problem"] * cfg.n_train
     assert len(list((copy / "robustness").glob("*.parquet"))) == 2
+    assert "2/2 [" in capsys.readouterr().err.splitlines()[-1]  # the bar's last state: both sampled
     shutil.rmtree(copy / "robustness")
     serial = perturb.robustness_tables(copy, None, kinds, k=2, seed=9, workers=1)
     pd.testing.assert_frame_equal(parallel, serial)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from premem import checkpoints, grading, io, launcher, record, recorder, robustness, tasks, training
+from premem import bars, checkpoints, grading, io, launcher, record, recorder, robustness, tasks, training
 from premem import data as data_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -58,22 +59,29 @@ def _table_job(record_dir: str, run: str, perturbation: str, k, seed: int, tau: 
 
 
 def robustness_tables(record_dir: str | Path, run: str | None, perturbations, *, k: int | None = None,
-                      seed: int = 0, tau: float | None = None, workers: int = 1) -> pd.DataFrame:
+                      seed: int = 0, tau: float | None = None, workers: int = 1, progress: bool = False
+                      ) -> pd.DataFrame:
     """`robustness_table` for each perturbation, concatenated in their order; uncached ones sample
-    in `workers` one-thread processes (launcher.map_one_thread), which does not change the tables."""
+    in `workers` one-thread processes (launcher.map_one_thread), which does not change the tables.
+    `progress`: a bar of the perturbations sampled, moving as each one's table is cached."""
     robustness.check(perturbations)
     _, dyn, n, tau = robustness.resolved(record_dir, run, k, tau)  # one run and tau for every worker
     # Only what is not cached yet goes to workers: a cached stage starts no process.
-    todo = [p for p in perturbations if not robustness.cache_path(record_dir, dyn.run, p, n, seed, tau).exists()]
-    launcher.map_one_thread(_table_job, [(str(record_dir), dyn.run, p, k, seed, tau) for p in todo], workers)
+    todo = [robustness.cache_path(record_dir, dyn.run, p, n, seed, tau) for p in perturbations]
+    todo = {p: path for p, path in zip(perturbations, todo) if not path.exists()}
+    bar = tqdm(total=len(todo), desc=f"perturb {dyn.run}", unit="perturbation", disable=not (progress and todo))
+    with bars.counting(bar, lambda: sum(path.exists() for path in todo.values())):
+        launcher.map_one_thread(_table_job, [(str(record_dir), dyn.run, p, k, seed, tau) for p in todo], workers)
+    bar.close()
     return robustness.read_tables(record_dir, dyn.run, perturbations, k=k, seed=seed, tau=tau)
 
 
-def sample_perturbations(record_dir: str | Path, cfg: Params | None = None, tau: float | None = None) -> pd.DataFrame:
+def sample_perturbations(record_dir: str | Path, cfg: Params | None = None, tau: float | None = None,
+                         progress: bool = True) -> pd.DataFrame:
     """The perturbations claim 3 reads, with the record's params (or `cfg`): its robustness_run
     (None: the most memorising run), the perturbations that apply to its task, robustness_k and
-    robustness_seed, sampled in its `workers` processes."""
+    robustness_seed, sampled in its `workers` processes, with a bar (`progress`)."""
     cfg = cfg or record.read_config(record_dir)
     run = cfg.robustness_run or robustness.default_run(record_dir)
     return robustness_tables(record_dir, run, robustness.kinds(cfg), k=cfg.robustness_k, seed=cfg.robustness_seed,
-                             tau=tau, workers=cfg.workers)
+                             tau=tau, workers=cfg.workers, progress=progress)

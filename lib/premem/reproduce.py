@@ -124,7 +124,7 @@ def numbered_notebooks(root: Path) -> list[Path]:
 STAGES = {
     "sweep": (lambda cfg, progress: shipped.swept(cfg) or sweep.sweep(cfg, progress=progress),
               ("02", "03", "04", "05", "06")),
-    "perturb": (lambda cfg, progress: _perturb(claims.open_sweep(cfg)), ("06",)),
+    "perturb": (lambda cfg, progress: _perturb(claims.open_sweep(cfg), progress), ("06",)),
     "curate": (lambda cfg, progress: curation.curate(cfg, progress=progress), ("07",)),
 }
 
@@ -134,8 +134,8 @@ STAGES = {
 NOTEBOOK_WORKERS = 2
 
 
-def _perturb(s) -> None:
-    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau)  # cached perturbations start no worker
+def _perturb(s, progress: bool) -> None:
+    perturb.sample_perturbations(s.record_dir, s.cfg, tau=s.tau, progress=progress)  # cached: starts no worker
 
 
 def _kernel_manager():
