@@ -238,7 +238,7 @@ def test_readme_shows_the_generated_ledger():
     assert block and block in (ROOT / "figures" / "claims.md").read_text()
 
 
-def test_reproduce_runs_one_notebook_and_writes_its_ledger(tmp_path):
+def test_reproduce_runs_one_notebook_and_writes_its_ledger(tmp_path, monkeypatch):
     """`premem reproduce --params params/smoke.yaml --only 03`: executed copies, summary rows, and
     the smoke ledger in smoke's figures folder; the README (the CPU default's ledger) is untouched.
     A params file outside the project (a user's own) works too, here for notebook 04."""
@@ -249,7 +249,13 @@ def test_reproduce_runs_one_notebook_and_writes_its_ledger(tmp_path):
     readme = (ROOT / "README.md").read_text()
     with pytest.raises(PremError, match="no notebook numbered 99"):
         reproduce(params="params/smoke.yaml", only=["99"], progress=False)
+    # Two notebooks at once never move this process's working directory (papermill's `cwd` did, and
+    # threads overlapping left it in notebooks/): the kernels start in their folder by themselves.
+    moved = []
+    monkeypatch.setattr(os, "chdir", lambda path, chdir=os.chdir: (moved.append(path), chdir(path))[1])
+    here = Path.cwd()
     summary = reproduce(params="params/smoke.yaml", only=["04", "03"], progress=False)
+    assert Path.cwd() == here and {str(p) for p in moved} <= {str(here)}  # papermill restores what it found
     # The sweep runs first as a stage of its own (cached here), then the notebooks (two at a time,
     # their rows in their order), then the wall clock of it all.
     assert summary.stage.tolist() == ["sweep", "03_premem_predicts_test.ipynb", "04_threshold.ipynb", "total (wall)"]

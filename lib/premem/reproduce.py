@@ -226,6 +226,10 @@ def reproduce(params: str | None = None, only: list[str] | None = None, progress
 def _execute(book: str, executed: str, parameters: dict) -> float:
     """One notebook with papermill (in a thread of `reproduce`); its seconds."""
     start = time.time()
-    papermill.execute_notebook(book, executed, parameters=parameters, cwd=str(Path(book).parent),
-                               progress_bar=False, kernel_name="python3", kernel_manager_class=_kernel_manager())
+    # The kernel starts in the notebook's folder through nbclient's resources, not papermill's `cwd`:
+    # that changes this whole process's working directory, and two notebooks overlapping in threads
+    # left it in notebooks/ (the caller's relative paths then broke).
+    papermill.execute_notebook(book, executed, parameters=parameters, progress_bar=False, kernel_name="python3",
+                               kernel_manager_class=_kernel_manager(),
+                               resources={"metadata": {"path": str(Path(book).parent)}})
     return round(time.time() - start, 1)
