@@ -28,3 +28,16 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             tmp.write_text("half")
             1 / 0
     assert f.read_text() == '{\n  "a": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == ["c.json"]
+
+
+def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "folder"
+    with pytest.raises(RuntimeError):
+        with io.atomic_folder(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("stopped mid-write")
+    assert not target.exists() and os.listdir(tmp_path / "sub") == []  # nothing, not even the temporary
+    with io.atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("whole")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "whole" and os.listdir(tmp_path / "sub") == ["folder"]

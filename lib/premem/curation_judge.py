@@ -56,7 +56,6 @@ def collected_accuracy(cfg: Params, folder: str | Path, progress: bool = True) -
     return rows.sort_values(["round", "strategy", "seed"], kind="stable").reset_index(drop=True)
 
 
-
 def judged(folder: Path) -> set:
     """The (strategy, round, seed) collections already judged."""
     done = pd.read_parquet(folder / JUDGED) if (folder / JUDGED).exists() else None

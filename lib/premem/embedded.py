@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import string
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import premem
+from premem import io
 from premem.errors import PremError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, in this order
@@ -116,23 +114,18 @@ def build_embedded_base(texts: list[str], *, cache_dir, d_model: int = 128, n_la
                       seq_len=seq_len, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{digest}."))
+    meta = {"hp": hp, "n_texts": len(texts), "premem": premem.__version__, "format": EMBEDDED_FORMAT,
+            "n_params": sum(p.numel() for p in model.parameters()), "seconds": round(seconds, 2),
+            "steps_per_s": round(steps / max(seconds, 1e-9), 2), "torch_threads": torch.get_num_threads(),
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {"hp": hp, "n_texts": len(texts), "premem": premem.__version__, "format": EMBEDDED_FORMAT,
-                "n_params": sum(p.numel() for p in model.parameters()), "seconds": round(seconds, 2),
-                "steps_per_s": round(steps / max(seconds, 1e-9), 2), "torch_threads": torch.get_num_threads(),
-                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
-        (tmp / "premem_embedded.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished the same folder first: theirs is identical
-            if not (final / "premem_embedded.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with io.atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "premem_embedded.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    except OSError:  # another process finished the same folder first: theirs is identical
+        if not (final / "premem_embedded.json").is_file():
+            raise
     return final
 
 

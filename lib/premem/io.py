@@ -5,6 +5,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -29,6 +31,20 @@ def atomic_target(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a new temporary folder beside `path`; on success rename it onto `path` (absent, or an
+    empty folder), else remove it: the folder is complete or absent, whoever stops the writer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_temporary(path: str | os.PathLike) -> bool:

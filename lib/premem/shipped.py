@@ -13,10 +13,9 @@ only when it is not).
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
-from premem import record, run_grid
+from premem import io, record, run_grid
 from premem.config import Params, project_root
 from premem.errors import PremError
 
@@ -66,9 +65,7 @@ def ship(record_dir: str | Path, root: str | Path | None = None) -> Path:
     foreign = sorted(p.name for p in dest.iterdir() if p.name not in TABLES + CACHES) if dest.is_dir() else []
     if foreign:  # an earlier copy is replaced whole: never over a file premem did not put there
         raise PremError(f"{dest / foreign[0]}: not a file of a shipped record; move it away to ship again")
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}"  # complete or absent: renamed into place
-    try:
-        tmp.mkdir(parents=True)
+    with io.atomic_folder(dest) as tmp:  # complete or absent
         for name in TABLES:
             if (record_dir / name).is_file():
                 shutil.copy2(record_dir / name, tmp / name)
@@ -76,10 +73,6 @@ def ship(record_dir: str | Path, root: str | Path | None = None) -> Path:
             if (record_dir / name).is_dir():
                 shutil.copytree(record_dir / name, tmp / name,
                                 ignore=lambda folder, names: [n for n in names if n.startswith(".")])
-        if dest.exists():
-            shutil.rmtree(dest)  # an earlier shipped copy of this record: premem's files only
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if dest.exists():  # an earlier copy of this record (premem's files only), once the new one is whole
+            shutil.rmtree(dest)
     return dest
