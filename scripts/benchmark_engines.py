@@ -8,7 +8,8 @@ token), measured here at the same thread count.
     .venv/bin/python scripts/benchmark_engines.py --out docs/engines.json
 
 Each backend runs in a fresh process, as premem's recording stage runs a checkpoint; vLLM's engine
-start is reported apart. Not a test: read the table (docs/engines.md carries one run's).
+start is reported apart, with the engine in the recording process (as premem starts it on a CPU)
+and in vLLM's own processes (vLLM's default, and premem's on CUDA). Not a test: read the table (docs/engines.md carries one run's).
 """
 from __future__ import annotations
 
@@ -52,23 +53,28 @@ def workload(name: str, cfg) -> dict:
                 targets=[tasks.format_target(e, cfg.target_template) for e in train + held], k=size["k"])
 
 
-def measure(backend: str, folder: str, name: str, threads: int) -> dict:
-    """One checkpoint's three measurements with `backend`, in this (fresh) process."""
+def measure(backend: str, folder: str, name: str, threads: int, engine_process: bool = False) -> dict:
+    """One checkpoint's three measurements with `backend`, in this (fresh) process; vLLM's engine in
+    this process as premem starts it on a CPU, or with `engine_process` in vLLM's own (its default,
+    as on CUDA)."""
     torch.set_num_threads(threads)
+    if engine_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
     cfg = load_params(project_root() / "params" / "tiny.yaml", backend=backend)
     work = workload(name, cfg)
     lm, tok = model_lib.load_base(folder)
     lm.eval()
     n_params = sum(p.numel() for p in lm.parameters())
     length = vllm_backend.needed_length(tok, work["train"] + work["test"], work["targets"], cfg.max_new_tokens)
-    out = dict(backend=backend, model=name, params=n_params, threads=threads)
+    out = dict(backend=backend, model=name, params=n_params, threads=threads,
+               engine="own process" if engine_process else "this process" if backend == "vllm" else "-")
     if backend == "vllm":
         start = time.perf_counter()
         vllm_backend._for_checkpoint(folder, None, cfg.dtype, length)
         out["engine_start_s"] = time.perf_counter() - start
     for split in ("train", "test"):
         start = time.perf_counter()
-        answers = recorder.sample_answers(cfg, lm, folder, tok, work[split], work["k"], seed=0, max_model_len=length)
+        answers = recorder.sample_answers(cfg, lm, folder, tok, work[split], work["k"], seed=0, context=length)
         out[f"{split}_samples_s"] = time.perf_counter() - start
         out[f"{split}_tokens"] = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for o in answers for a in o)
     start = time.perf_counter()
@@ -107,9 +113,10 @@ def main() -> None:
             if folders.get(name) is None:
                 print(f"{name}: not available here, skipped")
                 continue
-            for backend in ("transformers", "vllm"):
+            for backend, engine_process in (("transformers", False), ("vllm", False), ("vllm", True)):
                 with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                    row = pool.submit(measure, backend, str(folders[name]), name, threads).result()
+                    row = pool.submit(measure, backend, str(folders[name]), name, threads,
+                                      engine_process).result()
                 for part in ("train_samples", "test_samples", "perplexity"):
                     tokens = row[f"{part.split('_')[0]}_tokens" if part != "perplexity" else "perplexity_tokens"]
                     row[f"{part}_tok_s"] = tokens / row[f"{part}_s"]
@@ -118,10 +125,10 @@ def main() -> None:
                 print(json.dumps(row))
     result = dict(date=time.strftime("%Y-%m-%d"), cpu=_cpu(), threads=threads, matmul_gflops=rate / 1e9, rows=rows)
     print(f"float32 matmul at {threads} threads: {rate / 1e9:.1f} GFLOP/s ({result['cpu']})")
-    print(f"{'model':14} {'backend':12} {'start s':>8} {'train s':>8} {'tok/s':>8} {'share':>6} {'test s':>7} "
+    print(f"{'model':14} {'backend':12} {'engine':12} {'start s':>8} {'train s':>8} {'tok/s':>8} {'share':>6} {'test s':>7} "
           f"{'ppl s':>7} {'tok/s':>8} {'share':>6}")
     for r in rows:
-        print(f"{r['model']:14} {r['backend']:12} {r.get('engine_start_s', 0):8.1f} {r['train_samples_s']:8.1f} "
+        print(f"{r['model']:14} {r['backend']:12} {r['engine']:12} {r.get('engine_start_s', 0):8.1f} {r['train_samples_s']:8.1f} "
               f"{r['train_samples_tok_s']:8.0f} {r['train_samples_matmul_share']:6.1%} {r['test_samples_s']:7.1f} "
               f"{r['perplexity_s']:7.2f} {r['perplexity_tok_s']:8.0f} {r['perplexity_matmul_share']:6.1%}")
     if args.out:

