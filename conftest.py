@@ -26,16 +26,22 @@ os.environ.setdefault("PREMEM_NOTEBOOK_PARAMS", "params/smoke.yaml")
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """(cfg, record folder) of one smoke sweep, shared by every test file that only reads it (or adds
-    caches beside its tables): a sweep costs ~17 s, and several files used to make their own."""
-    from premem import sweep
+    caches beside its tables): the notebooks' own record under nbval (params/smoke.yaml's, in runs/),
+    made by whichever asks first (the sweep's lock makes the other wait, then read it finished; a
+    clean clone used to sweep smoke twice, ~20-40 s), and copied into each pytest worker's temporary
+    folder, so that no test writes beside the tables the notebooks read."""
+    import shutil
+
+    from premem import record_folder, sweep
     from premem.config import load_params
 
-    # Under pytest-xdist the workers share one (the basetemp's parent is the run's own folder): the
-    # sweep's lock makes the second wait for the first, then read its finished record.
-    base = tmp_path_factory.getbasetemp()
-    tmp = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke-sweep"
-    cfg = load_params(ROOT / "params" / "smoke.yaml", workers=1, cache_dir=str(tmp / "cache"))
-    return cfg, sweep.sweep(cfg, out=tmp / "record", progress=False)
+    cfg = load_params(ROOT / "params" / "smoke.yaml", workers=1)
+    made = sweep.sweep(cfg, progress=False)
+    copy = tmp_path_factory.mktemp("smoke-sweep") / "record"
+    # Only the sweep's own: the notebooks may be adding their results and caches beside it now.
+    shutil.copytree(made, copy, ignore=shutil.ignore_patterns(record_folder.LOCK, "robustness", "results",
+                                                              "figures"))
+    return cfg, copy
 
 
 @pytest.fixture(scope="session")
