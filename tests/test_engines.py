@@ -97,7 +97,7 @@ def engine_children():
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "VLLM" in " ".join(p.cmdline() or [p.name()])]
 
 
-def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fresh_engine):
+def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fresh_engine, monkeypatch):
     lm, tok = base
     prompts, targets = prompts_targets(examples(8))
     length = vllm_backend.needed_length(tok, prompts, targets, 96)
@@ -142,6 +142,16 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     assert (torch.get_num_threads(), torch.set_num_threads) == threads
     assert torch.equal(torch.rand(4), after_seed)
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    # A refused start here: vLLM's reason in one line, and the process again as it was.
+    vllm_backend.release()
+    generator = torch.get_rng_state()
+    with monkeypatch.context() as m, pytest.raises(PremError, match=r"^vLLM engine start failed: ValueError: "
+                                                                    r"Available memory .* less than requested") as e:
+        m.setenv("VLLM_CPU_KVCACHE_SPACE", "100000")
+        vllm_backend.sample(str(BASE), prompts, k=2, temperature=0.8, top_p=1.0, seed=0, **opts)
+    assert "\n" not in str(e.value) and vllm_backend._ENGINE["llm"] is None
+    assert (torch.get_num_threads(), torch.set_num_threads) == threads
+    assert torch.equal(torch.get_rng_state(), generator)
 
 
 def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine, monkeypatch):
@@ -271,8 +281,10 @@ def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine, monkeypatc
 
 def test_premem_record_says_vllms_reason_in_one_line(tmp_path, capsys, monkeypatch):
     """A refused engine inside premem record's per-checkpoint process: `premem: error: ...`, exit 2,
-    and the reason is vLLM's. The engine's process refuses a KV cache larger than the machine's
-    memory: vLLM logs why and the caller only gets "Engine core initialization failed"."""
+    and the reason is vLLM's. In vLLM's own engine process (as on CUDA), which refuses a KV cache larger
+    than the machine's memory: vLLM logs why there and the caller only gets "Engine core
+    initialization failed" (an engine in the process raises the reason itself: the first test)."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     ckpt = tmp_path / "run" / "checkpoint-1"
     lm, tok = pm.load_base(str(BASE))
     lm.save_pretrained(ckpt)
