@@ -1,10 +1,10 @@
 """launcher: slurm's parts and its input checks (its records: tests/test_stages.py); run_graph, the curation's scheduler."""
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from spawned import node
 
 from premem import launcher, sweep
 from premem.config import load_params
@@ -66,22 +66,13 @@ def test_sbatch_scripts_ask_for_what_the_params_say(tmp_path, monkeypatch):
     assert all(h["--signal"].startswith("USR2@") for h in header.values())  # submitit's requeue signal
 
 
-def _node(log: str, key: str, seconds: float) -> str:
-    time.sleep(seconds)
-    with open(log, "a") as f:
-        f.write(f"{key} {os.getpid()}\n")
-    if key == "bad":
-        raise ValueError("node bad failed")
-    return key.upper()
-
-
 def test_run_graph_starts_a_node_when_what_it_reads_is_done_not_when_a_round_is(tmp_path):
     """a -> c -> d beside a long b: in rounds d would wait for b; here both workers stay busy and d
     ends first. on_done sees every node's result once."""
     log, seen = tmp_path / "log", []
     nodes = {"b": ((str(log), "b", 3.0), ()), "a": ((str(log), "a", 0.1), ()),
              "c": ((str(log), "c", 0.1), ("a",)), "d": ((str(log), "d", 0.1), ("c",))}
-    launcher.run_graph(_node, nodes, 2, lambda key, result: seen.append((key, result)))
+    launcher.run_graph(node, nodes, 2, lambda key, result: seen.append((key, result)))
     lines = [line.split() for line in log.read_text().splitlines()]
     assert [key for key, _ in lines] == ["a", "c", "d", "b"]
     assert len({pid for _, pid in lines}) == 2 and str(os.getpid()) not in {pid for _, pid in lines}
@@ -91,12 +82,12 @@ def test_run_graph_starts_a_node_when_what_it_reads_is_done_not_when_a_round_is(
 def test_run_graph_here_follows_the_order_and_stops_at_errors_and_cycles(tmp_path):
     log = tmp_path / "log"
     nodes = {"c": ((str(log), "c", 0), ("a",)), "b": ((str(log), "b", 0), ()), "a": ((str(log), "a", 0), ())}
-    launcher.run_graph(_node, nodes, 1)
+    launcher.run_graph(node, nodes, 1)
     assert log.read_text().split()[::2] == ["b", "a", "c"]  # the first ready node in the caller's order
     with pytest.raises(ValueError, match="node bad failed"):
-        launcher.run_graph(_node, {"bad": ((str(log), "bad", 0), ()), "after": ((str(log), "x", 0), ("bad",))}, 1)
+        launcher.run_graph(node, {"bad": ((str(log), "bad", 0), ()), "after": ((str(log), "x", 0), ("bad",))}, 1)
     assert "x" not in log.read_text().split()
     with pytest.raises(PremError, match="cycle"):
-        launcher.run_graph(_node, {"p": ((str(log), "p", 0), ("q",)), "q": ((str(log), "q", 0), ("p",))}, 1)
+        launcher.run_graph(node, {"p": ((str(log), "p", 0), ("q",)), "q": ((str(log), "q", 0), ("p",))}, 1)
     with pytest.raises(PremError, match="not in the graph"):
-        launcher.run_graph(_node, {"p": ((str(log), "p", 0), ("nowhere",))}, 1)
+        launcher.run_graph(node, {"p": ((str(log), "p", 0), ("nowhere",))}, 1)

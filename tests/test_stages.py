@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from spawned import assert_alone
 
-from premem import launcher, record, run_grid, stages, sweep
 from premem import data as data_lib
+from premem import launcher, record, run_grid, stages, sweep
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -126,23 +127,19 @@ def test_a_fresh_process_is_no_rank_of_its_parent(monkeypatch, tmp_path):
     for name, value in dict(RANK="0", WORLD_SIZE="2", MASTER_PORT="29500", TORCHELASTIC_RUN_ID="x",
                             ACCELERATE_USE_FSDP="true").items():
         monkeypatch.setenv(name, value)
-    launcher.in_fresh_process(_assert_alone, ())
+    launcher.in_fresh_process(assert_alone, ())
     # A rank waiting on a run that rank 0 failed to record stops, saying why.
     stages.mark_failed(tmp_path, ValueError("no"))
     with pytest.raises(PremError, match="rank 0 failed to record it: ValueError: no"):
         stages.wait_until_done(tmp_path)
 
 
-def _assert_alone():
-    assert not [k for k in os.environ if k in launcher.RENDEZVOUS or k.startswith(launcher.RENDEZVOUS_PREFIXES)]
-
-
 def test_a_fresh_process_ends_with_its_parent(tmp_path):
     """A recording process whose parent is killed (kill -9, a preempted job) does not linger with
     its memory: a pool's worker would otherwise wait for work forever."""
     told = tmp_path / "pid"
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_stages; from premem import launcher; "
-            f"launcher.in_fresh_process(test_stages._tell_and_sleep, ({str(told)!r},))")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import spawned; from premem import launcher; "
+            f"launcher.in_fresh_process(spawned.tell_and_sleep, ({str(told)!r},))")
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     while not told.exists() and time.time() < deadline:
@@ -154,12 +151,6 @@ def test_a_fresh_process_ends_with_its_parent(tmp_path):
     while _alive(child) and time.time() < deadline:
         time.sleep(0.2)
     assert not _alive(child)
-
-
-def _tell_and_sleep(path):
-    Path(path + ".tmp").write_text(str(os.getpid()))
-    Path(path + ".tmp").rename(path)
-    time.sleep(300)
 
 
 def _alive(pid: int) -> bool:
