@@ -51,6 +51,7 @@ def write_params(tmp_path, text: str) -> Path:
     ("target_template: \" {solution\"\n", ["key 'target_template'"]),
     ("tau: .nan\n", ["key 'tau'", "finite"]),
     ("k: [\n", ["not valid YAML"]),
+    ("k: 2\nlrs: [0.001]\nk: 3\n", ["not valid YAML at line 3", "key 'k' given twice"]),
 ])
 def test_bad_params_before_any_work(tmp_path, capsys, text, words):
     params = write_params(tmp_path, text)

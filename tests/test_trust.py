@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from premem import checkpoints, encoding, io, model as model_lib, perplexity, record, record_folder, recorder
 from premem import released, tasks, training
@@ -344,7 +345,8 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
     import time
 
     params = tmp_path / "p.yaml"
-    params.write_text(SMOKE.read_text() + f"\nworkers: 2\nepochs: [2, 3, 4]\ncache_dir: {tmp_path / 'cache'}\n")
+    params.write_text(yaml.safe_dump(yaml.safe_load(SMOKE.read_text()) | dict(workers=2, epochs=[2, 3, 4],
+                                                                             cache_dir=str(tmp_path / "cache"))))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "premem", "sweep", "--params", str(params), "--out", str(out),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -397,7 +397,17 @@ MAX_PARAMS_BYTES = 256_000
 
 class _NoAliasLoader(yaml.SafeLoader):
     """safe_load without YAML aliases: a params file is flat and needs none, and a few hundred bytes
-    of nested aliases expand to gigabytes (in the error line, in config.json)."""
+    of nested aliases expand to gigabytes (in the error line, in config.json). A key given twice is
+    refused too: YAML would keep the last silently, and which one was meant is the user's to say."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key if isinstance(key, str) else id(key_node))
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
