@@ -56,3 +56,21 @@ def test_what_a_backend_declares_reaches_the_checks(monkeypatch):
     with pytest.raises(PremError, match="key 'backend': unknown 'tgi'; known: auto, transformers, vllm"):
         backends.check(dict(backend="tgi"))
     assert backends.get("auto") is backends.BACKENDS["transformers"]
+
+
+@pytest.mark.parametrize("listed, nodes", [("0\n", 1), ("0-1\n", 2), ("0,2-3\n", 3), (None, 1)])
+def test_vllms_engine_is_built_in_the_process_on_one_memory_node_only(tmp_path, monkeypatch, listed, nodes):
+    """vllm_process.in_process: on a CPU of one NUMA memory node, unless the environment says otherwise
+    (vLLM's CPU worker would bind the whole process's memory to one node of several)."""
+    from premem import vllm_process
+
+    path = tmp_path / "has_memory"
+    if listed is not None:
+        path.write_text(listed)
+    assert vllm_process.memory_nodes(path) == nodes
+    monkeypatch.setattr(vllm_process, "memory_nodes", lambda: nodes)
+    monkeypatch.delenv(vllm_process.SWITCH, raising=False)
+    assert vllm_process.in_process() == (nodes == 1)
+    for given, here in (("0", True), ("1", False)):  # the environment's choice wins, either way
+        monkeypatch.setenv(vllm_process.SWITCH, given)
+        assert vllm_process.in_process() == here

