@@ -9,7 +9,8 @@ token), measured here at the same thread count.
 
 Each backend runs in a fresh process, as premem's recording stage runs a checkpoint; vLLM's engine
 start is reported apart, with the engine in the recording process (as premem starts it on a CPU)
-and in vLLM's own processes (vLLM's default, and premem's on CUDA). Not a test: read the table (docs/engines.md carries one run's).
+and in vLLM's own processes (vLLM's default, and premem's on CUDA). Not a test: read the table
+(docs/engines.md carries one run's).
 """
 from __future__ import annotations
 
@@ -125,10 +126,12 @@ def main() -> None:
                 print(json.dumps(row))
     result = dict(date=time.strftime("%Y-%m-%d"), cpu=_cpu(), threads=threads, matmul_gflops=rate / 1e9, rows=rows)
     print(f"float32 matmul at {threads} threads: {rate / 1e9:.1f} GFLOP/s ({result['cpu']})")
-    print(f"{'model':14} {'backend':12} {'engine':12} {'start s':>8} {'train s':>8} {'tok/s':>8} {'share':>6} {'test s':>7} "
+    print(f"{'model':14} {'backend':12} {'engine':12} {'start s':>8} {'train s':>8} {'tok/s':>8} {'share':>6} "
+          f"{'test s':>7} "
           f"{'ppl s':>7} {'tok/s':>8} {'share':>6}")
     for r in rows:
-        print(f"{r['model']:14} {r['backend']:12} {r['engine']:12} {r.get('engine_start_s', 0):8.1f} {r['train_samples_s']:8.1f} "
+        print(f"{r['model']:14} {r['backend']:12} {r['engine']:12} {r.get('engine_start_s', 0):8.1f} "
+              f"{r['train_samples_s']:8.1f} "
               f"{r['train_samples_tok_s']:8.0f} {r['train_samples_matmul_share']:6.1%} {r['test_samples_s']:7.1f} "
               f"{r['perplexity_s']:7.2f} {r['perplexity_tok_s']:8.0f} {r['perplexity_matmul_share']:6.1%}")
     if args.out:

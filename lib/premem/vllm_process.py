@@ -28,6 +28,7 @@ import torch
 from premem import rng
 
 SWITCH = "VLLM_ENABLE_V1_MULTIPROCESSING"  # vLLM's: "0" builds the engine in the calling process
+QUIETED = {"vllm.v1.worker.cpu_worker": "`torch.set_num_threads`", "vllm.engine.arg_utils": "global random seed"}
 
 
 def in_process() -> bool:
@@ -58,9 +59,9 @@ def starting_here():
     import vllm.envs
 
     set_num_threads, threads, generators = torch.set_num_threads, torch.get_num_threads(), rng.state()
-    # The worker's no-op warns at each of vLLM's own later calls while the engine starts.
-    worker_log = logging.getLogger("vllm.v1.worker.cpu_worker")
-    worker_log.addFilter(quiet := lambda record: "`torch.set_num_threads`" not in record.getMessage())
+    logs = [logging.getLogger(name) for name in QUIETED]
+    for log in logs:
+        log.addFilter(_quiet)
     given = os.environ.get(SWITCH)
     os.environ[SWITCH] = "0"
     try:
@@ -70,12 +71,20 @@ def starting_here():
             del os.environ[SWITCH]
         else:
             os.environ[SWITCH] = given
-        worker_log.removeFilter(quiet)
+        for log in logs:
+            log.removeFilter(_quiet)
         vllm.envs.disable_envs_cache()
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         rng.restore(generators)
         gc.unfreeze()
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Drop vLLM's warnings of what starting_here puts back: the worker's no-op, at each of vLLM's own
+    later calls while the engine starts, and "the global random seed ... may affect the random state
+    of the Python process"."""
+    return not any(words in record.getMessage() for words in QUIETED.values())
 
 
 @contextlib.contextmanager
