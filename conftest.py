@@ -54,8 +54,12 @@ def released_root() -> Path:
 # Tests that write the project's own runs/ and figures folders (the notebooks under nbval sweep smoke
 # there; reproduce's test runs one of them): under pytest-xdist one worker runs them all, in order.
 PROJECT_FOLDERS = (".ipynb::", "::test_reproduce_runs_one_notebook_and_writes_its_ledger")
-# Run first, so that under pytest-xdist no worker is left alone with one of them at the end.
-LONGEST = ("tests/test_engines.py", "notebooks/", "tests/test_stages.py", "tests/test_sweep.py")
+# Longest first (seconds measured in place, 2026-12-07), so that under pytest-xdist no worker is left
+# alone with a long one at the end while the other has finished.
+LONGEST = ("tests/test_engines.py", "notebooks/", "tests/test_stages.py", "tests/test_sweep.py",
+           "tests/test_own_run.py", "tests/test_model.py", "tests/test_curation.py", "tests/test_bad_input.py",
+           "tests/test_qlora.py", "tests/test_trust.py", "tests/test_robustness.py", "tests/test_ledger.py",
+           "tests/test_training.py", "tests/test_config.py")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -79,7 +83,7 @@ def pytest_collection_modifyitems(config, items):
     from premem.reproduce import use_references
 
     use_references(items, ROOT)
-    # The longest files first (tests/test_engines.py ~4 min, the notebooks ~2).
+    # The longest files first (tests/test_engines.py ~2 min, the notebooks ~1.5 from nothing).
     items.sort(key=lambda item: next((i for i, f in enumerate(LONGEST) if item.nodeid.startswith(f)), len(LONGEST)))
     if HAVE_RELEASED:
         return
