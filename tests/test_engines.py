@@ -107,6 +107,7 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
         want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
         want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
                      for add_eos in (True, False)}
+    monkeypatch.delenv(vllm_process.SWITCH, raising=False)  # premem's own choice, whatever the shell says
     here = vllm_process.in_process()  # on a CPU of one memory node (a machine of several: vLLM's own processes)
     assert here == (vllm_process.memory_nodes() == 1)
     threads = (torch.get_num_threads(), torch.set_num_threads)
@@ -144,7 +145,7 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     assert (type(llm.llm_engine.engine_core).__name__ == "InprocClient") == here == (not engine_children())
     assert (torch.get_num_threads(), torch.set_num_threads) == threads
     assert torch.equal(torch.rand(4), after_seed)
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    assert vllm_process.SWITCH not in os.environ
     # A refused start here: vLLM's reason in one line, and the process again as it was.
     vllm_backend.release()
     generator = torch.get_rng_state()
