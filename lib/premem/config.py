@@ -404,9 +404,11 @@ class _NoAliasLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
-            seen.add(key if isinstance(key, str) else id(key_node))
+            if isinstance(key, str):  # params keys are names; anything else is the schema's to refuse
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
         return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):
