@@ -311,6 +311,9 @@ def test_smoke_curation_round_and_cached_rerun(tmp_path, monkeypatch):
     assert all(len(d.steps) == 1 and d.epoch_of_step[0] == cfg.epochs[0] for d in dyns.values())
     assert all(len(list((out / "runs" / run / "train").glob("checkpoint-*"))) == 1 for run in dyns)
     assert table.pre_mem_acc.notna().tolist() == [r == 0 for r in table["round"]]
+    # Nor claim 2's baseline predictors, which no rule reads (a backward pass per minibatch saved).
+    stats = pd.read_parquet(out / "checkpoints.parquet")
+    assert len(stats) == 5 and stats[["param_distance", "grad_variance"]].isna().all().all()
     samples = pd.read_parquet(out / "samples.parquet")
     per_query = samples.groupby(["split", "run", "step", "example_id"]).size()
     assert set(per_query["train"]) == {2} and set(per_query["test"]) == {1}  # curation_k; k_test (None: k)

@@ -25,7 +25,7 @@ selection that reads its history (`reads_history`: premem, forgetting, and ranke
 the pre-memorization rule) records the originals' accuracy and perplexity at every checkpoint (every
 epoch, as Algorithm 1 scores, unless curation_max_checkpoints bounds them) and test accuracy at the
 last; every other run (a chain's last round, iid's rounds) records its last checkpoint alone, and its
-`pre_mem_acc` reads NaN.
+`pre_mem_acc` reads NaN. No run records claim 2's baseline predictors (NaN): no rule reads them.
 The rounds are a chain's, not the whole curation's: each step (a run, a selection and collection, a
 judging of the collected data) runs in a worker as soon as what it reads exists (`_graph`), so no
 core waits for a round's slowest run.
@@ -154,7 +154,7 @@ def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
         s, r, seed = key
         sweep.train_and_record(cfg, _spec(cfg, s, r, seed), chain_train(out, originals, s, r, seed), test, out,
                                base, held, recorded=originals, test_final_only=True,
-                               final_only=_final_only(cfg, s, r))
+                               final_only=_final_only(cfg, s, r), baselines=False)
     elif kind == "next":
         s, r, seed = key
         spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)  # _left skipped it if collected
@@ -209,7 +209,7 @@ def _curate_by_levels(cfg: Params, out: Path, base: str, data: tuple, graph: dic
         if runs:
             sweep.run_jobs(cfg, {_spec(cfg, s, r, seed): chain_train(out, originals, s, r, seed)
                                  for _, s, r, seed in runs},
-                           test, held, out, base, recorded=originals, test_final_only=True,
+                           test, held, out, base, recorded=originals, test_final_only=True, baselines=False,
                            final_only={run_name(s, r, seed) for _, s, r, seed in runs if _final_only(cfg, s, r)})
         for node in ready:
             done(node, None if node[0] == "run" else _step(cfg_json, str(out), base, data, node))

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from premem import backends, baselines, checkpoints, io, launcher, record, recorder, training
+from premem import backends, checkpoints, io, launcher, record, recorder, training
+from premem import baselines as baselines_lib
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
@@ -46,7 +47,7 @@ def trained_steps(run_dir: Path) -> list[int] | None:
 
 
 def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, test_final_only: bool = False,
-               wait: bool = False, here: bool = False) -> list[int] | None:
+               baselines: bool = True, wait: bool = False, here: bool = False) -> list[int] | None:
     """Record each saved, unrecorded checkpoint of a run; with `wait`, go on recording checkpoints as
     they appear until the run is marked trained. Returns the run's steps once it is trained and
     every checkpoint recorded (the caller finishes the run), else None.
@@ -55,7 +56,8 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
     process); with the transformers backend the checkpoints at hand share one fresh process, or
     this one (`here`: a process that never trained, such as a recording job)."""
     run_dir = record.run_dir(record_dir, spec.run)
-    args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only)
+    args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only,
+            baselines)
     patience = LISTING_PATIENCE
     while True:
         steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
@@ -84,21 +86,24 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
 
 
 def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir: str, base_path: str,
-                       test_final_only: bool, steps: list[int]) -> None:
+                       test_final_only: bool, baselines: bool, steps: list[int]) -> None:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
-    reloaded for param_distance, adapters loaded trainable for grad_variance. Under vLLM the model
-    loads into CPU memory, so the engine starts on an empty GPU (premem.recorder)."""
+    reloaded for param_distance, adapters loaded trainable for grad_variance (`baselines`: as
+    sweep.train_and_record's). Under vLLM the model loads into CPU memory, so the engine starts on
+    an empty GPU (premem.recorder)."""
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
-    base, _ = model_lib.load_configured(cfg, base_path)
-    if cfg.lora is not None:
-        base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
-    init_state = baselines.snapshot(base)
-    del base
+    init_state = None
+    if baselines:
+        base, _ = model_lib.load_configured(cfg, base_path)
+        if cfg.lora is not None:
+            base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
+        init_state = baselines_lib.snapshot(base)
+        del base
     free_memory()  # a quantised base sits on the GPU: gone before any engine starts
     # the baselines' passes on the GPU, as in training; an engine gets the GPU to itself first
     gpu = torch.cuda.is_available() and not backends.get(cfg.backend).engine
-    measure = recorder.Recorder(cfg, recorded, test, heldout)
+    measure = recorder.Recorder(cfg, recorded, test, heldout, baselines=baselines)
     for c in checkpoints.finished_checkpoints(run_dir / "train"):
         if c["step"] not in steps:
             continue
