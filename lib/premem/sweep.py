@@ -10,6 +10,8 @@ rerun recomputes nothing that finished and yields identical tables.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +31,15 @@ from premem.run_grid import RunSpec, grid, train_subset
 SHIPPED_MODELS = "models"  # base models the repository carries, named by content hash
 
 
+@functools.lru_cache(maxsize=4)
+def _pretraining_texts(task: str, n: int, seed: int, options: str, prompt_template: str,
+                       target_template: str) -> tuple[str, ...]:
+    """The embedded base's pretraining texts, whose content hash names it: drawing the default's
+    20,000 takes ~3.5 s, once per process (a test session sweeps and curates many times)."""
+    pool = tasks.load_task(task, split="pretrain", n=n, seed=seed, **json.loads(options))
+    return tuple(tasks.format_prompt(ex, prompt_template) + tasks.format_target(ex, target_template) for ex in pool)
+
+
 def base_model_path(cfg: Params, progress: bool = True) -> str:
     """The base model to finetune: the embedded recipe is pretrained once and cached by content hash."""
     named = model_lib.named_base(cfg.base_model)  # one premem knows by name (model.NAMED_BASES)
@@ -40,16 +51,15 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
 
     own = cfg.embedded_pretrain_task_options
     try:
-        pool = tasks.load_task(cfg.task, split="pretrain", n=cfg.embedded_pretrain_examples, seed=cfg.data_seed,
-                               **(cfg.task_options if own is None else own))
+        texts = _pretraining_texts(cfg.task, cfg.embedded_pretrain_examples, cfg.data_seed,
+                                   json.dumps(cfg.task_options if own is None else own, sort_keys=True),
+                                   cfg.prompt_template, cfg.target_template)
     except PremError as e:
         if own is None:
             raise
         raise PremError(f"embedded_pretrain_task_options: {e}") from None
-    texts = [tasks.format_prompt(ex, cfg.prompt_template) + tasks.format_target(ex, cfg.target_template)
-             for ex in pool]
     return str(embedded.build_embedded_base(
-        texts, cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
+        list(texts), cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
         n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
         lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
         seed=cfg.data_seed, tokenizer=cfg.embedded_tokenizer, vocab_size=cfg.embedded_vocab_size,
