@@ -187,7 +187,7 @@ def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, 
             sweep.base_model_path(load_params("params/tiny.yaml", embedded_pretrain_task_options={"steps": 1}))
 
 
-def test_default_and_smoke_bases_are_shipped(monkeypatch):
+def test_default_and_smoke_bases_are_shipped(tmp_path, monkeypatch):
     """params/tiny.yaml and params/smoke.yaml find the base in models/ (a fresh clone never pretrains),
     and it is the BPE base the params name."""
     from premem import embedded
@@ -197,9 +197,20 @@ def test_default_and_smoke_bases_are_shipped(monkeypatch):
         raise AssertionError("pretrained: the default's base is not in models/")
 
     monkeypatch.setattr(embedded, "pretrain", no_pretraining)
-    paths = {sweep.base_model_path(load_params(f"params/{name}.yaml"), progress=False) for name in ("tiny", "smoke")}
+    paths = {sweep.base_model_path(load_params(f"params/{name}.yaml", cache_dir=str(tmp_path)), progress=False)
+             for name in ("tiny", "smoke")}  # a cache of its own: no recipe noted there yet
     assert len(paths) == 1
     path = Path(paths.pop())
     assert path.parent == project_root() / sweep.SHIPPED_MODELS
     hp = json.loads((path / "premem_embedded.json").read_text())["hp"]
     assert (hp["tokenizer"], hp["vocab_size"], hp["seq_len"]) == ("bpe", 800, 192)
+    # The recipe is noted beside the cache: the next process finds the folder without drawing texts.
+    memos = list((tmp_path / "embedded" / "recipes").iterdir())
+    assert len(memos) == 1 and memos[0].read_text() == str(path)
+    monkeypatch.setattr(sweep, "_pretraining_texts", lambda *a: no_pretraining())
+    assert sweep.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False) == str(path)
+    memos[0].write_text(str(tmp_path / "gone"))  # a noted folder that is gone: the texts are drawn again
+    with pytest.raises(AssertionError, match="pretrained"):
+        sweep.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False)
+    # Only where premem's code alone makes the examples: a user's file can change under the same recipe.
+    assert sweep._recipe_memo(("jsonl", 10, 0, "{}", "", ""), dict(cache_dir=tmp_path)) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from premem import (bars, backends, checkpoints, embedded, launcher, record, record_folder, recorder, stages, tasks,
-                    training)
+from premem import (bars, backends, checkpoints, embedded, io, launcher, record, record_folder, recorder, stages,
+                    tasks, training)
 from premem import baselines as baselines_lib
 from premem import data as data_lib
 from premem import model as model_lib
@@ -50,21 +51,41 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
         return str(local) if local.exists() else cfg.base_model
 
     own = cfg.embedded_pretrain_task_options
+    recipe = (cfg.task, cfg.embedded_pretrain_examples, cfg.data_seed,
+              json.dumps(cfg.task_options if own is None else own, sort_keys=True), cfg.prompt_template,
+              cfg.target_template)
+    options = dict(cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
+                   n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
+                   lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
+                   seed=cfg.data_seed, tokenizer=cfg.embedded_tokenizer, vocab_size=cfg.embedded_vocab_size,
+                   search_dirs=[project_root() / SHIPPED_MODELS])
+    memo = _recipe_memo(recipe, options)
+    if memo is not None and memo.is_file() and (Path(memo.read_text()) / "premem_embedded.json").is_file():
+        return memo.read_text()
     try:
-        texts = _pretraining_texts(cfg.task, cfg.embedded_pretrain_examples, cfg.data_seed,
-                                   json.dumps(cfg.task_options if own is None else own, sort_keys=True),
-                                   cfg.prompt_template, cfg.target_template)
+        texts = _pretraining_texts(*recipe)
     except PremError as e:
         if own is None:
             raise
         raise PremError(f"embedded_pretrain_task_options: {e}") from None
-    return str(embedded.build_embedded_base(
-        list(texts), cache_dir=cfg.path("cache_dir") / "embedded", d_model=cfg.embedded_d_model,
-        n_layers=cfg.embedded_n_layers, n_heads=cfg.embedded_n_heads, steps=cfg.embedded_steps,
-        lr=cfg.embedded_lr, batch_size=cfg.embedded_batch_size, seq_len=cfg.embedded_seq_len,
-        seed=cfg.data_seed, tokenizer=cfg.embedded_tokenizer, vocab_size=cfg.embedded_vocab_size,
-        progress=progress, search_dirs=[project_root() / SHIPPED_MODELS],
-    ))
+    folder = str(embedded.build_embedded_base(list(texts), progress=progress, **options))
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a read-only cache: the next process draws them again
+            io.write_text(memo, folder)
+    return folder
+
+
+def _recipe_memo(recipe: tuple, options: dict) -> Path | None:
+    """Where the folder an embedded recipe made is noted, beside the cache: a process that finds it
+    draws no texts. Only for tasks whose examples premem's code makes from the options alone; the
+    key holds that code and embedded.py's, so an edit of either misses it."""
+    task = tasks.TASKS.get(recipe[0])
+    if task is None or not task.premem_made:
+        return None
+    code = [Path(tasks.__file__).parent.glob("*.py"), [Path(embedded.__file__)]]
+    source = hashlib.sha256(b"".join(f.read_bytes() for group in code for f in sorted(group))).hexdigest()
+    key = hashlib.sha256(json.dumps([recipe, options, source], default=str).encode()).hexdigest()[:16]
+    return options["cache_dir"] / "recipes" / key
 
 
 def save_every(cfg: Params, epochs: int) -> int:

@@ -147,4 +147,4 @@ def _variant(ex: Example, rng: random.Random, seed: int | None) -> Example:
     return _arith_example(rng, ex.meta["template"], ex.meta["max_value"], ex.meta["split"])
 
 
-TASK = Task(load=_arith, splits=tuple(PROCEDURAL_BUCKETS), variant=_variant)
+TASK = Task(load=_arith, splits=tuple(PROCEDURAL_BUCKETS), variant=_variant, premem_made=True)

@@ -103,3 +103,6 @@ class Task:
     # that has one gets perturbed problems (claim 3) and similar examples (claim 4's curation).
     variant: Callable[..., Example] | None = None
     checker: Callable[[dict], str] = lambda options: "marker"  # its answer checker, from its task_options
+    # Its examples come from premem's code and the options alone (no file, library or hub): the same
+    # code and options give the same examples, so what was built from them can be found by recipe.
+    premem_made: bool = False
