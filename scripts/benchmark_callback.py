@@ -69,7 +69,7 @@ def train_once(cfg, base: str, files: dict, out: Path, *, lr: float, epochs: int
 
 
 def main(argv=None) -> int:
-    from premem import sweep
+    from premem import bases
     from premem.config import load_params
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # one thread beats two for ~1M-parameter models on these machines
     default = load_params(a.params)
-    base = sweep.base_model_path(default, progress=False)  # the shipped base of the CPU default
+    base = bases.base_model_path(default, progress=False)  # the shipped base of the CPU default
     cfg = default.model_copy(update=dict(task="jsonl", task_options=dict(id="id")))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

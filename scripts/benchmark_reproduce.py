@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from premem import bars, baselines, grading, perplexity, record_folder, run_grid, sampling, sweep, tasks, training
+from premem import (bars, baselines, bases, grading, perplexity, record_folder, run_grid, sampling, sweep, tasks,
+                    training)
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import load_params, project_root
@@ -53,7 +54,7 @@ def sampler(cfg, n_prompts: int, flops_per_token: float) -> list[dict]:
     """premem's decoding loop against `generate` (pure sampling at the params' temperature, the same
     prompts, k and token budget, batched the same), at one thread."""
     torch.set_num_threads(1)
-    lm, tok = model_lib.load_base(sweep.base_model_path(cfg, progress=False))
+    lm, tok = model_lib.load_base(bases.base_model_path(cfg, progress=False))
     test = tasks.load_task(cfg.task, "test", n_prompts, seed=cfg.data_seed, **cfg.task_options)
     prompts = [tasks.format_prompt(ex, cfg.prompt_template) for ex in test]
     rows = []
@@ -102,7 +103,7 @@ def profiled_run(cfg, folder: Path) -> dict:
     torch.set_num_threads(1)
     spec = max(run_grid.grid(cfg), key=lambda s: (s.epochs, s.data_fraction))
     train, test, held = data_lib.load_examples(cfg, heldout=True)
-    base = sweep.base_model_path(cfg, progress=False)
+    base = bases.base_model_path(cfg, progress=False)
     record_folder.create(folder, cfg)
     phases = by_phase(sweep.train_and_record, cfg, spec, run_grid.train_subset(train, spec), test, folder, base, held)
     return dict(run=spec.run, checkpoints=bars.saves(spec.epochs, sweep.save_every(cfg, spec.epochs)), **phases)
@@ -127,7 +128,7 @@ def main() -> None:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     cfg = load_params(project_root() / args.params)
-    lm, _ = model_lib.load_base(sweep.base_model_path(cfg, progress=False))
+    lm, _ = model_lib.load_base(bases.base_model_path(cfg, progress=False))
     params = sum(p.numel() for p in lm.parameters())
     result = dict(machine=machine(), params=args.params, model_parameters=params,
                   matmul_gflops_1_thread=matmul_rate(1) / 1e9)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from premem import curation, record_folder, run_grid, sweep
+from premem import bases, curation, record_folder, run_grid, sweep
 from premem import data as data_lib
 from premem.config import load_params
 
@@ -28,7 +28,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     cfg = curation.curation_params(load_params("params/tiny.yaml"))
     originals, test, held = data_lib.load_examples(cfg, heldout=True)
-    base = sweep.base_model_path(cfg, progress=False)
+    base = bases.base_model_path(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "cur"
         record_folder.create(folder, cfg)

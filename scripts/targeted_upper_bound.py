@@ -21,7 +21,7 @@ import tempfile
 import pandas as pd
 import torch
 
-from premem import config, curation, grading, model, recorder, run_grid, sweep, tasks
+from premem import bases, config, curation, grading, model, recorder, run_grid, sweep, tasks
 from premem import data as data_lib
 
 
@@ -53,7 +53,7 @@ def main():
     new = [ex for ex in pool if args.kind == "iid" or held_back(ex, seen)][:args.n_new]
     data = originals + new
 
-    base = sweep.base_model_path(cfg, progress=False)
+    base = bases.base_model_path(cfg, progress=False)
     lm, tok = model.load_base(base)
     spec = run_grid.RunSpec(args.kind, cfg.curation_lr, args.epochs, 1.0, args.seed)
     with tempfile.TemporaryDirectory() as out:  # trained as a curation round is

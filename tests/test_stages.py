@@ -15,7 +15,7 @@ import yaml
 from spawned import assert_alone
 
 from premem import data as data_lib
-from premem import launcher, record, run_grid, stages, sweep
+from premem import bases, launcher, record, run_grid, stages, sweep
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -80,7 +80,7 @@ def test_separate_stages_record_checkpoints_as_they_appear(together, tmp_path, m
     result = {}
     monkeypatch.setattr(stages, "POLL_S", 0.5)
     recorder = threading.Thread(target=lambda: result.update(steps=stages.record_run(
-        here, spec, run_grid.train_subset(train, spec), test, held, out, sweep.base_model_path(here, progress=False),
+        here, spec, run_grid.train_subset(train, spec), test, held, out, bases.base_model_path(here, progress=False),
         wait=True)))
     recorder.start()
     time.sleep(3 * stages.POLL_S)

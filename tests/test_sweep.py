@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem import record, sweep
+from premem import bases, record, sweep
 from premem.config import load_params
 from premem.errors import PremError
 
@@ -178,13 +178,13 @@ def test_embedded_base_pretrains_on_its_own_task_options(monkeypatch, tmp_path, 
     monkeypatch.setattr(embedded, "build_embedded_base", lambda texts, **kw: seen.setdefault("texts", texts))
     cfg = load_params("params/tiny.yaml", embedded_pretrain_examples=300, embedded_pretrain_task_options=options,
                       cache_dir=str(tmp_path))
-    sweep.base_model_path(cfg, progress=False)
+    bases.base_model_path(cfg, progress=False)
     # Each step of an arith trace writes one equation "a op k = v".
     assert {t.count(" = ") for t in seen["texts"]} == steps
     assert len(seen["texts"]) == 300
     if options is not None:
         with pytest.raises(PremError, match=r"embedded_pretrain_task_options: task 'arith': unknown options \['steps'\]"):
-            sweep.base_model_path(load_params("params/tiny.yaml", embedded_pretrain_task_options={"steps": 1}))
+            bases.base_model_path(load_params("params/tiny.yaml", embedded_pretrain_task_options={"steps": 1}))
 
 
 def test_default_and_smoke_bases_are_shipped(tmp_path, monkeypatch):
@@ -197,20 +197,20 @@ def test_default_and_smoke_bases_are_shipped(tmp_path, monkeypatch):
         raise AssertionError("pretrained: the default's base is not in models/")
 
     monkeypatch.setattr(embedded, "pretrain", no_pretraining)
-    paths = {sweep.base_model_path(load_params(f"params/{name}.yaml", cache_dir=str(tmp_path)), progress=False)
+    paths = {bases.base_model_path(load_params(f"params/{name}.yaml", cache_dir=str(tmp_path)), progress=False)
              for name in ("tiny", "smoke")}  # a cache of its own: no recipe noted there yet
     assert len(paths) == 1
     path = Path(paths.pop())
-    assert path.parent == project_root() / sweep.SHIPPED_MODELS
+    assert path.parent == project_root() / bases.SHIPPED_MODELS
     hp = json.loads((path / "premem_embedded.json").read_text())["hp"]
     assert (hp["tokenizer"], hp["vocab_size"], hp["seq_len"]) == ("bpe", 800, 192)
     # The recipe is noted beside the cache: the next process finds the folder without drawing texts.
     memos = list((tmp_path / "embedded" / "recipes").iterdir())
     assert len(memos) == 1 and memos[0].read_text() == str(path)
-    monkeypatch.setattr(sweep, "_pretraining_texts", lambda *a: no_pretraining())
-    assert sweep.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False) == str(path)
+    monkeypatch.setattr(bases, "_pretraining_texts", lambda *a: no_pretraining())
+    assert bases.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False) == str(path)
     memos[0].write_text(str(tmp_path / "gone"))  # a noted folder that is gone: the texts are drawn again
     with pytest.raises(AssertionError, match="pretrained"):
-        sweep.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False)
+        bases.base_model_path(load_params("params/tiny.yaml", cache_dir=str(tmp_path)), progress=False)
     # Only where premem's code alone makes the examples: a user's file can change under the same recipe.
-    assert sweep._recipe_memo(("jsonl", 10, 0, "{}", "", ""), dict(cache_dir=tmp_path)) is None
+    assert bases._recipe_memo(("jsonl", 10, 0, "{}", "", ""), dict(cache_dir=tmp_path)) is None

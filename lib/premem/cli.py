@@ -110,7 +110,7 @@ def cmd_examples(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from premem.sweep import SHIPPED_MODELS, base_model_path
+    from premem.bases import SHIPPED_MODELS, base_model_path
 
     cfg = load_params(args.params)
     if cfg.base_model != "embedded":

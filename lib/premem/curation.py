@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from premem import bars, io, launcher, metrics, record, record_folder, run_grid, sweep, training
+from premem import bars, bases, io, launcher, metrics, record, record_folder, run_grid, sweep, training
 from premem import data as data_lib
 from premem import model as model_lib
 from premem.config import CURATION_KEYS, Params
@@ -171,7 +171,7 @@ def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
 
 
 def _curate(cfg: Params, out: Path, data: tuple, progress: bool) -> None:
-    base = sweep.base_model_path(cfg, progress=progress)
+    base = bases.base_model_path(cfg, progress=progress)
     whole, cfg_json = _graph(cfg), cfg.model_dump_json()
     graph, runs = _left(out, whole), [n for n in whole if n[0] == "run"]  # the bar counts every run
     every = bars.saves(cfg.curation_epochs, sweep.save_every(cfg, cfg.curation_epochs))
