@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import premem
 from premem import embedded, io, tasks
 from premem import model as model_lib
 from premem.config import Params, project_root
@@ -67,11 +68,12 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
 def _recipe_memo(recipe: tuple, options: dict) -> Path | None:
     """Where the folder an embedded recipe made is noted, beside the cache: a process that finds it
     draws no texts. Only for tasks whose examples premem's code makes from the options alone; the
-    key holds that code and embedded.py's, so an edit of either misses it."""
+    key holds that code, embedded.py's and premem's version, so a change of any misses it."""
     task = tasks.TASKS.get(recipe[0])
     if task is None or not task.premem_made:
         return None
     code = [Path(tasks.__file__).parent.glob("*.py"), [Path(embedded.__file__)]]
     source = hashlib.sha256(b"".join(f.read_bytes() for group in code for f in sorted(group))).hexdigest()
-    key = hashlib.sha256(json.dumps([recipe, options, source], default=str).encode()).hexdigest()[:16]
+    named = [recipe, options, source, premem.__version__]  # the version is in the folder's own hash too
+    key = hashlib.sha256(json.dumps(named, default=str).encode()).hexdigest()[:16]
     return options["cache_dir"] / "recipes" / key
