@@ -35,7 +35,7 @@ def smoke_sweep(tmp_path_factory):
     from premem import record_folder, sweep
     from premem.config import load_params
 
-    cfg = load_params(ROOT / "params" / "smoke.yaml", workers=1)
+    cfg = load_params(ROOT / "params" / "smoke.yaml")  # one worker: two pytest workers share the cores
     made = sweep.sweep(cfg, progress=False)
     copy = tmp_path_factory.mktemp("smoke-sweep") / "record"
     # Only the sweep's own: the notebooks may be adding their results and caches beside it now.
