@@ -50,8 +50,9 @@ def base_model_path(cfg: Params, progress: bool = True) -> str:
                    seed=cfg.data_seed, tokenizer=cfg.embedded_tokenizer, vocab_size=cfg.embedded_vocab_size,
                    search_dirs=[project_root() / SHIPPED_MODELS])
     memo = _recipe_memo(recipe, options)
-    if memo is not None and memo.is_file() and (Path(memo.read_text()) / "premem_embedded.json").is_file():
-        return memo.read_text()
+    noted = memo.read_text() if memo is not None and memo.is_file() else None
+    if noted and (Path(noted) / "premem_embedded.json").is_file():
+        return noted
     try:
         texts = _pretraining_texts(*recipe)
     except PremError as e:
