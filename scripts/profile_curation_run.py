@@ -36,9 +36,9 @@ if __name__ == "__main__":
         r0 = run_grid.RunSpec("originals_seed0", lr, ep, 1.0, 0)
         print("round 0 (originals, history)", len(originals),
               prof(sweep.train_and_record, cfg, r0, originals, test, folder, base, held, recorded=originals,
-                   test_final_only=True, baselines=False), flush=True)
+                   recording=curation.RECORDING), flush=True)
         r1 = run_grid.RunSpec("iid_r1_seed0", lr, ep, 1.0, 0)
         train1 = originals + originals[:64]  # a round-1 run's size: originals + 64 collected
         print("round 1 (final only)", len(train1),
               prof(sweep.train_and_record, cfg, r1, train1, test, folder, base, held, recorded=originals,
-                   test_final_only=True, final_only=True, baselines=False), flush=True)
+                   recording=curation.RECORDING, final_only=True), flush=True)

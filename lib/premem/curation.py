@@ -20,7 +20,7 @@ premem.curation_rules.RULES, the sources of similar examples premem.curation_sou
 premem.curation_chains, the judging of collected data premem.curation_judge.
 
 Runs record what curation reads, since sampling is a large part of a run's cost
-(sweep.train_and_record's `recorded`, `test_final_only`, `final_only`): a run whose dynamics feed a
+(sweep.train_and_record's `recorded`, `recording` and `final_only`): a run whose dynamics feed a
 selection that reads its history (`reads_history`: premem, forgetting, and ranked strategies sized by
 the pre-memorization rule) records the originals' accuracy and perplexity at every checkpoint (every
 epoch, as Algorithm 1 scores, unless curation_max_checkpoints bounds them) and test accuracy at the
@@ -61,6 +61,9 @@ from premem.curation_sources import PoolSource, ProceduralSource, Source, source
 from premem.tasks import Example
 
 IFD_EPOCHS = 2  # Li et al.'s IFD uses a briefly finetuned ("pre-experienced") model
+# What a curation run records besides the originals' dynamics: the test set at its last checkpoint
+# alone (the result is the final test accuracy), and no baseline predictors (no rule reads them).
+RECORDING = run_grid.Recording(test_final_only=True, baselines=False)
 
 
 def ifd_model(cfg: Params, out: Path, spec: run_grid.RunSpec, train: list[Example], base: str):
@@ -153,8 +156,8 @@ def _step(cfg_json: str, out: str, base: str, data: tuple, node: tuple):
     if kind == "run":
         s, r, seed = key
         sweep.train_and_record(cfg, _spec(cfg, s, r, seed), chain_train(out, originals, s, r, seed), test, out,
-                               base, held, recorded=originals, test_final_only=True,
-                               final_only=_final_only(cfg, s, r), baselines=False)
+                               base, held, recorded=originals, recording=RECORDING,
+                               final_only=_final_only(cfg, s, r))
     elif kind == "next":
         s, r, seed = key
         spec, history = _spec(cfg, s, r, seed), not _final_only(cfg, s, r)  # _left skipped it if collected
@@ -209,7 +212,7 @@ def _curate_by_levels(cfg: Params, out: Path, base: str, data: tuple, graph: dic
         if runs:
             sweep.run_jobs(cfg, {_spec(cfg, s, r, seed): chain_train(out, originals, s, r, seed)
                                  for _, s, r, seed in runs},
-                           test, held, out, base, recorded=originals, test_final_only=True, baselines=False,
+                           test, held, out, base, recorded=originals, recording=RECORDING,
                            final_only={run_name(s, r, seed) for _, s, r, seed in runs if _final_only(cfg, s, r)})
         for node in ready:
             done(node, None if node[0] == "run" else _step(cfg_json, str(out), base, data, node))

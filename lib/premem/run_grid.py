@@ -23,6 +23,18 @@ class RunSpec:
     seed: int
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What a run's checkpoints record beyond its training examples' accuracy and perplexity: one
+    value for a whole call, so a new choice is a field here, not a flag through every signature.
+    The sweep records everything (`Recording()`); curation's runs take less (premem.curation)."""
+    test_final_only: bool = False  # the test set sampled at the last checkpoint alone (earlier ones NaN)
+    baselines: bool = True  # claim 2's predictors (param_distance, grad_variance: a backward pass per minibatch)
+
+    def samples_test(self, epoch: int, epochs: int) -> bool:
+        return epoch == epochs or not self.test_final_only
+
+
 def grid(cfg: Params) -> list[RunSpec]:
     """The runs of a params file: its explicit `runs` list, else lrs x epochs x data_fractions x seeds."""
     if cfg.runs is not None:

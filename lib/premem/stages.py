@@ -30,6 +30,7 @@ from premem import baselines as baselines_lib
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
+from premem.run_grid import Recording
 
 TRAINED = "trained.json"  # in <run>/train: every checkpoint of the run is saved
 POLL_S = 2.0  # how often a waiting process looks at the file system; a glob costs nothing
@@ -46,8 +47,8 @@ def trained_steps(run_dir: Path) -> list[int] | None:
     return json.loads(f.read_text())["steps"] if f.is_file() else None
 
 
-def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, test_final_only: bool = False,
-               baselines: bool = True, wait: bool = False, here: bool = False) -> list[int] | None:
+def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, recording: Recording = Recording(),
+               wait: bool = False, here: bool = False) -> list[int] | None:
     """Record each saved, unrecorded checkpoint of a run; with `wait`, go on recording checkpoints as
     they appear until the run is marked trained. Returns the run's steps once it is trained and
     every checkpoint recorded (the caller finishes the run), else None.
@@ -56,8 +57,7 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
     process); with the transformers backend the checkpoints at hand share one fresh process, or
     this one (`here`: a process that never trained, such as a recording job)."""
     run_dir = record.run_dir(record_dir, spec.run)
-    args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, test_final_only,
-            baselines)
+    args = (cfg.model_dump_json(), spec, recorded, test, heldout, str(record_dir), base_path, recording)
     patience = LISTING_PATIENCE
     while True:
         steps = trained_steps(run_dir)  # read first: checkpoints listed after it include the last one
@@ -86,15 +86,15 @@ def record_run(cfg, spec, recorded, test, heldout, record_dir, base_path: str, t
 
 
 def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir: str, base_path: str,
-                       test_final_only: bool, baselines: bool, steps: list[int]) -> None:
+                       recording: Recording, steps: list[int]) -> None:
     """Saved checkpoints of a run measured as the training process would have: the starting weights
-    reloaded for param_distance, adapters loaded trainable for grad_variance (`baselines`: as
-    sweep.train_and_record's). Under vLLM the model loads into CPU memory, so the engine starts on
-    an empty GPU (premem.recorder)."""
+    reloaded for param_distance, adapters loaded trainable for grad_variance (where `recording`
+    asks for the baselines, as in sweep.train_and_record). Under vLLM the model loads into CPU
+    memory, so the engine starts on an empty GPU (premem.recorder)."""
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
     init_state = None
-    if baselines:
+    if recording.baselines:
         base, _ = model_lib.load_configured(cfg, base_path)
         if cfg.lora is not None:
             base = training.apply_lora(base, cfg.lora, seed=spec.seed)  # seeded: the adapter training started from
@@ -103,7 +103,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
     free_memory()  # a quantised base sits on the GPU: gone before any engine starts
     # the baselines' passes on the GPU, as in training; an engine gets the GPU to itself first
     gpu = torch.cuda.is_available() and not backends.get(cfg.backend).engine
-    measure = recorder.Recorder(cfg, recorded, test, heldout, baselines=baselines)
+    measure = recorder.Recorder(cfg, recorded, test, heldout, baselines=recording.baselines)
     for c in checkpoints.finished_checkpoints(run_dir / "train"):
         if c["step"] not in steps:
             continue
@@ -112,7 +112,7 @@ def record_checkpoints(cfg_json: str, spec, recorded, test, heldout, record_dir:
                                            pad_token=cfg.pad_token, quantization=cfg.quantization)
         lm.eval()
         measure.record(run_dir, spec.run, spec.seed, c["step"], c["epoch"], lm, tok, init_state=init_state,
-                       checkpoint=c["path"], sample_test=c["epoch"] == spec.epochs or not test_final_only)
+                       checkpoint=c["path"], sample_test=recording.samples_test(c["epoch"], spec.epochs))
         del lm
 
 

@@ -24,7 +24,7 @@ from premem.bases import base_model_path
 from premem import model as model_lib
 from premem.config import Params
 from premem.errors import PremError
-from premem.run_grid import RunSpec, grid, train_subset
+from premem.run_grid import Recording, RunSpec, grid, train_subset
 
 def save_every(cfg: Params, epochs: int) -> int:
     if cfg.max_checkpoints is None:
@@ -48,19 +48,18 @@ def finetune_on(cfg: Params, lm, tok, train, output_dir, spec: RunSpec, epochs: 
 
 
 def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | Path, base_path: str,
-                     heldout=(), recorded=None, test_final_only: bool = False, final_only: bool = False,
-                     record_here: bool = True, baselines: bool = True) -> Path:
+                     heldout=(), recorded=None, recording: Recording = Recording(), final_only: bool = False,
+                     record_here: bool = True) -> Path:
     """Finetune `base_path` on `train` and record every checkpoint; resumes after a kill.
 
     The building block of a sweep, and of anything that trains on its own example lists (data
     curation trains on originals plus collected examples). `recorded`: the training examples whose
-    accuracy and perplexity are recorded (default: all of `train`); test_final_only samples the test
-    set at the last checkpoint alone (earlier ones read NaN). Curation uses both: it needs the
-    originals' dynamics and the final test accuracy, and sampling is most of a run's cost.
+    accuracy and perplexity are recorded (default: all of `train`); `recording`: what else each
+    checkpoint records (run_grid.Recording: the test set at every checkpoint or the last alone,
+    claim 2's baseline predictors or NaN). Curation records less: it needs the originals' dynamics
+    and the final test accuracy, and sampling is most of a run's cost.
     final_only saves and records the last checkpoint alone (no resume point inside the run): for
-    runs whose dynamics nobody reads, only their final accuracies. `baselines`: also claim 2's
-    predictors (param_distance, grad_variance: a backward pass per minibatch), which only a sweep's
-    runs feed; curation's runs go without (NaN). With `stages: separate` the
+    runs whose dynamics nobody reads, only their final accuracies. With `stages: separate` the
     saved checkpoints are recorded after training (premem.stages), here unless record_here=False
     says a recording job of its own does it. Returns the run folder.
     """
@@ -79,13 +78,13 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
     if cfg.lora is not None:
         lm = training.apply_lora(lm, cfg.lora, seed=spec.seed)  # before the snapshot: same parameter names
     # The starting weights and the measurement live where recording happens: here only when together.
-    init_state = baselines_lib.snapshot(lm) if baselines and not separate else None
-    measure = None if separate else recorder.Recorder(cfg, recorded, test, heldout, baselines=baselines)
+    init_state = baselines_lib.snapshot(lm) if recording.baselines and not separate else None
+    measure = None if separate else recorder.Recorder(cfg, recorded, test, heldout, baselines=recording.baselines)
 
     def on_checkpoint(step, epoch, model):
         measure.record(run_dir, spec.run, spec.seed, step, epoch, model, tok, init_state=init_state,
                        checkpoint=run_dir / "train" / f"checkpoint-{step}",  # the folder just written, for vLLM
-                       sample_test=epoch == spec.epochs or not test_final_only)
+                       sample_test=recording.samples_test(epoch, spec.epochs))
 
     every = spec.epochs if final_only else save_every(cfg, spec.epochs)
     ckpts = finetune_on(cfg, lm, tok, train, run_dir / "train", spec, spec.epochs, every,
@@ -103,7 +102,7 @@ def train_and_record(cfg: Params, spec: RunSpec, train, test, record_dir: str | 
         if not record_here:
             return run_dir
         try:
-            stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, test_final_only, baselines)
+            stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, recording)
             finish_run(cfg, run_dir, steps)
         except BaseException as e:
             stages.mark_failed(run_dir, e)
@@ -175,30 +174,29 @@ def under_fsdp() -> bool:
 
 
 def _run_job(cfg_json: str, spec: RunSpec, train, test, heldout, record_dir: str, base_path: str,
-             recorded=None, test_final_only: bool = False, baselines: bool = True, final_only: bool = False,
+             recorded=None, recording: Recording = Recording(), final_only: bool = False,
              record_here: bool = True) -> str:
     train_and_record(Params.model_validate_json(cfg_json), spec, train, test, record_dir, base_path, heldout,
-                     recorded, test_final_only, final_only, record_here, baselines)
+                     recorded, recording, final_only, record_here)
     return spec.run
 
 
 def _record_job(cfg_json: str, spec: RunSpec, recorded, test, heldout, record_dir: str, base_path: str,
-                test_final_only: bool = False, baselines: bool = True) -> str:
+                recording: Recording = Recording()) -> str:
     """A recording job beside a run's training job: its checkpoints recorded as they appear."""
     cfg = Params.model_validate_json(cfg_json)
     run_dir = record.run_dir(record_dir, spec.run)
     if not record.is_done(run_dir):
-        steps = stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, test_final_only,
-                                  baselines, wait=True, here=True)  # this job never trained
+        steps = stages.record_run(cfg, spec, recorded, test, heldout, record_dir, base_path, recording,
+                                  wait=True, here=True)  # this job never trained
         finish_run(cfg, run_dir, steps)
     return spec.run
 
 
 def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, base_path: str,
-             desc: str | None = None, recorded=None, test_final_only: bool = False, final_only=(),
-             baselines: bool = True) -> None:
+             desc: str | None = None, recorded=None, recording: Recording = Recording(), final_only=()) -> None:
     """Train and record each run of `jobs` ({RunSpec: training examples}) not yet done
-    (`recorded`, `test_final_only`, `baselines`: as in train_and_record, for every job; `final_only`: the names
+    (`recorded`, `recording`: as in train_and_record, for every job; `final_only`: the names
     of the runs recorded at their last checkpoint alone), in cfg.workers one-thread processes
     (launcher.map_one_thread). `desc`: a bar of the jobs' checkpoints under that name, moving as
     each is recorded, in whichever process (premem.bars); None: no bar."""
@@ -206,13 +204,12 @@ def run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir: str | Path, bas
                   for s in jobs)
     bar = tqdm(total=planned, desc=desc, unit="checkpoint", disable=desc is None or launcher.rank() != 0)
     with bars.counting(bar, lambda: bars.recorded_checkpoints(record_dir, [s.run for s in jobs])):
-        _run_jobs(cfg, jobs, test, heldout, record_dir, base_path, bar, recorded, test_final_only, final_only,
-                  baselines)
+        _run_jobs(cfg, jobs, test, heldout, record_dir, base_path, bar, recorded, recording, final_only)
     bar.close()
 
 
-def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str, bar, recorded, test_final_only,
-              final_only, baselines) -> None:
+def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str, bar, recorded, recording,
+              final_only) -> None:
     # Ranks of a multi-process launch all go through every run (train_and_record skips a done one
     # on rank 0's word), so that none waits for the others in a run they skipped.
     todo = {s: t for s, t in jobs.items()
@@ -220,8 +217,8 @@ def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str
     # Longest first (epochs x examples: training, and the checkpoints recorded, grow with both), so
     # that no worker is left alone with a long run at the end. Runs do not depend on their order.
     todo = dict(sorted(todo.items(), key=lambda job: -job[0].epochs * len(job[1])))
-    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, test_final_only,
-             baselines, s.run in final_only) for s, t in todo.items()]
+    args = [(cfg.model_dump_json(), s, t, test, heldout, str(record_dir), base_path, recorded, recording,
+             s.run in final_only) for s, t in todo.items()]
 
     def done(run):
         bar.set_postfix_str(f"{run} done")
@@ -237,8 +234,8 @@ def _run_jobs(cfg: Params, jobs: dict, test, heldout, record_dir, base_path: str
     for spec, train in todo.items():
         open_run(cfg, spec, train, record_dir)
     trains = launcher.Array(_run_job, [(*a, False) for a in args], role="train")  # record_here=False
-    records = launcher.Array(_record_job, [(c, s, t if r is None else r, te, h, d, b, tfo, bl)
-                                           for c, s, t, te, h, d, b, r, tfo, bl, _ in args], role="record")
+    records = launcher.Array(_record_job, [(c, s, t if r is None else r, te, h, d, b, rec)
+                                           for c, s, t, te, h, d, b, r, rec, _ in args], role="record")
     launcher.run_arrays(cfg, [trains, records], Path(record_dir) / "jobs", done)
 
 
