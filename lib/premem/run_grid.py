@@ -32,6 +32,7 @@ class Recording:
     baselines: bool = True  # claim 2's predictors (param_distance, grad_variance: a backward pass per minibatch)
 
     def samples_test(self, epoch: int, epochs: int) -> bool:
+        """Whether the checkpoint at `epoch` of a run of `epochs` samples the test set."""
         return epoch == epochs or not self.test_final_only
 
 
