@@ -86,7 +86,8 @@ def main() -> None:
     positions = t_prompt / cfg.k + t_new / 2
     kv_bytes = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4 * positions
     token_flops = 2 * n + 4 * mc.num_hidden_layers * mc.hidden_size * positions
-    sample_floor = t_new * (token_flops / flops + kv_bytes / (copy / 2))  # copy counts bytes read and written
+    # The cache read at the copy's rate of bytes in and out together: a generous floor for a read alone.
+    sample_floor = t_new * (token_flops / flops + kv_bytes / copy)
 
     rows = [("training", counts["example_epochs"], "example-epochs", per_example_epoch, train_flops / flops),
             ("sampling", counts["samples"], "answers", per_sample, sample_floor)]
