@@ -45,6 +45,10 @@ def rates() -> tuple[float, float]:
 def work(cfg) -> dict:
     """Example-epochs trained and answers sampled by the sweep, the perturbations and the curation."""
     sweep_dir, cur = record.default_dir(cfg), curation_efficiency.folder_of(cfg)
+    for folder, command in ((sweep_dir, "sweep"), (cur, "curate")):
+        if not (folder / "samples.parquet").is_file():
+            raise SystemExit(f"speed_floor: no finished record at {folder}: run premem {command} "
+                             "--params params/tiny.yaml first")
     trained = sum((r.epochs * r.n_train).sum() for r in (pd.read_parquet(d / "runs.parquet") for d in (sweep_dir, cur)))
     robust = sum(len(t) * t.k.iloc[0] for t in map(pd.read_parquet, glob.glob(str(sweep_dir / "robustness/*.parquet"))))
     judged = pd.read_parquet(cur / "collected_accuracy.parquet").n_collected.sum() * (cfg.k_test or cfg.k)
