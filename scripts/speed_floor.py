@@ -4,7 +4,7 @@ spends on it today (one thread, as a worker runs) and at its floor (its float32 
 measured matmul rate; decoding also reads its KV cache at the measured copy rate), summed over two
 fully busy cores. Issue 30 asks for 12 minutes; this says whether any kernel could get there.
 
-    .venv/bin/python scripts/speed_floor.py     # ~1 min; needs the CPU default's sweep and curation
+    .venv/bin/python scripts/speed_floor.py     # ~30 s; needs the CPU default's sweep and curation
 
 Not a test: docs/speed.md carries one run's table with its date and machine.
 """
