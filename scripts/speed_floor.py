@@ -11,8 +11,10 @@ Not a test: docs/speed.md carries one run's table with its date and machine.
 from __future__ import annotations
 
 import glob
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -23,23 +25,20 @@ from premem.config import load_params
 from premem.encoding import build_features
 from premem.model import load_base
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_engines import matmul_rate  # noqa: E402
+
 RUN = "lr0.0005_ep15_frac1_seed0"  # a sampled checkpoint: the sweep's, answering the test questions
 
 
-def rates() -> tuple[float, float]:
-    """float32 matmul FLOP/s and memory copy bytes/s (read + write), at one thread."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    flops = 2 * 2048 ** 3 * 5 / (time.perf_counter() - start)
+def copy_rate() -> float:
+    """Memory copy bytes/s (read + write) of 512 MB, at the current thread count."""
     x = torch.empty(128 * 2 ** 20)
     y = torch.empty_like(x).copy_(x)
     start = time.perf_counter()
     for _ in range(5):
         y.copy_(x)
-    return flops, 2 * x.numel() * 4 * 5 / (time.perf_counter() - start)
+    return 2 * x.numel() * 4 * 5 / (time.perf_counter() - start)
 
 
 def work(cfg) -> dict:
@@ -58,9 +57,8 @@ def work(cfg) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
     cfg = load_params("params/tiny.yaml")
-    flops, copy = rates()
+    flops, copy = matmul_rate(1), copy_rate()  # matmul_rate leaves torch at one thread
     counts = work(cfg)
     lm, tok = load_base(bases.base_model_path(cfg, progress=False))
     mc, n = lm.config, sum(p.numel() for p in lm.parameters())
