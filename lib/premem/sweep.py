@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from premem import bars, backends, checkpoints, launcher, record, record_folder, recorder, stages, tasks, training
 from premem import baselines as baselines_lib
 from premem import data as data_lib
-from premem.bases import base_model_path
 from premem import model as model_lib
+from premem.bases import base_model_path
 from premem.config import Params
 from premem.errors import PremError
 from premem.run_grid import Recording, RunSpec, grid, train_subset
